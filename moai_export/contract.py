@@ -1,0 +1,125 @@
+"""The embedding contract: everything that turns texts into the vector a model promises.
+
+Read once from a model directory, written beside every artifact this toolkit makes
+(`moai_contract.json`), and read back by every later stage, so an ONNX graph, a Triton
+tokenizer model and a vLLM pooler cannot disagree on pooling, prompts or the end token.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+from .errors import MoaiError
+
+CONTRACT_FILE = "moai_contract.json"
+CONTRACT_FORMAT = "moai-embedding-contract"
+CONTRACT_VERSION = 1
+
+Kind = Literal["query", "document"]
+KINDS: tuple[str, ...] = ("query", "document")
+POOLING_MODES: tuple[str, ...] = ("lasttoken", "mean", "cls")
+PADDING_SIDES: tuple[str, ...] = ("left", "right")
+
+# The MoAI / Qwen3-Embedding retrieval instruction (queries only; documents get none).
+QWEN3_QUERY_PROMPT = (
+    "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: "
+)
+
+
+def check_kind(kind: str) -> Kind:
+    if kind not in KINDS:
+        raise MoaiError(f"unknown text kind {kind!r}: expected one of {', '.join(KINDS)}")
+    return kind  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class EmbeddingContract:
+    """How a model turns a text of a given kind into its embedding."""
+
+    pooling: str  # lasttoken | mean | cls
+    normalize: bool  # L2-normalize the pooled vector
+    dims: int  # length of the output vector
+    max_tokens: int  # sequence length after truncation, end token included
+    padding_side: str  # left | right (pooling is correct for both; this is what the tokenizer does)
+    pad_token: str
+    pad_token_id: int
+    # The token the tokenizer appends to every sequence. Truncation keeps it: a text is cut to
+    # max_tokens minus the added tokens, then the end token goes last. Last-token pooling reads it.
+    end_token: str | None
+    end_token_id: int | None
+    prompts: dict[str, str] = field(default_factory=lambda: {"query": "", "document": ""})
+    similarity: str = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLING_MODES:
+            raise MoaiError(f"unsupported pooling {self.pooling!r}: expected one of {', '.join(POOLING_MODES)}")
+        if self.padding_side not in PADDING_SIDES:
+            raise MoaiError(f"unsupported padding side {self.padding_side!r}")
+        if self.dims <= 0 or self.max_tokens <= 1:
+            raise MoaiError(f"contract has impossible sizes: dims={self.dims}, max_tokens={self.max_tokens}")
+        if self.pooling == "lasttoken" and self.end_token is None:
+            raise MoaiError("last-token pooling needs an end token appended by the tokenizer; none is set")
+        unknown = set(self.prompts) - set(KINDS)
+        if unknown:
+            raise MoaiError(f"prompts for unknown kinds {sorted(unknown)}: expected {', '.join(KINDS)}")
+
+    def prompt_for(self, kind: str) -> str:
+        return self.prompts.get(check_kind(kind), "")
+
+    def apply_prompt(self, texts: Sequence[str], kind: str) -> list[str]:
+        prompt = self.prompt_for(kind)
+        return [prompt + text for text in texts]
+
+    def with_max_tokens(self, max_tokens: int) -> "EmbeddingContract":
+        return EmbeddingContract(**{**asdict(self), "max_tokens": max_tokens})
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {"format": CONTRACT_FORMAT, "version": CONTRACT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EmbeddingContract":
+        if data.get("format") != CONTRACT_FORMAT:
+            raise MoaiError(f"not an embedding contract (format={data.get('format')!r})")
+        if data.get("version") != CONTRACT_VERSION:
+            raise MoaiError(f"embedding contract version {data.get('version')} is not supported (want {CONTRACT_VERSION})")
+        fields = {k: v for k, v in data.items() if k not in ("format", "version")}
+        try:
+            return cls(**fields)
+        except TypeError as exc:
+            raise MoaiError(f"malformed embedding contract: {exc}") from None
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / CONTRACT_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> "EmbeddingContract":
+        path = Path(directory) / CONTRACT_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise MoaiError(f"{directory}: no {CONTRACT_FILE}") from None
+        except json.JSONDecodeError as exc:
+            raise MoaiError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
+
+def read_contract(directory: Path, *, max_tokens: int | None = None) -> EmbeddingContract:
+    """The contract of a model directory: its own `moai_contract.json` when it has one (every
+    artifact of this toolkit), else derived from the sentence-transformers files."""
+    directory = Path(directory)
+    if (directory / CONTRACT_FILE).is_file():
+        contract = EmbeddingContract.load(directory)
+    else:
+        from .sentence_transformers_format import derive_contract
+
+        contract = derive_contract(directory)
+    if max_tokens is not None:
+        contract = contract.with_max_tokens(max_tokens)
+    return contract

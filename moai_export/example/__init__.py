@@ -1,0 +1,30 @@
+"""The built-in example: a small Qwen3 embedding base plus a LoRA adapter trained on it,
+made fully offline so every stage of the pipeline can run (and be tested) anywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..artifacts import atomic_output_dir, write_manifest
+from .base_model import SIZES, build_base
+from .train import train_adapter
+
+__all__ = ["SIZES", "build_example"]
+
+
+def build_example(out: Path, *, size: str = "tiny", seed: int = 0, steps: int = 8, force: bool = False,
+                  progress: bool = True) -> dict:
+    """Write `out/base` (sentence-transformers model) and `out/adapter` (PEFT LoRA adapter)."""
+    out = Path(out).absolute()
+    with atomic_output_dir(out, force=force) as tmp:
+        base_dir, adapter_dir = tmp / "base", tmp / "adapter"
+        base_dir.mkdir()
+        contract = build_base(base_dir, size, seed)
+        # The adapter records where its base will live once published, as PEFT would record a hub id.
+        losses = train_adapter(base_dir, adapter_dir, contract, steps=steps, seed=seed,
+                               base_name=str(out / "base"), progress=progress)
+        summary = {"size": size, "seed": seed, "steps": steps, "losses": losses}
+        (tmp / "example.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_manifest(tmp, stage="example", inputs={}, options={"size": size, "seed": seed, "steps": steps})
+    return summary

@@ -1,0 +1,259 @@
+"""`moai-export merge`: fold a LoRA adapter into its base and prove the result.
+
+The proof, before the output directory exists:
+  1. every tensor of the adapter file really loaded into the PEFT reference;
+  2. every adapted weight really changed in the merge (the field's classic silent failure is
+     a merge that writes the base weights back);
+  3. the written directory, loaded fresh from disk, embeds the probe set like the float32
+     PEFT reference (min cosine, max abs), and so does plain `SentenceTransformer(dir)`;
+  4. the adapter moves the probes more than the parity tolerance (else 3 proves nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .adapter import AdapterInfo, read_adapter
+from .artifacts import PARITY_FILE, atomic_output_dir, check_target, weights_digest, write_json, write_manifest
+from .contract import EmbeddingContract
+from .embedders.peft_reference import PeftEmbedder, reference_contract
+from .embedders.sentence_transformers import SentenceTransformerEmbedder
+from .embedders.torch_model import DTYPES, TorchEmbedder
+from .errors import MoaiError, VerificationFailed
+from .parity import MERGE_THRESHOLDS, ParityResult, Thresholds, adapter_effect, compare, embed_probes
+from .probes import probe_set
+from .report import format_table
+from .safetensors_files import check_model_weights
+from .sentence_transformers_format import write_sentence_transformers_files
+from .sources import looks_like_hub_id, resolve_model_dir
+
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "added_tokens.json", "vocab.txt")
+
+
+@dataclass
+class MergeOptions:
+    dtype: str = "fp32"
+    max_tokens: int | None = None
+    thresholds: Thresholds | None = None
+    force: bool = False
+    allow_base_mismatch: bool = False
+    check_sentence_transformers: bool = True
+    log: callable = print
+    timings: dict = field(default_factory=dict)
+
+
+def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = None) -> dict:
+    """Merge and verify; returns the report. Raises VerificationFailed (nothing written) if
+    the merged model does not match the reference."""
+    options = options or MergeOptions()
+    if options.dtype not in DTYPES:
+        raise MoaiError(f"unknown dtype {options.dtype!r}: expected one of {', '.join(DTYPES)}")
+    log = options.log
+    out = Path(out)
+    check_target(out, options.force)  # before minutes of work, not after
+    started = time.perf_counter()
+
+    base_dir = resolve_model_dir(base, "base model")
+    adapter_dir = resolve_model_dir(adapter, "adapter")
+    info = read_adapter(adapter_dir)
+    check_model_weights(base_dir)
+    identity_note = check_base_identity(base, base_dir, info, allow_mismatch=options.allow_base_mismatch)
+    if identity_note:
+        log(f"note: {identity_note}")
+    contract = reference_contract(base_dir, adapter_dir, max_tokens=options.max_tokens)
+    thresholds = options.thresholds or MERGE_THRESHOLDS[options.dtype]
+
+    log(f"loading reference: {base_dir} + adapter {adapter_dir} (float32)")
+    reference = PeftEmbedder.from_base_and_adapter(base_dir, adapter_dir, contract=contract, name="peft reference")
+    probes = probe_set(contract.max_tokens)
+    log(f"embedding {len(probes)} probes with the reference and the base")
+    reference_vectors = embed_probes(reference, probes)
+    with reference.adapter_disabled():
+        base_vectors = embed_probes(reference, probes)
+    truncated_probes = reference.num_truncated // 2
+
+    log("merging (peft merge_and_unload)")
+    adapted = _adapted_weights(reference.peft_model)
+    before = {name: _fingerprint(weight) for name, weight in adapted.items()}
+    del adapted
+    merged = reference.peft_model.merge_and_unload()
+    unchanged = sorted(name for name in before if _fingerprint(merged.get_submodule(name).weight) == before[name])
+    options.timings["load_and_merge_s"] = time.perf_counter() - started
+
+    with atomic_output_dir(out, force=options.force) as tmp:
+        t = time.perf_counter()
+        log(f"writing {options.dtype} checkpoint")
+        merged.to(DTYPES[options.dtype]).save_pretrained(str(tmp))
+        del merged, reference
+        write_tokenizer(base_dir, adapter_dir, contract, tmp)
+        write_sentence_transformers_files(contract, tmp)
+        contract.save(tmp)
+        options.timings["write_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        log("verifying the written directory against the reference")
+        with TorchEmbedder.from_dir(tmp, dtype=options.dtype, name=f"merged {options.dtype}") as candidate:
+            candidate_vectors = embed_probes(candidate, probes)
+        results = [compare(reference_vectors, candidate_vectors, probes, thresholds,
+                           candidate_name=f"merged ({options.dtype})", reference_name="peft reference")]
+        if options.check_sentence_transformers:
+            with SentenceTransformerEmbedder(tmp, name="SentenceTransformer(dir)") as st:
+                st_vectors = embed_probes(st, probes)
+            results.append(compare(reference_vectors, st_vectors, probes, thresholds,
+                                   candidate_name="SentenceTransformer(dir)", reference_name="peft reference"))
+        effect = adapter_effect(base_vectors, reference_vectors, candidate_vectors, thresholds)
+        options.timings["verify_s"] = time.perf_counter() - t
+        options.timings["total_s"] = time.perf_counter() - started
+        options.timings["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+        report = build_report(
+            contract=contract, dtype=options.dtype, thresholds=thresholds, results=results, effect=effect,
+            unchanged=unchanged, adapted=len(before), truncated=truncated_probes, num_probes=len(probes),
+            base=(base, base_dir), adapter=(adapter, adapter_dir, info), output_dir=tmp, timings=options.timings,
+            identity_note=identity_note,
+        )
+        log(format_report(report))
+        if not report["passed"]:
+            raise VerificationFailed(
+                "merge verification FAILED, nothing written: " + "; ".join(report["failures"][:5])
+            )
+        write_json(tmp / PARITY_FILE, report)
+        write_manifest(
+            tmp,
+            stage="merge",
+            inputs=report["inputs"],
+            options={"dtype": options.dtype, "max_tokens": contract.max_tokens},
+            extra={"parity_file": PARITY_FILE},
+        )
+    return report
+
+
+def check_base_identity(base_spec: str, base_dir: Path, info: AdapterInfo, *, allow_mismatch: bool) -> str | None:
+    """The adapter records the base it was trained on. Two different hub ids are an error
+    (e.g. a 4B adapter on the 0.6B base); for a local base the names cannot be compared
+    reliably, so a difference is only noted and the shape check decides."""
+    recorded = info.base_name
+    if not recorded:
+        return "the adapter does not record its base model"
+    if looks_like_hub_id(base_spec) and looks_like_hub_id(recorded) and not Path(recorded).exists():
+        if base_spec.lower() != recorded.lower():
+            if allow_mismatch:
+                return f"adapter was trained on {recorded}, merging into {base_spec} (--allow-base-mismatch)"
+            raise MoaiError(
+                f"the adapter was trained on {recorded}, not {base_spec}; pass --allow-base-mismatch if intended"
+            )
+        return None
+    if Path(recorded).exists() and Path(recorded).resolve() == Path(base_dir).resolve():
+        return None
+    if looks_like_hub_id(recorded) and recorded.rsplit("/", 1)[-1].lower() == Path(base_dir).name.lower():
+        return None
+    return f"the adapter records base {recorded!r}; merging into {base_dir} (shapes were checked)"
+
+
+def write_tokenizer(base_dir: Path, adapter_dir: Path, contract: EmbeddingContract, out: Path) -> None:
+    """tokenizer.json with the end-token post-processor, plus the auxiliary tokenizer files."""
+    import tokenizers
+
+    from .tokenizer import appended_end_token, ensure_end_token
+
+    source = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else base_dir
+    tokenizer = tokenizers.Tokenizer.from_file(str(source / "tokenizer.json"))
+    if contract.end_token is not None and appended_end_token(tokenizer) != contract.end_token:
+        ensure_end_token(tokenizer, contract.end_token)
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    tokenizer.save(str(out / "tokenizer.json"))
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config.update(model_max_length=contract.max_tokens, padding_side=contract.padding_side,
+                  pad_token=contract.pad_token)
+    write_json(config_path, config)
+
+
+def _adapted_weights(peft_model) -> dict[str, torch.Tensor]:
+    """{module path in the merged model: its base weight} for every LoRA-wrapped layer."""
+    from peft.tuners.lora import LoraLayer
+
+    prefix = "base_model.model."
+    return {
+        name[len(prefix):] if name.startswith(prefix) else name: module.get_base_layer().weight
+        for name, module in peft_model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+
+
+def _fingerprint(weight: torch.Tensor) -> str:
+    return hashlib.blake2b(weight.detach().contiguous().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def build_report(*, contract, dtype, thresholds, results: list[ParityResult], effect, unchanged, adapted,
+                 truncated, num_probes, base, adapter, output_dir, timings, identity_note) -> dict:
+    from .artifacts import tool_versions
+
+    failures = [f"{r.candidate}: {reason}" for r in results for reason in r.reasons()]
+    failures += effect.reasons()
+    if unchanged:
+        failures.insert(0, f"{len(unchanged)} of {adapted} adapted weights are unchanged by the merge "
+                           f"(e.g. {unchanged[0]}): the merge did not apply the adapter")
+    base_spec, base_dir = base
+    adapter_spec, adapter_dir, info = adapter
+    return {
+        "stage": "merge",
+        "passed": not failures,
+        "failures": failures,
+        "dtype": dtype,
+        "thresholds": {"min_cosine": thresholds.min_cosine, "max_abs": thresholds.max_abs},
+        "probes": {"count": num_probes, "truncated": truncated, "max_tokens": contract.max_tokens},
+        "parity": [r.to_dict() for r in results],
+        "adapter_effect": effect.to_dict(),
+        "merge_check": {"adapted_weights": adapted, "unchanged": unchanged},
+        "inputs": {
+            "base": {"spec": base_spec, "path": str(base_dir), "weights": weights_digest(base_dir)},
+            "adapter": {"spec": adapter_spec, "path": str(adapter_dir), "weights": weights_digest(adapter_dir),
+                        "recorded_base": info.base_name, "r": info.rank, "alpha": info.alpha,
+                        "target_modules": sorted(info.target_modules)},
+            "identity_note": identity_note,
+        },
+        "output": {"weights": weights_digest(output_dir)},
+        "contract": contract.to_dict(),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "versions": tool_versions(),
+    }
+
+
+def format_report(report: dict) -> str:
+    rows = [
+        [p["candidate"], p["min_cosine"], p["mean_cosine"], p["max_abs"], p["passed"]] for p in report["parity"]
+    ]
+    effect = report["adapter_effect"]
+    rows.append(["base model (adapter off)", effect["min_cosine_base_vs_reference"], None, None,
+                 effect["passed"]])
+    t = report["thresholds"]
+    lines = [
+        f"parity vs float32 PEFT reference, {report['probes']['count']} probes "
+        f"({report['probes']['truncated']} over {report['probes']['max_tokens']} tokens); "
+        f"gate: cosine >= {t['min_cosine']}" + (f", max abs <= {t['max_abs']:.0e}" if t["max_abs"] else "")
+        + "; the base model must fall below the cosine gate",
+        format_table(["variant", "min cos", "mean cos", "max abs", "result"], rows),
+        f"adapted weights changed by the merge: "
+        f"{report['merge_check']['adapted_weights'] - len(report['merge_check']['unchanged'])}"
+        f"/{report['merge_check']['adapted_weights']}",
+    ]
+    if report["failures"]:
+        lines.append("FAILED:")
+        lines += [f"  - {f}" for f in report["failures"][:20]]
+    else:
+        lines.append("verification PASSED")
+    return "\n".join(lines)

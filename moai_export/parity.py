@@ -1,0 +1,187 @@
+"""Parity: how close an artifact's embeddings are to the reference's, and the gate on it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .embedders.base import Embedder
+from .probes import Probe
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_cosine: float  # every probe's cosine to the reference must reach this
+    max_abs: float | None  # and no vector component may differ by more (None: not gated)
+
+    @property
+    def cosine_tolerance(self) -> float:
+        return 1.0 - self.min_cosine
+
+
+# Merged checkpoint vs PEFT reference, by the dtype of the saved weights. Half precisions are
+# gated on cosine only: rounding every weight moves components by ~1e-3, what retrieval
+# cares about is direction. Measured on the example: bf16 ~0.9995, fp16 ~0.99999.
+MERGE_THRESHOLDS: dict[str, Thresholds] = {
+    "fp32": Thresholds(min_cosine=0.99999, max_abs=1e-5),
+    "fp16": Thresholds(min_cosine=0.999, max_abs=None),
+    "bf16": Thresholds(min_cosine=0.99, max_abs=None),
+}
+
+
+@dataclass
+class ProbeFigure:
+    id: str
+    kind: str
+    cosine: float
+    max_abs: float
+
+
+@dataclass
+class ParityResult:
+    candidate: str
+    reference: str
+    thresholds: Thresholds
+    probes: list[ProbeFigure]
+    nonfinite: list[str] = field(default_factory=list)  # probes whose vector has NaN/inf
+
+    @property
+    def min_cosine(self) -> float:
+        return min(p.cosine for p in self.probes)
+
+    @property
+    def mean_cosine(self) -> float:
+        return float(np.mean([p.cosine for p in self.probes]))
+
+    @property
+    def max_abs(self) -> float:
+        return max(p.max_abs for p in self.probes)
+
+    def failing(self) -> list[ProbeFigure]:
+        t = self.thresholds
+        return [
+            p
+            for p in self.probes
+            if not (p.cosine >= t.min_cosine) or (t.max_abs is not None and not (p.max_abs <= t.max_abs))
+        ]
+
+    @property
+    def passed(self) -> bool:
+        return not self.nonfinite and not self.failing()
+
+    def reasons(self) -> list[str]:
+        t = self.thresholds
+        out = [f"{pid}: embedding has NaN/inf" for pid in self.nonfinite]
+        for p in self.failing():
+            if p.id in self.nonfinite:
+                continue
+            parts = []
+            if not p.cosine >= t.min_cosine:
+                parts.append(f"cosine {p.cosine:.6f} < {t.min_cosine}")
+            if t.max_abs is not None and not p.max_abs <= t.max_abs:
+                parts.append(f"max abs {p.max_abs:.2e} > {t.max_abs:.0e}")
+            out.append(f"{p.id} ({p.kind}): " + ", ".join(parts))
+        return out
+
+    def summary(self) -> dict:
+        return {
+            "candidate": self.candidate,
+            "reference": self.reference,
+            "thresholds": asdict(self.thresholds),
+            "min_cosine": self.min_cosine,
+            "mean_cosine": self.mean_cosine,
+            "max_abs": self.max_abs,
+            "passed": self.passed,
+            "failures": self.reasons(),
+        }
+
+    def to_dict(self) -> dict:
+        return {**self.summary(), "probes": [asdict(p) for p in self.probes]}
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(axis=1) / norms
+
+
+def compare(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    probes: Sequence[Probe],
+    thresholds: Thresholds,
+    *,
+    candidate_name: str,
+    reference_name: str,
+) -> ParityResult:
+    if reference.shape != candidate.shape:
+        raise ValueError(f"shape mismatch: reference {reference.shape}, candidate {candidate.shape}")
+    cosines = cosine_rows(reference, candidate)
+    abs_diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).max(axis=1)
+    finite = np.isfinite(candidate).all(axis=1)
+    figures = [
+        ProbeFigure(p.id, p.kind, float(np.nan_to_num(c, nan=-1.0)), float(np.nan_to_num(d, nan=np.inf)))
+        for p, c, d in zip(probes, cosines, abs_diff)
+    ]
+    return ParityResult(
+        candidate=candidate_name,
+        reference=reference_name,
+        thresholds=thresholds,
+        probes=figures,
+        nonfinite=[p.id for p, ok in zip(probes, finite) if not ok],
+    )
+
+
+def embed_probes(embedder: Embedder, probes: Sequence[Probe], *, batch_size: int = 8) -> np.ndarray:
+    """Embed probes in their given order, queries and documents each in mixed-length batches."""
+    out = np.empty((len(probes), embedder.contract.dims), dtype=np.float32)
+    for kind in ("query", "document"):
+        index = [i for i, p in enumerate(probes) if p.kind == kind]
+        if index:
+            out[index] = embedder.encode([probes[i].text for i in index], kind, batch_size=batch_size)
+    return out
+
+
+@dataclass
+class AdapterEffect:
+    """How far the adapter moves embeddings away from the base model's. If no probe moves
+    farther than the parity tolerance, the gate could not tell the merged model from the
+    base model: a merge that silently dropped the adapter would pass."""
+
+    min_cosine_base_vs_reference: float
+    required_below: float
+    candidate_closer_to_reference: bool  # mean cos(candidate, ref) > mean cos(candidate, base)
+
+    @property
+    def passed(self) -> bool:
+        return self.min_cosine_base_vs_reference < self.required_below and self.candidate_closer_to_reference
+
+    def reasons(self) -> list[str]:
+        out = []
+        if not self.min_cosine_base_vs_reference < self.required_below:
+            out.append(
+                f"adapter has no measurable effect: base vs reference min cosine "
+                f"{self.min_cosine_base_vs_reference:.7f} is not below {self.required_below}"
+            )
+        if not self.candidate_closer_to_reference:
+            out.append("the artifact is closer to the base model than to the fine-tuned reference")
+        return out
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed, "failures": self.reasons()}
+
+
+def adapter_effect(
+    base: np.ndarray, reference: np.ndarray, candidate: np.ndarray, thresholds: Thresholds
+) -> AdapterEffect:
+    return AdapterEffect(
+        min_cosine_base_vs_reference=float(np.min(cosine_rows(base, reference))),
+        required_below=thresholds.min_cosine,
+        candidate_closer_to_reference=bool(
+            np.mean(cosine_rows(candidate, reference)) > np.mean(cosine_rows(candidate, base))
+        ),
+    )
