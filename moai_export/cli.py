@@ -93,8 +93,6 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, allow_base
         min_cosine=default.min_cosine if min_cosine is None else min_cosine,
         max_abs=default.max_abs if max_abs is None else max_abs,
     )
-    reports: list[dict] = []
-
     def log(message: str) -> None:
         click.echo(message, err=True)
 
@@ -102,13 +100,13 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, allow_base
                            allow_base_mismatch=allow_base_mismatch, log=log)
     try:
         report = run_merge(base, adapter, out, options)
-        reports.append(report)
     except VerificationFailed as exc:
+        if report_path and exc.report:
+            report_path.write_text(json.dumps(exc.report, indent=2, ensure_ascii=False) + "\n")
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
-    finally:
-        if report_path and reports:
-            report_path.write_text(json.dumps(reports[0], indent=2, ensure_ascii=False) + "\n")
+    if report_path:
+        report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     click.echo(f"merged model written to {out} (verified; report: {out / 'moai_parity.json'})")
 
 

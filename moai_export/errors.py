@@ -6,4 +6,8 @@ class MoaiError(Exception):
 
 
 class VerificationFailed(MoaiError):
-    """An artifact did not match its reference; nothing was published."""
+    """An artifact did not match its reference; nothing was published. `report` holds the figures."""
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report

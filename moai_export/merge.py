@@ -124,7 +124,8 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
         log(format_report(report))
         if not report["passed"]:
             raise VerificationFailed(
-                "merge verification FAILED, nothing written: " + "; ".join(report["failures"][:5])
+                "merge verification FAILED, nothing written: " + "; ".join(report["failures"][:5]),
+                report=report,
             )
         write_json(tmp / PARITY_FILE, report)
         write_manifest(
