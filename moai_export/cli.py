@@ -111,6 +111,20 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, allow_base
 
 
 @main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("build/demo"), show_default=True,
+              help="Working directory for every stage's artifact.")
+@click.option("--size", type=click.Choice(["tiny", "small", "full"]), default="tiny", show_default=True,
+              help="Size of the example model.")
+@click.option("--force", is_flag=True, help="Replace artifacts left by an earlier run.")
+def demo(out: Path, size: str, force: bool) -> None:
+    """Run the whole pipeline on the built-in example and print one table of parity and
+    speed per variant (example -> merge -> every variant vs the PEFT reference)."""
+    from .demo import run_demo
+
+    click.echo(run_demo(out, size=size, force=force, log=lambda m: click.echo(m, err=True)))
+
+
+@main.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--max-tokens", type=click.IntRange(min=2), default=None, help="Override the maximum sequence length.")
 def contract(model_dir: Path, max_tokens: int | None) -> None:

@@ -74,20 +74,24 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
 
     log(f"loading reference: {base_dir} + adapter {adapter_dir} (float32)")
     reference = PeftEmbedder.from_base_and_adapter(base_dir, adapter_dir, contract=contract, name="peft reference")
+    options.timings["load_s"] = time.perf_counter() - started
+    t = time.perf_counter()
     probes = probe_set(contract.max_tokens)
     log(f"embedding {len(probes)} probes with the reference and the base")
     reference_vectors = embed_probes(reference, probes)
     with reference.adapter_disabled():
         base_vectors = embed_probes(reference, probes)
     truncated_probes = reference.num_truncated // 2
+    options.timings["reference_probes_s"] = time.perf_counter() - t
 
     log("merging (peft merge_and_unload)")
+    t = time.perf_counter()
     adapted = _adapted_weights(reference.peft_model)
     before = {name: _fingerprint(weight) for name, weight in adapted.items()}
     del adapted
     merged = reference.peft_model.merge_and_unload()
     unchanged = sorted(name for name in before if _fingerprint(merged.get_submodule(name).weight) == before[name])
-    options.timings["load_and_merge_s"] = time.perf_counter() - started
+    options.timings["merge_s"] = time.perf_counter() - t
 
     with atomic_output_dir(out, force=options.force) as tmp:
         t = time.perf_counter()

@@ -1,0 +1,1 @@
+"""Benchmark pieces: workloads, timing, reports (grows into `moai-bench`)."""

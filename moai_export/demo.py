@@ -1,0 +1,51 @@
+"""`moai-export demo`: the main job end to end on the built-in example, one table at the end.
+
+example -> merge (verified) -> every variant compared with the PEFT reference on the probe
+set (parity) and timed side by side on the example's texts (speed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .benchmark.speed import round_robin_throughput
+from .embedders.peft_reference import PeftEmbedder
+from .embedders.sentence_transformers import SentenceTransformerEmbedder
+from .embedders.torch_model import TorchEmbedder
+from .example import build_example
+from .example.triplets import TRIPLETS
+from .merge import MergeOptions, merge
+from .parity import MERGE_THRESHOLDS, compare, embed_probes
+from .probes import probe_set
+from .report import format_table
+
+
+def run_demo(out: Path, *, size: str = "tiny", force: bool = False, log=print) -> str:
+    out = Path(out)
+    example_dir, merged_dir = out / "example", out / "merged"
+    log(f"[1/3] example ({size}) -> {example_dir}")
+    build_example(example_dir, size=size, force=force)
+    log(f"[2/3] merge -> {merged_dir}")
+    merge(str(example_dir / "base"), str(example_dir / "adapter"), merged_dir, MergeOptions(force=force, log=log))
+
+    log("[3/3] parity and speed of every variant")
+    reference = PeftEmbedder.from_base_and_adapter(example_dir / "base", example_dir / "adapter",
+                                                   name="peft (reference)")
+    variants = [
+        (reference, MERGE_THRESHOLDS["fp32"]),
+        (TorchEmbedder.from_dir(merged_dir, name="merged torch fp32"), MERGE_THRESHOLDS["fp32"]),
+        (SentenceTransformerEmbedder(merged_dir, name="sentence-transformers"), MERGE_THRESHOLDS["fp32"]),
+    ]
+    probes = probe_set(reference.contract.max_tokens)
+    expected = embed_probes(reference, probes)
+    documents = [positive for _, positive, _ in TRIPLETS] + [negative for _, _, negative in TRIPLETS]
+    speeds = round_robin_throughput([e for e, _ in variants], documents, "document")
+    rows = []
+    for (embedder, thresholds), speed in zip(variants, speeds):
+        parity = compare(expected, embed_probes(embedder, probes), probes, thresholds,
+                         candidate_name=embedder.name, reference_name=reference.name)
+        rows.append([embedder.name, parity.min_cosine, parity.max_abs, parity.passed,
+                     f"{speed.texts_per_s:.1f}", f"{speed.texts_per_s / speeds[0].texts_per_s:.2f}x"])
+    table = format_table(["variant", "min cos", "max abs", "parity", "docs/s", "vs reference"], rows)
+    log(f"\n{len(probes)} parity probes; speed: {len(documents)} documents, best of 3 rounds, round-robin")
+    return table
