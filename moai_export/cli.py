@@ -86,18 +86,11 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, allow_base
     from .errors import VerificationFailed
     from .merge import MergeOptions
     from .merge import merge as run_merge
-    from .parity import MERGE_THRESHOLDS, Thresholds
+    from .parity import MERGE_THRESHOLDS
 
-    default = MERGE_THRESHOLDS[dtype]
-    thresholds = Thresholds(
-        min_cosine=default.min_cosine if min_cosine is None else min_cosine,
-        max_abs=default.max_abs if max_abs is None else max_abs,
-    )
-    def log(message: str) -> None:
-        click.echo(message, err=True)
-
+    thresholds = _thresholds(MERGE_THRESHOLDS[dtype], min_cosine, max_abs)
     options = MergeOptions(dtype=dtype, max_tokens=max_tokens, thresholds=thresholds, force=force,
-                           allow_base_mismatch=allow_base_mismatch, log=log)
+                           allow_base_mismatch=allow_base_mismatch, log=_log)
     try:
         report = run_merge(base, adapter, out, options)
     except VerificationFailed as exc:
@@ -108,6 +101,91 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, allow_base
     if report_path:
         report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     click.echo(f"merged model written to {out} (verified; report: {out / 'moai_parity.json'})")
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp32; fp16 (traced from a half-precision model); int8 (dynamic per-channel quantization).")
+@click.option("--reference", default=None,
+              help="Reference for the gate, e.g. BASE+ADAPTER (the PEFT reference). Default: SOURCE in float32 torch.")
+@click.option("--opset", type=click.IntRange(min=14), default=18, show_default=True, help="ONNX opset.")
+@click.option("--min-cosine", type=float, default=None, help="Gate: minimum cosine (default fp32 0.99999, fp16 0.999, int8 0.99).")
+@click.option("--max-abs", type=float, default=None, help="Gate: maximum absolute difference (default fp32 1e-4; not gated otherwise).")
+@click.option("--min-rank-agreement", type=float, default=None,
+              help="Gate: top-10 overlap on the retrieval probe (default fp32 1.0, fp16 0.95, int8 0.8).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def onnx(source, out, precision, reference, opset, min_cosine, max_abs, min_rank_agreement, force):
+    """Export the merged model SOURCE to ONNX with pooling and normalization in the graph.
+
+    The artifact takes int64 input_ids and attention_mask and returns sentence_embedding
+    [batch, dims] float32. It is published only if it passes the parity gate against the
+    reference; otherwise nothing is written and the exit code is 2.
+    """
+    from .errors import VerificationFailed
+    from .export.onnx import ONNX_THRESHOLDS, OnnxOptions, export_onnx
+
+    thresholds = _thresholds(ONNX_THRESHOLDS[precision], min_cosine, max_abs)
+    reference_embedder = None
+    if reference:
+        from .embedders import load_embedder
+
+        reference_embedder = load_embedder(reference, name=f"reference ({reference})")
+    options = OnnxOptions(precision=precision, opset=opset, thresholds=thresholds,
+                          min_rank_agreement=min_rank_agreement, force=force, log=_log)
+    try:
+        export_onnx(source, out, reference=reference_embedder, reference_label=reference, options=options)
+    except VerificationFailed as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    click.echo(f"onnx {precision} written to {out} (verified; report: {out / 'moai_parity.json'})")
+
+
+@main.command()
+@click.argument("artifacts", nargs=-1, required=True)
+@click.option("--reference", required=True,
+              help="BASE+ADAPTER (PEFT reference), or a spec: torch:DIR, st:DIR, onnx:DIR, DIR.")
+@click.option("--min-cosine", type=float, default=None, help="Gate override (default: by the artifact's precision).")
+@click.option("--max-abs", type=float, default=None, help="Gate override (default: by the artifact's precision).")
+@click.option("--min-rank-agreement", type=float, default=None, help="Gate override for top-10 overlap.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=Path("moai-verify.json"),
+              show_default=True, help="Where to write the JSON report.")
+def verify(artifacts, reference, min_cosine, max_abs, min_rank_agreement, json_path):
+    """Compare ARTIFACTS (merged dirs, ONNX dirs, or specs like onnx:DIR) with a reference on
+    the built-in probe set; print a table, write JSON, exit 2 if any fails its gate."""
+    import json
+
+    from .export.onnx import format_gate_table
+    from .verify import verify as run_verify
+
+    thresholds = None
+    if min_cosine is not None or max_abs is not None:
+        from .parity import Thresholds
+
+        thresholds = Thresholds(min_cosine=1.0 if min_cosine is None else min_cosine, max_abs=max_abs)
+    report, gates = run_verify(list(artifacts), reference, thresholds=thresholds,
+                               min_rank_agreement=min_rank_agreement, log=_log)
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    click.echo(format_gate_table(gates))
+    for gate in gates:
+        for reason in gate.reasons():
+            click.echo(f"  FAIL {gate.parity.candidate}: {reason}")
+    click.echo(f"report: {json_path}")
+    if not report["passed"]:
+        sys.exit(2)
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _thresholds(default, min_cosine, max_abs):
+    """The default gate with the user's overrides."""
+    from .parity import Thresholds
+
+    return Thresholds(min_cosine=default.min_cosine if min_cosine is None else min_cosine,
+                      max_abs=default.max_abs if max_abs is None else max_abs)
 
 
 @main.command()

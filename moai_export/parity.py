@@ -185,3 +185,71 @@ def adapter_effect(
             np.mean(cosine_rows(candidate, reference)) > np.mean(cosine_rows(candidate, base))
         ),
     )
+
+
+def top_k(queries: np.ndarray, documents: np.ndarray, k: int) -> np.ndarray:
+    scores = queries.astype(np.float64) @ documents.astype(np.float64).T
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def rank_agreement(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray],
+                   k: int = 10) -> float:
+    """Mean overlap of the top-k documents per query (1.0: the same top-k sets)."""
+    ref, cand = top_k(*reference, k), top_k(*candidate, k)
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ref, cand)]))
+
+
+@dataclass
+class GateReport:
+    """Everything a parity gate decided about one candidate."""
+
+    parity: ParityResult
+    rank_agreement: float
+    min_rank_agreement: float
+    truncated_probes: int
+
+    @property
+    def passed(self) -> bool:
+        return self.parity.passed and self.rank_agreement >= self.min_rank_agreement
+
+    def reasons(self) -> list[str]:
+        out = self.parity.reasons()
+        if self.rank_agreement < self.min_rank_agreement:
+            out.append(f"top-10 rank agreement {self.rank_agreement:.3f} < {self.min_rank_agreement}")
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            **self.parity.to_dict(),
+            "passed": self.passed,
+            "failures": self.reasons(),
+            "rank_agreement_top10": self.rank_agreement,
+            "min_rank_agreement": self.min_rank_agreement,
+            "truncated_probes": self.truncated_probes,
+        }
+
+
+class ReferenceFigures:
+    """The reference's vectors for the probe set and the retrieval probe, computed once and
+    compared with any number of candidates."""
+
+    def __init__(self, reference: Embedder):
+        from .probes import probe_set, retrieval_probe
+
+        self.name = reference.name
+        self.probes = probe_set(reference.contract.max_tokens)
+        self.queries, self.documents = retrieval_probe()
+        self.vectors = embed_probes(reference, self.probes)
+        self.retrieval = self._retrieval_vectors(reference)
+
+    def _retrieval_vectors(self, embedder: Embedder) -> tuple[np.ndarray, np.ndarray]:
+        return embedder.encode(self.queries, "query"), embedder.encode(self.documents, "document")
+
+    def gate(self, candidate: Embedder, thresholds: Thresholds, min_rank_agreement: float) -> GateReport:
+        truncated_before = candidate.num_truncated
+        vectors = embed_probes(candidate, self.probes)
+        truncated = candidate.num_truncated - truncated_before
+        parity = compare(self.vectors, vectors, self.probes, thresholds,
+                         candidate_name=candidate.name, reference_name=self.name)
+        agreement = rank_agreement(self.retrieval, self._retrieval_vectors(candidate))
+        return GateReport(parity, agreement, min_rank_agreement, truncated)

@@ -63,3 +63,13 @@ def probe_set(max_tokens: int) -> list[Probe]:
     probes.append(Probe("d:over-max-tokens", "document", long_text(max_tokens)))
     probes.append(Probe("q:over-max-tokens", "query", long_text(max_tokens)))
     return probes
+
+
+def retrieval_probe() -> tuple[list[str], list[str]]:
+    """(queries, documents) for a small retrieval check: the example's Korean finance
+    triplets, every positive and hard negative in one corpus."""
+    from .example.triplets import TRIPLETS
+
+    queries = [q for q, _, _ in TRIPLETS]
+    documents = [p for _, p, _ in TRIPLETS] + [n for _, _, n in TRIPLETS]
+    return queries, documents

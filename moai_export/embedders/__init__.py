@@ -1,0 +1,59 @@
+"""Embedders: one interface, many variants. `load_embedder(spec)` builds one from a string,
+so the CLI, parity and benchmarks name variants alike:
+
+    peft:BASE+ADAPTER   base model + unmerged LoRA adapter (float32 reference); also BASE+ADAPTER
+    torch:DIR           a merged / sentence-transformers directory run by transformers
+    st:DIR              the same directory through plain sentence-transformers
+    onnx:DIR            an ONNX artifact run by ONNX Runtime
+    DIR                 detected: onnx if DIR/model.onnx exists, else torch
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import MoaiError
+from .base import Embedder
+
+KINDS = ("peft", "torch", "st", "onnx")
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """(kind, location) of an embedder spec."""
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in KINDS:
+        return kind, rest
+    if "+" in spec and not Path(spec).exists():
+        return "peft", spec
+    path = Path(spec)
+    if not path.is_dir():
+        raise MoaiError(f"{spec}: not a directory, and not a spec like {', '.join(k + ':...' for k in KINDS)}")
+    return ("onnx" if (path / "model.onnx").is_file() else "torch"), spec
+
+
+def load_embedder(spec: str, *, name: str | None = None, **options) -> Embedder:
+    kind, location = parse_spec(spec)
+    name = name or spec
+    if kind == "peft":
+        from ..sources import resolve_model_dir
+        from .peft_reference import PeftEmbedder
+
+        base, sep, adapter = location.partition("+")
+        if not sep or not base or not adapter:
+            raise MoaiError(f"{spec}: a PEFT reference is BASE+ADAPTER")
+        return PeftEmbedder.from_base_and_adapter(
+            resolve_model_dir(base, "base model"), resolve_model_dir(adapter, "adapter"), name=name)
+    path = Path(location)
+    if not path.is_dir():
+        raise MoaiError(f"{location}: no such directory")
+    if kind == "torch":
+        from .torch_model import TorchEmbedder
+
+        return TorchEmbedder.from_dir(path, name=name, **options)
+    if kind == "st":
+        from .sentence_transformers import SentenceTransformerEmbedder
+
+        return SentenceTransformerEmbedder(path, name=name, **options)
+    from .onnx_runtime import OnnxEmbedder
+
+    return OnnxEmbedder(path, name=name, **options)

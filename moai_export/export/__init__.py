@@ -1,0 +1,1 @@
+"""Exporters: one module per target, each reading its input's contract and ending in a parity gate."""

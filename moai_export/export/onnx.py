@@ -1,0 +1,221 @@
+"""`moai-export onnx`: a graph with pooling and normalization inside.
+
+Consumers feed two int64 inputs (input_ids, attention_mask) and read ONE output,
+sentence_embedding [batch, dims] float32, already pooled as the contract says. Exported with
+the TorchScript exporter from the very module the torch variants run (ContractEncoder), so
+the graph pools exactly like them. Precisions:
+  fp32  traced from the float32 model;
+  fp16  traced from a float16 torch model (its RMSNorm keeps the float32 upcast; converting an
+        fp32 graph afterwards produced invalid models in a probe);
+  int8  onnxruntime dynamic quantization of the fp32 graph, per-channel MatMul weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..artifacts import PARITY_FILE, atomic_output_dir, check_target, weights_digest, write_json, write_manifest
+from ..contract import EmbeddingContract, read_contract
+from ..embedders.base import Embedder
+from ..embedders.onnx_runtime import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, OnnxEmbedder
+from ..embedders.torch_model import ContractEncoder, load_backbone
+from ..errors import MoaiError, VerificationFailed
+from ..inputs import ContractTokenizer
+from ..parity import ReferenceFigures, Thresholds
+from ..report import format_table
+
+ONNX_DATA = "model.onnx_data"
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_OPSET = 18
+# Protobuf cannot hold a model over 2 GB; keep a margin for the graph itself.
+EXTERNAL_DATA_ABOVE = 1_800_000_000
+
+# The gate per precision (vs the PEFT reference, or the merged fp32 model without an adapter).
+ONNX_THRESHOLDS: dict[str, Thresholds] = {
+    "fp32": Thresholds(min_cosine=0.99999, max_abs=1e-4),
+    "fp16": Thresholds(min_cosine=0.999, max_abs=None),
+    "int8": Thresholds(min_cosine=0.99, max_abs=None),
+}
+MIN_RANK_AGREEMENT: dict[str, float] = {"fp32": 1.0, "fp16": 0.95, "int8": 0.8}
+
+COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+
+
+@dataclass
+class OnnxOptions:
+    precision: str = "fp32"
+    opset: int = DEFAULT_OPSET
+    thresholds: Thresholds | None = None
+    min_rank_agreement: float | None = None
+    force: bool = False
+    log: callable = print
+    timings: dict = field(default_factory=dict)
+
+
+def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
+                reference_label: str | None = None, options: OnnxOptions | None = None) -> dict:
+    """Export the model directory `source` (a merged checkpoint) to an ONNX artifact in `out`,
+    gated against `reference` (default: `source` itself in float32 torch)."""
+    from ..embedders.torch_model import TorchEmbedder
+
+    options = options or OnnxOptions()
+    log = options.log
+    if options.precision not in PRECISIONS:
+        raise MoaiError(f"unknown precision {options.precision!r}: expected one of {', '.join(PRECISIONS)}")
+    source, out = Path(source), Path(out)
+    check_target(out, options.force)
+    contract = read_contract(source)
+    thresholds = options.thresholds or ONNX_THRESHOLDS[options.precision]
+    min_agreement = (MIN_RANK_AGREEMENT[options.precision] if options.min_rank_agreement is None
+                     else options.min_rank_agreement)
+
+    if reference is None:
+        reference = TorchEmbedder.from_dir(source, name=f"torch fp32 ({source.name})")
+        reference_label = reference_label or f"torch:{source}"
+    log(f"reference: {reference.name}; embedding the probe set")
+    started = time.perf_counter()
+    figures = ReferenceFigures(reference)
+    reference.close()
+    options.timings["reference_s"] = time.perf_counter() - started
+
+    with atomic_output_dir(out, force=options.force) as tmp:
+        t = time.perf_counter()
+        log(f"exporting {options.precision} graph (opset {options.opset})")
+        write_graph(source, contract, tmp, options.precision, options.opset)
+        for name in COPIED_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, tmp / name)
+        contract.save(tmp)
+        options.timings["export_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        log("verifying the graph with onnxruntime")
+        with OnnxEmbedder(tmp, name=f"onnx {options.precision}") as candidate:
+            gate = figures.gate(candidate, thresholds, min_agreement)
+        options.timings["verify_s"] = time.perf_counter() - t
+        report = {
+            "stage": "onnx",
+            "passed": gate.passed,
+            "failures": gate.reasons(),
+            "precision": options.precision,
+            "reference": reference_label or reference.name,
+            "gate": gate.to_dict(),
+            "source": {"path": str(source), "weights": weights_digest(source)},
+            "timings": {k: round(v, 3) for k, v in options.timings.items()},
+        }
+        log(format_gate_table([gate]))
+        if not gate.passed:
+            raise VerificationFailed(
+                f"onnx {options.precision} verification FAILED, nothing written: " + "; ".join(gate.reasons()[:5]),
+                report=report,
+            )
+        write_json(tmp / PARITY_FILE, report)
+        write_manifest(
+            tmp,
+            stage="onnx",
+            inputs={"source": report["source"], "reference": report["reference"]},
+            options={"precision": options.precision, "opset": options.opset, "exporter": "torch.onnx (TorchScript)",
+                     "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME},
+            extra={"parity_file": PARITY_FILE},
+        )
+        # the manifest hashes *.safetensors by default; record the graph files too
+        _add_graph_hashes(tmp)
+    return report
+
+
+def write_graph(source: Path, contract: EmbeddingContract, out: Path, precision: str, opset: int) -> None:
+    """Write model.onnx (+ model.onnx_data when large) for `precision` into `out`."""
+    with tempfile.TemporaryDirectory(prefix="moai-onnx-", dir=out) as scratch:
+        scratch = Path(scratch)
+        if precision == "int8":
+            fp32 = scratch / "fp32" / ONNX_FILE
+            _trace(source, contract, fp32, torch.float32, opset)
+            quantized = scratch / "int8" / ONNX_FILE
+            _quantize_int8(fp32, quantized)
+            _consolidate(quantized, out / ONNX_FILE, contract.dims)
+        else:
+            traced = scratch / "traced" / ONNX_FILE
+            _trace(source, contract, traced, torch.float32 if precision == "fp32" else torch.float16, opset)
+            _consolidate(traced, out / ONNX_FILE, contract.dims)
+
+
+def _trace(source: Path, contract: EmbeddingContract, path: Path, dtype: torch.dtype, opset: int) -> None:
+    path.parent.mkdir(parents=True)
+    encoder = ContractEncoder(load_backbone(source, dtype), contract).eval()
+    # Trace with a left-padded batch of unequal lengths: an unpadded example lets transformers
+    # skip the attention mask, and the graph would ignore padding forever after.
+    tokenizer = ContractTokenizer.from_dir(source, contract)
+    batch = tokenizer.tokenize(["짧은 문장", "BC카드 연회비는 어떻게 되나요? 조금 더 긴 문장입니다."], "document")
+    if batch.attention_mask.all():
+        raise MoaiError("internal: the tracing batch must contain padding")
+    example = (torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+    dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+               OUTPUT_NAME: {0: "batch"}}
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+        torch.onnx.export(encoder, example, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                          dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True)
+
+
+def _consolidate(src: Path, dst: Path, dims: int) -> None:
+    """Re-save a graph as one file, or with ONE external data file when it is over 2 GB (the
+    TorchScript exporter scatters one file per tensor). Also declares the output's width,
+    which the tracer leaves symbolic, so consumers (and Triton configs) can read it."""
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=True)
+    width = model.graph.output[0].type.tensor_type.shape.dim[1]
+    width.Clear()
+    width.dim_value = dims
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_ABOVE:
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=ONNX_DATA, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(dst))
+
+
+def _quantize_int8(fp32: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst.parent.mkdir(parents=True)
+    large = sum(p.stat().st_size for p in fp32.parent.iterdir()) > EXTERNAL_DATA_ABOVE
+    quiet = logging.getLogger()  # the quantizer logs a pre-processing hint on the root logger
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(
+            str(fp32), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+            use_external_data_format=large,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    quiet.setLevel(level)
+
+
+def _add_graph_hashes(directory: Path) -> None:
+    import json
+
+    from ..artifacts import MANIFEST_FILE, sha256_file
+
+    path = directory / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    for name in (ONNX_FILE, ONNX_DATA):
+        if (directory / name).is_file():
+            manifest["outputs"][name] = sha256_file(directory / name)
+    write_json(path, manifest)
+
+
+def format_gate_table(gates) -> str:
+    rows = [[g.parity.candidate, g.parity.min_cosine, g.parity.mean_cosine, g.parity.max_abs, g.rank_agreement,
+             g.truncated_probes, g.passed] for g in gates]
+    return format_table(["variant", "min cos", "mean cos", "max abs", "top10 agree", "truncated", "result"], rows)
