@@ -77,13 +77,15 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
     min_agreement = (MIN_RANK_AGREEMENT[options.precision] if options.min_rank_agreement is None
                      else options.min_rank_agreement)
 
-    if reference is None:
+    owned = reference is None
+    if owned:
         reference = TorchEmbedder.from_dir(source, name=f"torch fp32 ({source.name})")
         reference_label = reference_label or f"torch:{source}"
     log(f"reference: {reference.name}; embedding the probe set")
     started = time.perf_counter()
     figures = ReferenceFigures(reference)
-    reference.close()
+    if owned:
+        reference.close()  # free its memory before tracing
     options.timings["reference_s"] = time.perf_counter() - started
 
     with atomic_output_dir(out, force=options.force) as tmp:

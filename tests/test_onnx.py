@@ -1,0 +1,188 @@
+"""`moai-export onnx`: graphs with pooling inside, gated against the PEFT reference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from moai_export.cli import main
+from moai_export.embedders.onnx_runtime import OnnxEmbedder
+from moai_export.embedders.peft_reference import PeftEmbedder
+from moai_export.embedders.torch_model import TorchEmbedder
+from moai_export.errors import MoaiError, VerificationFailed
+from moai_export.export import onnx as onnx_export
+from moai_export.export.onnx import OnnxOptions, export_onnx
+from moai_export.parity import cosine_rows
+
+TEXTS = ["BC카드 연회비는 어떻게 되나요?", "a", "해외 결제 수수료 " * 30, "Credit limit review every six months."]
+
+
+def quiet(**kwargs) -> OnnxOptions:
+    return OnnxOptions(log=lambda message: None, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(example_dir):
+    return PeftEmbedder.from_base_and_adapter(example_dir / "base", example_dir / "adapter", name="peft")
+
+
+@pytest.fixture(scope="module")
+def onnx_dirs(merged_dir, reference, tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    reports = {}
+    for precision in ("fp32", "fp16", "int8"):
+        reports[precision] = export_onnx(merged_dir, root / precision, reference=reference,
+                                         options=quiet(precision=precision))
+    return root, reports
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_every_precision_passes_its_gate(onnx_dirs, precision):
+    root, reports = onnx_dirs
+    report = reports[precision]
+    assert report["passed"] and report["gate"]["truncated_probes"] >= 1
+    expected = onnx_export.ONNX_THRESHOLDS[precision]
+    assert report["gate"]["thresholds"]["min_cosine"] == expected.min_cosine
+    assert report["gate"]["min_cosine"] >= expected.min_cosine
+    names = {p.name for p in (root / precision).iterdir()}
+    assert {"model.onnx", "tokenizer.json", "moai_contract.json", "moai_manifest.json", "moai_parity.json"} <= names
+    manifest = json.loads((root / precision / "moai_manifest.json").read_text())
+    assert manifest["options"]["precision"] == precision and manifest["options"]["opset"] == 18
+    assert len(manifest["outputs"]["model.onnx"]) == 64
+    assert manifest["inputs"]["source"]["weights"]["model.safetensors"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_graph_signature_is_the_same_across_precisions(onnx_dirs, precision):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_dirs[0] / precision / "model.onnx"))
+    assert [(i.name, i.type, len(i.shape)) for i in session.get_inputs()] == [
+        ("input_ids", "tensor(int64)", 2), ("attention_mask", "tensor(int64)", 2)]
+    [output] = session.get_outputs()
+    assert (output.name, output.type, output.shape[1]) == ("sentence_embedding", "tensor(float)", 64)
+
+
+def test_plain_onnxruntime_consumer_needs_no_pooling_code(onnx_dirs, reference):
+    """What a user without this toolkit does: tokenizer.json + onnxruntime, nothing else."""
+    import onnxruntime as ort
+    import tokenizers
+
+    directory = onnx_dirs[0] / "fp32"
+    tokenizer = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tokenizer.enable_padding(direction="left", pad_id=151643, pad_token="<|endoftext|>")
+    encodings = tokenizer.encode_batch(TEXTS)
+    feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
+    vectors = ort.InferenceSession(str(directory / "model.onnx")).run(None, feeds)[0]
+    assert cosine_rows(vectors, reference.encode(TEXTS, "document")).min() >= 0.99999
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_last_token_pooling_in_graph_handles_right_padding(onnx_dirs):
+    import onnxruntime as ort
+
+    embedder = OnnxEmbedder(onnx_dirs[0] / "fp32")
+    batch = embedder.tokenizer.tokenize(TEXTS, "document")  # left padded
+    session = ort.InferenceSession(str(onnx_dirs[0] / "fp32" / "model.onnx"))
+    left = session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})[0]
+    # move every row's padding to the right
+    ids, mask = batch.input_ids.copy(), batch.attention_mask.copy()
+    for row in range(len(ids)):
+        n = int(mask[row].sum())
+        ids[row] = np.concatenate([batch.input_ids[row, -n:], batch.input_ids[row, :-n]]) if n < ids.shape[1] else ids[row]
+        mask[row] = np.concatenate([np.ones(n), np.zeros(ids.shape[1] - n)])
+    right = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    assert cosine_rows(left, right).min() >= 0.99999
+
+
+def test_batch_invariance_and_dynamic_axes(onnx_dirs):
+    embedder = OnnxEmbedder(onnx_dirs[0] / "fp32")
+    batched = embedder.encode(TEXTS, "query", batch_size=len(TEXTS))
+    alone = np.concatenate([embedder.encode([t], "query") for t in TEXTS])
+    assert cosine_rows(batched, alone).min() >= 0.99999
+
+
+def test_merged_only_default_reference(merged_dir, tmp_path):
+    """Without --reference the merged fp32 torch model is the reference."""
+    report = export_onnx(merged_dir, tmp_path / "onnx", options=quiet())
+    assert report["passed"] and report["reference"].startswith("torch:")
+
+
+def test_large_model_uses_one_external_data_file(merged_dir, reference, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_ABOVE", 0)  # treat the tiny model as > 2 GB
+    report = export_onnx(merged_dir, tmp_path / "big", reference=reference, options=quiet())
+    assert report["passed"]
+    graph_files = sorted(p.name for p in (tmp_path / "big").iterdir() if "onnx" in p.name)
+    assert graph_files == ["model.onnx", "model.onnx_data"]
+    assert (tmp_path / "big" / "model.onnx").stat().st_size < 5_000_000
+
+
+def test_wrong_pooling_in_graph_fails_and_writes_nothing(merged_dir, reference, tmp_path, monkeypatch):
+    """Break it: trace a graph that mean-pools instead of last-token pooling (only the traced
+    module is changed; the reference keeps the contract's pooling)."""
+
+    class MeanPoolingEncoder(onnx_export.ContractEncoder):
+        def __init__(self, backbone, contract):
+            super().__init__(backbone, contract)
+            self.pooler.mode = "mean"
+
+    monkeypatch.setattr(onnx_export, "ContractEncoder", MeanPoolingEncoder)
+    with pytest.raises(VerificationFailed, match="cosine"):
+        export_onnx(merged_dir, tmp_path / "bad", reference=reference, options=quiet())
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))
+
+
+def test_int8_with_a_strict_gate_fails(merged_dir, reference, tmp_path):
+    """The int8 graph is measurably different: the fp32 gate must catch it."""
+    options = quiet(precision="int8", thresholds=onnx_export.ONNX_THRESHOLDS["fp32"])
+    with pytest.raises(VerificationFailed) as failure:
+        export_onnx(merged_dir, tmp_path / "int8", reference=reference, options=options)
+    assert failure.value.report["gate"]["failures"]
+    assert not (tmp_path / "int8").exists()
+
+
+def test_real_bert_mean_pooling_exports(minilm, tmp_path):
+    report = export_onnx(minilm, tmp_path / "minilm", options=quiet())
+    assert report["passed"]
+    ours = OnnxEmbedder(tmp_path / "minilm").encode(TEXTS, "document")
+    assert cosine_rows(ours, TorchEmbedder.from_dir(minilm).encode(TEXTS, "document")).min() >= 0.99999
+
+
+def test_gpu_provider_without_onnxruntime_gpu_is_clear(onnx_dirs):
+    with pytest.raises(MoaiError, match="onnxruntime-gpu"):
+        OnnxEmbedder(onnx_dirs[0] / "fp32", provider="cuda")
+
+
+def test_onnx_cli_and_verify_cli(example_dir, merged_dir, onnx_dirs, tmp_path):
+    reference = f"{example_dir / 'base'}+{example_dir / 'adapter'}"
+    result = CliRunner().invoke(main, ["onnx", str(merged_dir), "--out", str(tmp_path / "o"), "--precision", "fp32",
+                                       "--reference", reference])
+    assert result.exit_code == 0, result.output
+    assert "onnx fp32" in result.output and "PASS" in result.output
+    json_path = tmp_path / "verify.json"
+    result = CliRunner().invoke(main, ["verify", str(onnx_dirs[0] / "int8"), str(merged_dir),
+                                       "--reference", reference, "--json", str(json_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(json_path.read_text())
+    assert report["passed"] and len(report["results"]) == 2
+    assert report["results"][0]["thresholds"]["min_cosine"] == 0.99  # int8 gate read from the manifest
+
+
+def test_verify_fails_against_the_base_model(example_dir, onnx_dirs, tmp_path):
+    """An artifact of the fine-tune checked against the plain base: exit 2, reasons printed."""
+    result = CliRunner().invoke(main, ["verify", str(onnx_dirs[0] / "fp32"), "--reference",
+                                       f"torch:{example_dir / 'base'}", "--json", str(tmp_path / "v.json")])
+    assert result.exit_code == 2
+    assert "FAIL" in result.output and "cosine" in result.output
+    assert json.loads((tmp_path / "v.json").read_text())["passed"] is False
+
+
+def test_onnx_refuses_existing_output(merged_dir, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "x").write_text("x")
+    result = CliRunner().invoke(main, ["onnx", str(merged_dir), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "--force" in result.output
