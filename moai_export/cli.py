@@ -108,6 +108,9 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, allow_base
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="fp32; fp16 (traced from a half-precision model); int8 (dynamic per-channel quantization).")
+@click.option("--int8-method", type=click.Choice(["dynamic", "weight-only"]), default="dynamic", show_default=True,
+              help="int8 only: dynamic (int8 weights and activations, fastest on CPU) or weight-only "
+                   "(int8 weight blocks; more accurate on models with outlier activations).")
 @click.option("--reference", default=None,
               help="Reference for the gate, e.g. BASE+ADAPTER (the PEFT reference). Default: SOURCE in float32 torch.")
 @click.option("--opset", type=click.IntRange(min=14), default=18, show_default=True, help="ONNX opset.")
@@ -116,7 +119,7 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, allow_base
 @click.option("--min-rank-agreement", type=float, default=None,
               help="Gate: top-10 overlap on the retrieval probe (default fp32 1.0, fp16 0.95, int8 0.8).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def onnx(source, out, precision, reference, opset, min_cosine, max_abs, min_rank_agreement, force):
+def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_abs, min_rank_agreement, force):
     """Export the merged model SOURCE to ONNX with pooling and normalization in the graph.
 
     The artifact takes int64 input_ids and attention_mask and returns sentence_embedding
@@ -132,7 +135,7 @@ def onnx(source, out, precision, reference, opset, min_cosine, max_abs, min_rank
         from .embedders import load_embedder
 
         reference_embedder = load_embedder(reference, name=f"reference ({reference})")
-    options = OnnxOptions(precision=precision, opset=opset, thresholds=thresholds,
+    options = OnnxOptions(precision=precision, int8_method=int8_method, opset=opset, thresholds=thresholds,
                           min_rank_agreement=min_rank_agreement, force=force, log=_log)
     try:
         export_onnx(source, out, reference=reference_embedder, reference_label=reference, options=options)

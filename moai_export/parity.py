@@ -73,7 +73,7 @@ class ParityResult:
 
     def reasons(self) -> list[str]:
         t = self.thresholds
-        out = [f"{pid}: embedding has NaN/inf" for pid in self.nonfinite]
+        out = [f"{pid}: embedding has NaN/inf (an overflow? export in fp32 or bf16)" for pid in self.nonfinite]
         for p in self.failing():
             if p.id in self.nonfinite:
                 continue

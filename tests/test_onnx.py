@@ -145,11 +145,82 @@ def test_int8_with_a_strict_gate_fails(merged_dir, reference, tmp_path):
     assert not (tmp_path / "int8").exists()
 
 
-def test_real_bert_mean_pooling_exports(minilm, tmp_path):
-    report = export_onnx(minilm, tmp_path / "minilm", options=quiet())
-    assert report["passed"]
-    ours = OnnxEmbedder(tmp_path / "minilm").encode(TEXTS, "document")
-    assert cosine_rows(ours, TorchEmbedder.from_dir(minilm).encode(TEXTS, "document")).min() >= 0.99999
+@pytest.mark.parametrize("precision, int8_method", [("fp32", "dynamic"), ("fp16", "dynamic"), ("int8", "weight-only")])
+def test_real_bert_mean_pooling_exports(minilm, tmp_path, precision, int8_method):
+    """Real weights (realistic activations), mean pooling, right padding."""
+    report = export_onnx(minilm, tmp_path / "minilm", options=quiet(precision=precision, int8_method=int8_method))
+    assert report["passed"], report["failures"]
+    embedder = OnnxEmbedder(tmp_path / "minilm")
+    ours = embedder.encode(TEXTS, "document")
+    torch_vectors = TorchEmbedder.from_dir(minilm).encode(TEXTS, "document")
+    assert cosine_rows(ours, torch_vectors).min() >= onnx_export.ONNX_THRESHOLDS[precision].min_cosine
+    batched = embedder.encode(TEXTS, "document", batch_size=len(TEXTS))
+    alone = np.concatenate([embedder.encode([t], "document") for t in TEXTS])
+    assert cosine_rows(batched, alone).min() >= 0.9999
+
+
+def test_dynamic_int8_on_real_bert_is_refused_with_a_hint(minilm, tmp_path):
+    """MiniLM's outlier activations cost dynamic int8 ~2.5% cosine: the gate must refuse it,
+    name the failing probes and point at the method that passes."""
+    with pytest.raises(VerificationFailed) as failure:
+        export_onnx(minilm, tmp_path / "int8", options=quiet(precision="int8"))
+    assert "weight-only" in str(failure.value) and "cosine" in str(failure.value)
+    assert not (tmp_path / "int8").exists()
+
+
+def test_damaged_graph_fails_verification(example_dir, onnx_dirs, tmp_path):
+    """Break it: perturb one weight initializer of a published graph; verify must fail."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(onnx_dirs[0] / "fp32", damaged)
+    model = onnx.load(str(damaged / "model.onnx"))
+    target = next(t for t in model.graph.initializer if len(t.dims) == 2 and t.dims[0] == t.dims[1] == 64)
+    weights = numpy_helper.to_array(target).copy()
+    weights += np.random.default_rng(0).normal(0, 0.05, weights.shape).astype(weights.dtype)
+    target.CopyFrom(numpy_helper.from_array(weights, target.name))
+    onnx.save_model(model, str(damaged / "model.onnx"))
+    result = CliRunner().invoke(main, ["verify", str(damaged), "--reference",
+                                       f"{example_dir / 'base'}+{example_dir / 'adapter'}",
+                                       "--json", str(tmp_path / "v.json")])
+    assert result.exit_code == 2, result.output
+    assert "FAIL" in result.output
+
+
+def test_fp16_overflow_is_safe_or_refused(merged_dir, tmp_path):
+    """A model with an injected large-activation channel (hundreds, like real LLM outlier
+    channels): the fp16 graph gives finite embeddings that pass, or the export refuses."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model_dir = tmp_path / "outlier"
+    shutil.copytree(merged_dir, model_dir)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    weights["embed_tokens.weight"][:, 7] = 600.0  # a residual channel in the hundreds for every token
+    weights["layers.0.mlp.down_proj.weight"][7, :] *= 50.0
+    weights["norm.weight"][7] = 0.0  # like real models: the outlier lives in the residual stream only
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    probe = TorchEmbedder.from_dir(model_dir)
+    backbone = probe.encoder.backbone
+    with torch.no_grad():
+        batch = probe.tokenizer.tokenize(TEXTS, "document")
+        hidden = backbone(input_ids=torch.from_numpy(batch.input_ids),
+                          attention_mask=torch.from_numpy(batch.attention_mask), output_hidden_states=True)
+    assert hidden.hidden_states[1].abs().max() > 300  # the outlier is really there
+    try:
+        report = export_onnx(model_dir, tmp_path / "fp16", options=quiet(precision="fp16"))
+    except VerificationFailed as failure:
+        assert any(reason in str(failure) for reason in ("NaN/inf", "cosine", "rank agreement"))
+        assert not (tmp_path / "fp16").exists()
+    else:
+        assert report["passed"] and report["gate"]["min_cosine"] >= 0.999
+        vectors = OnnxEmbedder(tmp_path / "fp16").encode(TEXTS, "query")
+        assert np.isfinite(vectors).all()
 
 
 def test_gpu_provider_without_onnxruntime_gpu_is_clear(onnx_dirs):

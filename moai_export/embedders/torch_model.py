@@ -33,13 +33,13 @@ class ContractEncoder(torch.nn.Module):
         return self.pooler(hidden, attention_mask)
 
 
-def load_backbone(directory: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def load_backbone(directory: Path, dtype: torch.dtype = torch.float32, **kwargs) -> torch.nn.Module:
     """The transformers model of a directory, in `dtype` (transformers 5 would otherwise keep
     the checkpoint's dtype, e.g. bf16, and the reference would silently lose precision)."""
     from transformers import AutoModel
 
     try:
-        model = AutoModel.from_pretrained(str(directory), dtype=dtype)
+        model = AutoModel.from_pretrained(str(directory), dtype=dtype, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MoaiError(f"cannot load the model in {directory}: {first_line}") from None
