@@ -1,7 +1,7 @@
 """`moai-export demo`: the main job end to end on the built-in example, one table at the end.
 
-example -> merge (verified) -> every variant compared with the PEFT reference on the probe
-set (parity) and timed side by side on the example's texts (speed).
+example -> merge (verified) -> ONNX fp32 and int8 (each gated) -> every variant compared with
+the PEFT reference on the probe set (parity) and timed side by side on the example's texts.
 """
 
 from __future__ import annotations
@@ -13,28 +13,39 @@ from .embedders.peft_reference import PeftEmbedder
 from .embedders.sentence_transformers import SentenceTransformerEmbedder
 from .embedders.torch_model import TorchEmbedder
 from .example import build_example
+from .embedders.onnx_runtime import OnnxEmbedder
 from .example.triplets import TRIPLETS
+from .export.onnx import ONNX_THRESHOLDS, OnnxOptions, export_onnx
 from .merge import MergeOptions, merge
 from .parity import MERGE_THRESHOLDS, compare, embed_probes
 from .probes import probe_set
 from .report import format_table
 
+ONNX_PRECISIONS = ("fp32", "int8")
+
 
 def run_demo(out: Path, *, size: str = "tiny", force: bool = False, log=print) -> str:
     out = Path(out)
     example_dir, merged_dir = out / "example", out / "merged"
-    log(f"[1/3] example ({size}) -> {example_dir}")
+    log(f"[1/4] example ({size}) -> {example_dir}")
     build_example(example_dir, size=size, force=force)
-    log(f"[2/3] merge -> {merged_dir}")
+    log(f"[2/4] merge -> {merged_dir}")
     merge(str(example_dir / "base"), str(example_dir / "adapter"), merged_dir, MergeOptions(force=force, log=log))
-
-    log("[3/3] parity and speed of every variant")
     reference = PeftEmbedder.from_base_and_adapter(example_dir / "base", example_dir / "adapter",
                                                    name="peft (reference)")
+    for precision in ONNX_PRECISIONS:
+        log(f"[3/4] onnx {precision} -> {out / f'onnx-{precision}'}")
+        export_onnx(merged_dir, out / f"onnx-{precision}", reference=reference,
+                    options=OnnxOptions(precision=precision, force=force, log=log))
+
+    log("[4/4] parity and speed of every variant")
     variants = [
         (reference, MERGE_THRESHOLDS["fp32"]),
         (TorchEmbedder.from_dir(merged_dir, name="merged torch fp32"), MERGE_THRESHOLDS["fp32"]),
         (SentenceTransformerEmbedder(merged_dir, name="sentence-transformers"), MERGE_THRESHOLDS["fp32"]),
+    ] + [
+        (OnnxEmbedder(out / f"onnx-{precision}", name=f"onnx {precision}"), ONNX_THRESHOLDS[precision])
+        for precision in ONNX_PRECISIONS
     ]
     probes = probe_set(reference.contract.max_tokens)
     expected = embed_probes(reference, probes)
