@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test clean
 
+TRITON := .venv-triton
+
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -16,10 +18,16 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-demo: $(BIN)/.installed
+# The Triton runtime (tritonserver from the nvidia-pytriton wheel) in its own environment:
+# the wheel pins numpy<2, as a container would isolate it.
+$(TRITON)/.installed: serve/triton/requirements.txt
+	serve/triton/setup_env.sh
+	touch $@
+
+demo: $(BIN)/.installed $(TRITON)/.installed
 	$(BIN)/moai-export demo --out build/demo --force
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed $(TRITON)/.installed
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -179,6 +179,53 @@ def verify(artifacts, reference, min_cosine, max_abs, min_rank_agreement, json_p
         sys.exit(2)
 
 
+@main.command()
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo", type=click.Path(path_type=Path), default=Path("triton_models"), show_default=True,
+              help="Model repository to write into (other models there are kept).")
+@click.option("--name", default="moai_embedding", show_default=True,
+              help="Ensemble name; the tokenizer and encoder models get _tokenizer / _encoder suffixes.")
+@click.option("--encoder", type=click.Choice(["python", "onnxruntime"]), default="python", show_default=True,
+              help="python: onnxruntime inside the python backend (runs anywhere, incl. the local CPU server); "
+                   "onnxruntime: Triton's ONNX Runtime backend (NVIDIA's container, GPU).")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="Dynamic batching: how long a request may wait for others to join its batch.")
+@click.option("--preferred-batch-sizes", default="8,16,32", show_default=True,
+              help="Dynamic batching: comma-separated preferred sizes (those above --max-batch-size are dropped).")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Encoder instances.")
+@click.option("--intra-op-threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="python encoder: onnxruntime threads per instance (0: onnxruntime's default).")
+@click.option("--tensorrt", is_flag=True, help="onnxruntime encoder: enable the TensorRT execution accelerator.")
+@click.option("--tensorrt-precision", type=click.Choice(["FP16", "FP32"]), default="FP16", show_default=True)
+@click.option("--version", "model_version", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Version folder to write.")
+@click.option("--force", is_flag=True, help="Replace these three models if they exist.")
+def triton(artifact, repo, name, encoder, max_batch_size, max_queue_delay_us, preferred_batch_sizes, instances,
+           intra_op_threads, tensorrt, tensorrt_precision, model_version, force):
+    """Write a Triton model repository for the ONNX ARTIFACT: a tokenizer model (query prompt,
+    truncation, end token, padding server-side), an encoder model and an ensemble taking raw
+    TEXT and optional KIND ("query" | "document") and returning EMBEDDING.
+
+    \b
+    Serve it here:       serve/triton/run_local.sh triton_models
+    Or on GPUs:          see serve/triton/README.md (NVIDIA's container)
+    Check it:            moai-export verify triton-grpc://127.0.0.1:8001/moai_embedding --reference BASE+ADAPTER
+    """
+    from .export.triton import TritonOptions, write_repository
+
+    try:
+        preferred = tuple(int(x) for x in preferred_batch_sizes.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"not a list of integers: {preferred_batch_sizes!r}", param_hint="--preferred-batch-sizes")
+    options = TritonOptions(name=name, encoder=encoder, max_batch_size=max_batch_size,
+                            max_queue_delay_us=max_queue_delay_us, preferred_batch_sizes=preferred,
+                            instances=instances, intra_op_threads=intra_op_threads, tensorrt=tensorrt,
+                            tensorrt_precision=tensorrt_precision, version=model_version, force=force)
+    write_repository(artifact, repo, options, log=_log)
+    click.echo(f"wrote {name}, {name}_tokenizer, {name}_encoder to {repo}")
+
+
 def _log(message: str) -> None:
     click.echo(message, err=True)
 

@@ -206,7 +206,7 @@ class GateReport:
     parity: ParityResult
     rank_agreement: float
     min_rank_agreement: float
-    truncated_probes: int
+    truncated_probes: int | None  # None: the variant cannot tell (a server)
 
     @property
     def passed(self) -> bool:
@@ -248,7 +248,7 @@ class ReferenceFigures:
     def gate(self, candidate: Embedder, thresholds: Thresholds, min_rank_agreement: float) -> GateReport:
         truncated_before = candidate.num_truncated
         vectors = embed_probes(candidate, self.probes)
-        truncated = candidate.num_truncated - truncated_before
+        truncated = None if truncated_before is None else candidate.num_truncated - truncated_before
         parity = compare(self.vectors, vectors, self.probes, thresholds,
                          candidate_name=candidate.name, reference_name=self.name)
         agreement = rank_agreement(self.retrieval, self._retrieval_vectors(candidate))

@@ -10,11 +10,15 @@ from .embedders import load_embedder, parse_spec
 from .parity import MERGE_THRESHOLDS, ReferenceFigures, Thresholds
 
 
-def default_gate(spec: str) -> tuple[Thresholds, float]:
-    """Thresholds for an artifact, by what its manifest says it is (precision or dtype)."""
+def default_gate(spec: str, candidate=None) -> tuple[Thresholds, float]:
+    """Thresholds for an artifact, by what its manifest says it is (precision or dtype); a
+    server says what it serves (the Triton ensemble carries the ONNX artifact's precision)."""
     from .export.onnx import MIN_RANK_AGREEMENT, ONNX_THRESHOLDS
 
     kind, location = parse_spec(spec)
+    if kind.startswith("triton-"):
+        precision = getattr(candidate, "precision", None) or "fp32"
+        return ONNX_THRESHOLDS[precision], MIN_RANK_AGREEMENT[precision]
     manifest_path = Path(location) / MANIFEST_FILE
     options = json.loads(manifest_path.read_text()).get("options", {}) if manifest_path.is_file() else {}
     if kind == "onnx":
@@ -32,9 +36,9 @@ def verify(artifacts: list[str], reference: str, *, thresholds: Thresholds | Non
         figures = ReferenceFigures(ref)
     gates = []
     for spec in artifacts:
-        default_thresholds, default_agreement = default_gate(spec)
         log(f"checking {spec}")
         with load_embedder(spec) as candidate:
+            default_thresholds, default_agreement = default_gate(spec, candidate)
             gates.append(figures.gate(candidate, thresholds or default_thresholds,
                                       default_agreement if min_rank_agreement is None else min_rank_agreement))
     report = {

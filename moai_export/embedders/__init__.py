@@ -5,6 +5,8 @@ so the CLI, parity and benchmarks name variants alike:
     torch:DIR           a merged / sentence-transformers directory run by transformers
     st:DIR              the same directory through plain sentence-transformers
     onnx:DIR            an ONNX artifact run by ONNX Runtime
+    triton-http://HOST:PORT/MODEL, triton-grpc://HOST:PORT/MODEL
+                        the ensemble written by `moai-export triton`, on a running Triton server
     DIR                 detected: onnx if DIR/model.onnx exists, else torch
 """
 
@@ -20,6 +22,9 @@ KINDS = ("peft", "torch", "st", "onnx")
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """(kind, location) of an embedder spec."""
+    for scheme in ("triton-http", "triton-grpc"):
+        if spec.startswith(f"{scheme}://"):
+            return scheme, spec[len(scheme) + 3:]
     kind, sep, rest = spec.partition(":")
     if sep and kind in KINDS:
         return kind, rest
@@ -34,6 +39,13 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def load_embedder(spec: str, *, name: str | None = None, **options) -> Embedder:
     kind, location = parse_spec(spec)
     name = name or spec
+    if kind.startswith("triton-"):
+        from .triton import TritonEmbedder
+
+        address, sep, model = location.partition("/")
+        if not sep or not model or ":" not in address:
+            raise MoaiError(f"{spec}: expected {kind}://HOST:PORT/MODEL")
+        return TritonEmbedder(address, model, protocol=kind.split("-")[1], name=name, **options)
     if kind == "peft":
         from ..sources import resolve_model_dir
         from .peft_reference import PeftEmbedder

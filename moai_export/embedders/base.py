@@ -23,7 +23,8 @@ class Embedder(ABC):
 
     def __init__(self, contract: EmbeddingContract):
         self.contract = contract
-        self.num_truncated = 0  # texts cut to max_tokens since creation (where the variant can tell)
+        # texts cut to max_tokens since creation; None where the variant cannot tell (servers)
+        self.num_truncated: int | None = 0
 
     @abstractmethod
     def _encode_batch(self, texts: list[str], kind: str) -> np.ndarray:

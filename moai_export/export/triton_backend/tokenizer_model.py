@@ -1,0 +1,77 @@
+"""Triton python backend: raw text -> input_ids, attention_mask, exactly as the embedding
+contract (moai_contract.json beside this file) says: the query prompt for KIND "query",
+truncation to max_tokens with the end token kept last (tokenizer.json's post-processor
+appends it), padding on the contract's side to the longest text of this execution."""
+
+import json
+import os
+
+import numpy as np
+import tokenizers
+import triton_python_backend_utils as pb_utils
+
+KINDS = ("query", "document")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        here = os.path.join(args["model_repository"], args["model_version"])
+        with open(os.path.join(here, "moai_contract.json"), encoding="utf-8") as handle:
+            self.contract = json.load(handle)
+        tokenizer = tokenizers.Tokenizer.from_file(os.path.join(here, "tokenizer.json"))
+        tokenizer.enable_truncation(max_length=self.contract["max_tokens"])
+        tokenizer.enable_padding(direction=self.contract["padding_side"], pad_id=self.contract["pad_token_id"],
+                                 pad_token=self.contract["pad_token"])
+        self.tokenizer = tokenizer
+        self.prompts = self.contract["prompts"]
+
+    def _texts(self, request):
+        """The request's prompted texts, or raise ValueError with what is wrong."""
+        text = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+        kind_tensor = pb_utils.get_input_tensor_by_name(request, "KIND")
+        if kind_tensor is None:
+            kinds = [b"document"] * len(text)
+        else:
+            kinds = kind_tensor.as_numpy().reshape(-1).tolist()
+            if len(kinds) == 1 and len(text) > 1:
+                kinds = kinds * len(text)
+            if len(kinds) != len(text):
+                raise ValueError(f"KIND has {len(kinds)} values for {len(text)} texts")
+        texts = []
+        for raw, kind in zip(text.tolist(), kinds):
+            try:
+                value = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+                kind = kind.decode("utf-8") if isinstance(kind, bytes) else str(kind)
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"TEXT is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            kind = kind or "document"
+            if kind not in KINDS:
+                raise ValueError(f"unknown KIND {kind!r}: expected one of {', '.join(KINDS)}")
+            if value == "":
+                raise ValueError("TEXT is empty")
+            texts.append(self.prompts.get(kind, "") + value)
+        return texts
+
+    def execute(self, requests):
+        # Validate each request on its own: one bad request must not fail its neighbours.
+        parsed, responses = [], [None] * len(requests)
+        for index, request in enumerate(requests):
+            try:
+                parsed.append((index, self._texts(request)))
+            except ValueError as exc:
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)  # HTTP 400, not 500
+                responses[index] = pb_utils.InferenceResponse(error=error)
+        all_texts = [t for _, texts in parsed for t in texts]
+        if all_texts:
+            encodings = self.tokenizer.encode_batch(all_texts)  # padded to the longest of this execution
+            ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+            mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+            start = 0
+            for index, texts in parsed:
+                rows = slice(start, start + len(texts))
+                start += len(texts)
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("input_ids", ids[rows]),
+                    pb_utils.Tensor("attention_mask", mask[rows]),
+                ])
+        return responses

@@ -1,0 +1,1 @@
+"""Launchers for the servers this toolkit deploys to (local tritonserver, vLLM)."""

@@ -1,0 +1,248 @@
+"""The Triton deployment against a REAL tritonserver (from the nvidia-pytriton wheel, CPU,
+python backend), started by the suite on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from moai_export.cli import main
+from moai_export.embedders import load_embedder
+from moai_export.errors import MoaiError
+from moai_export.export.onnx import OnnxOptions, export_onnx
+from moai_export.export.triton import TritonOptions, parse_config, write_repository
+from moai_export.parity import cosine_rows
+from moai_export.probes import long_text
+from moai_export.serving.triton_server import TritonLaunchError, TritonServer, runtime_venv
+
+# Skipped only outside CI, where someone ran pytest without `make test`; in CI a missing
+# runtime is a failure, never a silent skip.
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("CI") and not list(runtime_venv().glob("lib/python3*/site-packages/pytriton/tritonserver")),
+    reason="Triton runtime environment missing: run serve/triton/setup_env.sh (make test does)",
+)
+
+MAX_BATCH = 8
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(merged_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("triton-onnx") / "fp32"
+    export_onnx(merged_dir, out, options=OnnxOptions(log=lambda m: None))
+    return out
+
+
+@pytest.fixture(scope="module")
+def repo(onnx_dir, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("triton") / "models"
+    # a long queue delay so concurrent requests are seen to batch
+    write_repository(onnx_dir, repo, TritonOptions(max_batch_size=MAX_BATCH, max_queue_delay_us=50_000),
+                     log=lambda m: None)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repo, tmp_path_factory):
+    http, grpc, metrics = free_ports(3)
+    log = tmp_path_factory.mktemp("triton-log") / "server.log"
+    with TritonServer(repo, http, grpc, metrics, log_path=log).start(timeout=120) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def reference(example_dir):
+    return load_embedder(f"peft:{example_dir / 'base'}+{example_dir / 'adapter'}")
+
+
+def http_client(server):
+    import tritonclient.http as client
+
+    return client.InferenceServerClient(server.http_url)
+
+
+def raw_infer(server, text_values, kind_values=None, dtype="BYTES", model="moai_embedding"):
+    import tritonclient.http as client
+
+    inputs = [client.InferInput("TEXT", [len(text_values), 1], dtype)]
+    inputs[0].set_data_from_numpy(np.asarray(text_values, dtype=object if dtype == "BYTES" else np.int32)
+                                  .reshape(len(text_values), 1))
+    if kind_values is not None:
+        kinds = client.InferInput("KIND", [len(kind_values), 1], "BYTES")
+        kinds.set_data_from_numpy(np.asarray(kind_values, dtype=object).reshape(-1, 1))
+        inputs.append(kinds)
+    return http_client(server).infer(model, inputs).as_numpy("EMBEDDING")
+
+
+def test_every_config_parses_against_the_model_config_schema(repo, onnx_dir, tmp_path):
+    other = tmp_path / "gpu"
+    write_repository(onnx_dir, other, TritonOptions(encoder="onnxruntime", tensorrt=True, instances=2),
+                     log=lambda m: None)
+    configs = list(repo.glob("*/config.pbtxt")) + list(other.glob("*/config.pbtxt"))
+    assert len(configs) == 6
+    for path in configs:
+        config = parse_config(path.read_text())
+        assert config.name == path.parent.name and config.max_batch_size > 0
+    gpu = parse_config((other / "moai_embedding_encoder" / "config.pbtxt").read_text())
+    assert gpu.platform == "onnxruntime_onnx"
+    assert gpu.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
+    with pytest.raises(Exception):
+        parse_config('name: "x"\nmax_batch_sise: 4\n')  # a typo must not parse
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_parity_with_peft_reference(server, reference, protocol):
+    url = server.http_url if protocol == "http" else server.grpc_url
+    with load_embedder(f"triton-{protocol}://{url}/moai_embedding") as triton:
+        assert triton.contract == reference.contract and triton.precision == "fp32"
+        texts = ["BC카드 연회비는 어떻게 되나요?", "a", "해외 결제 수수료 " * 30, long_text(1024)]
+        for kind in ("query", "document"):
+            served = triton.encode(texts, kind)
+            assert cosine_rows(served, reference.encode(texts, kind)).min() >= 0.99999
+        assert cosine_rows(triton.encode(texts[:2], "query"), triton.encode(texts[:2], "document")).max() < 0.999
+
+
+def test_verify_accepts_a_triton_endpoint(server, example_dir, tmp_path):
+    result = CliRunner().invoke(main, ["verify", f"triton-grpc://{server.grpc_url}/moai_embedding",
+                                       "--reference", f"{example_dir / 'base'}+{example_dir / 'adapter'}",
+                                       "--json", str(tmp_path / "v.json")])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
+
+
+def test_dynamic_batching_really_batches(server):
+    client = http_client(server)
+    before = client.get_inference_statistics("moai_embedding_encoder")["model_stats"][0]
+    errors = []
+
+    def one_request(i):
+        try:
+            raw_infer(server, [f"동시 요청 {i}".encode()])
+        except Exception as exc:  # collected, asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_request, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    after = client.get_inference_statistics("moai_embedding_encoder")["model_stats"][0]
+    inferences = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert inferences == 24 and executions < inferences
+
+
+@pytest.mark.parametrize(
+    "texts, kinds, dtype, message",
+    [
+        ([b""], None, "BYTES", "TEXT is empty"),
+        ([b"\xff\xfe broken"], None, "BYTES", "not valid UTF-8"),
+        ([b"x"], [b"passage"], "BYTES", "unknown KIND"),
+        ([7], None, "INT32", "data-type is 'INT32'"),
+        ([b"x"] * (MAX_BATCH + 1), None, "BYTES", "batch"),
+    ],
+)
+def test_bad_requests_get_errors_and_the_server_keeps_serving(server, texts, kinds, dtype, message):
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as error:
+        raw_infer(server, texts, kinds, dtype)
+    assert message.lower() in str(error.value).lower()
+    assert raw_infer(server, [b"still serving"]).shape == (1, 64)
+
+
+def test_text_far_over_max_tokens_is_truncated_not_rejected(server, reference):
+    text = long_text(1024) * 5
+    served = raw_infer(server, [text.encode()], [b"query"])
+    assert cosine_rows(served, reference.encode([text], "query"))[0] >= 0.99999
+
+
+def test_client_errors_are_clear(server):
+    (dead_port,) = free_ports(1)
+    with pytest.raises(MoaiError, match="not ready"):
+        load_embedder(f"triton-http://127.0.0.1:{dead_port}/moai_embedding", ready_timeout=1)
+    with pytest.raises(MoaiError, match="no ready model"):
+        load_embedder(f"triton-grpc://{server.grpc_url}/no_such_model")
+    with pytest.raises(MoaiError, match="HOST:PORT/MODEL"):
+        load_embedder("triton-http://127.0.0.1")
+
+
+def test_large_inputs_split_into_requests_of_max_batch_size(server):
+    with load_embedder(f"triton-http://{server.http_url}/moai_embedding", concurrency=3) as triton:
+        vectors = triton.encode([f"문서 {i}" for i in range(MAX_BATCH * 3 + 5)], "document")
+    assert vectors.shape == (MAX_BATCH * 3 + 5, 64) and np.isfinite(vectors).all()
+
+
+def test_launcher_kills_a_server_that_never_gets_ready(tmp_path):
+    """A model whose initialize hangs (as a stub that cannot start does) keeps Triton
+    "loading" forever: the launcher must give up at its deadline and kill the server."""
+    model = tmp_path / "repo" / "hangs"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(
+        "import time\nclass TritonPythonModel:\n    def initialize(self, args):\n        time.sleep(3600)\n")
+    (model / "config.pbtxt").write_text(
+        'name: "hangs"\nbackend: "python"\nmax_batch_size: 1\n'
+        'input { name: "X" data_type: TYPE_FP32 dims: [1] }\noutput { name: "Y" data_type: TYPE_FP32 dims: [1] }\n')
+    server = TritonServer(tmp_path / "repo", *free_ports(3))
+    started = time.monotonic()
+    with pytest.raises(TritonLaunchError, match="not ready"):
+        server.start(timeout=6)
+    assert time.monotonic() - started < 30
+    assert server.process.poll() is not None  # killed
+
+
+def test_run_local_script(repo):
+    """The documented launcher: serve/triton/run_local.sh REPO, on 127.0.0.1."""
+    http, grpc, metrics = free_ports(3)
+    script = Path(__file__).resolve().parents[1] / "serve" / "triton" / "run_local.sh"
+    process = subprocess.Popen([str(script), str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
+                                "--metrics-port", str(metrics)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True, env={**os.environ, "MOAI_PYTHON": sys.executable},
+                               start_new_session=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while "ready" not in line and time.monotonic() < deadline:
+            line = process.stdout.readline()
+        assert f"127.0.0.1:{http}" in line
+        import tritonclient.http as client
+
+        assert client.InferenceServerClient(f"127.0.0.1:{http}").is_model_ready("moai_embedding")
+    finally:
+        import signal
+
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(60)
+
+
+def test_triton_cli_writes_and_refuses(onnx_dir, tmp_path):
+    result = CliRunner().invoke(main, ["triton", str(onnx_dir), "--repo", str(tmp_path / "r"), "--name", "emb",
+                                       "--max-batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"emb", "emb_tokenizer", "emb_encoder"}
+    assert parse_config((tmp_path / "r" / "emb_tokenizer" / "config.pbtxt").read_text()).max_batch_size == 4
+    result = CliRunner().invoke(main, ["triton", str(onnx_dir), "--repo", str(tmp_path / "r"), "--name", "emb"])
+    assert result.exit_code == 1 and "--force" in result.output
+    result = CliRunner().invoke(main, ["triton", str(onnx_dir), "--repo", str(tmp_path / "r2"), "--tensorrt"])
+    assert result.exit_code == 1 and "--encoder onnxruntime" in result.output
+    result = CliRunner().invoke(main, ["triton", str(tmp_path), "--repo", str(tmp_path / "r3")])
+    assert result.exit_code == 1 and "no model.onnx" in result.output
