@@ -1,16 +1,19 @@
 """`moai-export demo`: the main job end to end on the built-in example, one table at the end.
 
-example -> merge (verified) -> ONNX fp32 and int8 (each gated) -> every variant compared with
-the PEFT reference on the probe set (parity) and timed side by side on the example's texts.
+example -> merge (verified) -> ONNX fp32 and int8 (each gated) -> Triton repository served by a
+real local tritonserver -> every variant compared with the PEFT reference on the probe set
+(parity) and timed side by side on the example's texts.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from .benchmark.speed import round_robin_throughput
 from .embedders.peft_reference import PeftEmbedder
 from .embedders.sentence_transformers import SentenceTransformerEmbedder
+from .embedders.triton import TritonEmbedder
 from .embedders.torch_model import TorchEmbedder
 from .example import build_example
 from .embedders.onnx_runtime import OnnxEmbedder
@@ -24,21 +27,51 @@ from .report import format_table
 ONNX_PRECISIONS = ("fp32", "int8")
 
 
+def _start_triton(out: Path, force: bool, log, running: ExitStack) -> list:
+    """Write a Triton repository for the int8 graph, start a real local tritonserver on free
+    ports, and return the HTTP and gRPC Embedders (with the int8 gate)."""
+    from .export.triton import TritonOptions, write_repository
+    from .serving.triton_server import TritonLaunchError, TritonServer, free_ports
+
+    repo = out / "triton_models"
+    log(f"[4/5] triton repository -> {repo}; starting tritonserver (CPU, 127.0.0.1)")
+    write_repository(out / "onnx-int8", repo, TritonOptions(max_batch_size=32, force=force), log=log)
+    http, grpc, metrics = free_ports(3)
+    try:
+        server = running.enter_context(TritonServer(repo, http, grpc, metrics, log_path=out / "triton.log"))
+    except TritonLaunchError as exc:
+        log(f"warning: Triton skipped: {exc}")
+        return []
+    log(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}")
+    return [
+        (TritonEmbedder(server.http_url, "moai_embedding", protocol="http", name="triton http (onnx int8)"),
+         ONNX_THRESHOLDS["int8"]),
+        (TritonEmbedder(server.grpc_url, "moai_embedding", protocol="grpc", name="triton grpc (onnx int8)"),
+         ONNX_THRESHOLDS["int8"]),
+    ]
+
+
 def run_demo(out: Path, *, size: str = "tiny", force: bool = False, log=print) -> str:
+    with ExitStack() as running:
+        return _run(out, size, force, log, running)
+
+
+def _run(out: Path, size: str, force: bool, log, running: ExitStack) -> str:
     out = Path(out)
     example_dir, merged_dir = out / "example", out / "merged"
-    log(f"[1/4] example ({size}) -> {example_dir}")
+    log(f"[1/5] example ({size}) -> {example_dir}")
     build_example(example_dir, size=size, force=force)
-    log(f"[2/4] merge -> {merged_dir}")
+    log(f"[2/5] merge -> {merged_dir}")
     merge(str(example_dir / "base"), str(example_dir / "adapter"), merged_dir, MergeOptions(force=force, log=log))
     reference = PeftEmbedder.from_base_and_adapter(example_dir / "base", example_dir / "adapter",
                                                    name="peft (reference)")
     for precision in ONNX_PRECISIONS:
-        log(f"[3/4] onnx {precision} -> {out / f'onnx-{precision}'}")
+        log(f"[3/5] onnx {precision} -> {out / f'onnx-{precision}'}")
         export_onnx(merged_dir, out / f"onnx-{precision}", reference=reference,
                     options=OnnxOptions(precision=precision, force=force, log=log))
+    servers = _start_triton(out, force, log, running)
 
-    log("[4/4] parity and speed of every variant")
+    log("[5/5] parity and speed of every variant")
     variants = [
         (reference, MERGE_THRESHOLDS["fp32"]),
         (TorchEmbedder.from_dir(merged_dir, name="merged torch fp32"), MERGE_THRESHOLDS["fp32"]),
@@ -46,7 +79,7 @@ def run_demo(out: Path, *, size: str = "tiny", force: bool = False, log=print) -
     ] + [
         (OnnxEmbedder(out / f"onnx-{precision}", name=f"onnx {precision}"), ONNX_THRESHOLDS[precision])
         for precision in ONNX_PRECISIONS
-    ]
+    ] + servers
     probes = probe_set(reference.contract.max_tokens)
     expected = embed_probes(reference, probes)
     documents = [positive for _, positive, _ in TRIPLETS] + [negative for _, _, negative in TRIPLETS]
@@ -57,6 +90,8 @@ def run_demo(out: Path, *, size: str = "tiny", force: bool = False, log=print) -
                          candidate_name=embedder.name, reference_name=reference.name)
         rows.append([embedder.name, parity.min_cosine, parity.max_abs, parity.passed,
                      f"{speed.texts_per_s:.1f}", f"{speed.texts_per_s / speeds[0].texts_per_s:.2f}x"])
+    for embedder, _ in variants:
+        embedder.close()
     table = format_table(["variant", "min cos", "max abs", "parity", "docs/s", "vs reference"], rows)
     log(f"\n{len(probes)} parity probes; speed: {len(documents)} documents, best of 3 rounds, round-robin")
     return table

@@ -4,7 +4,6 @@ python backend), started by the suite on free loopback ports."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from moai_export.export.onnx import OnnxOptions, export_onnx
 from moai_export.export.triton import TritonOptions, parse_config, write_repository
 from moai_export.parity import cosine_rows
 from moai_export.probes import long_text
-from moai_export.serving.triton_server import TritonLaunchError, TritonServer, runtime_venv
+from moai_export.serving.triton_server import TritonLaunchError, TritonServer, free_ports, runtime_venv
 
 # Skipped only outside CI, where someone ran pytest without `make test`; in CI a missing
 # runtime is a failure, never a silent skip.
@@ -32,16 +31,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 MAX_BATCH = 8
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,20 @@ class TritonLaunchError(RuntimeError):
     pass
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (for servers that must not collide with others)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def runtime_venv() -> Path:
     root = Path(__file__).resolve().parents[2]
     return Path(os.environ.get("MOAI_TRITON_VENV", root / ".venv-triton"))
