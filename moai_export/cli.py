@@ -226,6 +226,49 @@ def triton(artifact, repo, name, encoder, max_batch_size, max_queue_delay_us, pr
     click.echo(f"wrote {name}, {name}_tokenizer, {name}_encoder to {repo}")
 
 
+@main.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create.")
+@click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True, help="dtype of the saved weights.")
+@click.option("--served-model-name", default="moai-embedding", show_default=True,
+              help="The model name clients send (written into the serve arguments).")
+@click.option("--reference", default=None,
+              help="Reference for the gate, e.g. BASE+ADAPTER. Default: SOURCE in float32 torch.")
+@click.option("--min-cosine", type=float, default=None, help="Gate: minimum cosine (default by dtype, as for merge).")
+@click.option("--max-abs", type=float, default=None, help="Gate: maximum absolute difference (default by dtype).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, force):
+    """Write a directory that vLLM serves as an embedding model, with the pooler pinned.
+
+    SOURCE is a merged (or any sentence-transformers) model directory. OUT gets the weights,
+    tokenizer.json with the end-token post-processor, the sentence-transformers modules
+    (vLLM takes its pooler and its query/document prompts from them), the contract and
+    vllm_serve.json (--runner pooling, --pooler-config, dtype, max model len). It is published
+    only after a real vLLM engine (offline, float32 on CPU) passes the parity gate.
+
+    \b
+    Serve it:   serve/vllm/run.sh OUT              (127.0.0.1:8000)
+    Check it:   moai-export verify vllm-http://127.0.0.1:8000/moai-embedding --reference BASE+ADAPTER
+    """
+    from .errors import VerificationFailed
+    from .export.vllm import VllmOptions, export_vllm
+    from .parity import MERGE_THRESHOLDS
+
+    reference_embedder = None
+    if reference:
+        from .embedders import load_embedder
+
+        reference_embedder = load_embedder(reference, name=f"reference ({reference})")
+    options = VllmOptions(dtype=dtype, served_model_name=served_model_name, force=force, log=_log,
+                          thresholds=_thresholds(MERGE_THRESHOLDS[dtype], min_cosine, max_abs))
+    try:
+        export_vllm(source, out, reference=reference_embedder, reference_label=reference, options=options)
+    except VerificationFailed as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    click.echo(f"vLLM directory written to {out} (verified; serve: serve/vllm/run.sh {out})")
+
+
 def _log(message: str) -> None:
     click.echo(message, err=True)
 

@@ -7,6 +7,9 @@ so the CLI, parity and benchmarks name variants alike:
     onnx:DIR            an ONNX artifact run by ONNX Runtime
     triton-http://HOST:PORT/MODEL, triton-grpc://HOST:PORT/MODEL
                         the ensemble written by `moai-export triton`, on a running Triton server
+    vllm:DIR            a `moai-export vllm` directory in vLLM's offline engine
+    vllm-http://HOST:PORT/MODEL[?route=v1][&contract=DIR]
+                        a running vLLM server (serve/vllm/run.sh); /v2/embed by default
     DIR                 detected: onnx if DIR/model.onnx exists, else torch
 """
 
@@ -17,12 +20,12 @@ from pathlib import Path
 from ..errors import MoaiError
 from .base import Embedder
 
-KINDS = ("peft", "torch", "st", "onnx")
+KINDS = ("peft", "torch", "st", "onnx", "vllm")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """(kind, location) of an embedder spec."""
-    for scheme in ("triton-http", "triton-grpc"):
+    for scheme in ("triton-http", "triton-grpc", "vllm-http"):
         if spec.startswith(f"{scheme}://"):
             return scheme, spec[len(scheme) + 3:]
     kind, sep, rest = spec.partition(":")
@@ -46,6 +49,20 @@ def load_embedder(spec: str, *, name: str | None = None, **options) -> Embedder:
         if not sep or not model or ":" not in address:
             raise MoaiError(f"{spec}: expected {kind}://HOST:PORT/MODEL")
         return TritonEmbedder(address, model, protocol=kind.split("-")[1], name=name, **options)
+    if kind == "vllm-http":
+        from urllib.parse import parse_qs
+
+        from ..contract import read_contract
+        from .vllm import VllmHttpEmbedder
+
+        location, _, query = location.partition("?")
+        address, sep, model = location.partition("/")
+        if not sep or not model or ":" not in address:
+            raise MoaiError(f"{spec}: expected vllm-http://HOST:PORT/MODEL")
+        params = {k: v[-1] for k, v in parse_qs(query).items()}
+        contract = read_contract(Path(params["contract"])) if "contract" in params else None
+        return VllmHttpEmbedder(f"http://{address}", model, contract=contract, route=params.get("route", "v2"),
+                                name=name, **options)
     if kind == "peft":
         from ..sources import resolve_model_dir
         from .peft_reference import PeftEmbedder
@@ -66,6 +83,10 @@ def load_embedder(spec: str, *, name: str | None = None, **options) -> Embedder:
         from .sentence_transformers import SentenceTransformerEmbedder
 
         return SentenceTransformerEmbedder(path, name=name, **options)
+    if kind == "vllm":
+        from .vllm import VllmOfflineEmbedder
+
+        return VllmOfflineEmbedder(path, name=name, **options)
     from .onnx_runtime import OnnxEmbedder
 
     return OnnxEmbedder(path, name=name, **options)

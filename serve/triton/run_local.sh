@@ -11,5 +11,5 @@ fi
 repo="$1"; shift
 python="${MOAI_PYTHON:-$root/.venv/bin/python}"
 [ -x "$python" ] || python=python3
-cd "$root"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 exec "$python" -m moai_export.serving.triton_server --repo "$repo" "$@"

@@ -1,0 +1,160 @@
+"""`moai-export vllm`: a directory vLLM serves as an embedding model, pooler pinned.
+
+vLLM's defaults for pooling models have changed between versions; the artifact therefore
+states everything: sentence-transformers modules (Pooling lasttoken + Normalize, from which
+vLLM takes its pooler and its per-input_type prompts), and `vllm_serve.json`, the exact engine
+arguments (--runner pooling, --pooler-config, dtype, max model len) the launcher passes.
+The artifact is admitted by the parity gate run on a real vLLM engine.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..artifacts import PARITY_FILE, atomic_output_dir, check_target, weights_digest, write_json, write_manifest
+from ..contract import EmbeddingContract, read_contract
+from ..embedders.base import Embedder
+from ..errors import MoaiError, VerificationFailed
+from ..parity import MERGE_THRESHOLDS, ReferenceFigures, Thresholds
+from ..sentence_transformers_format import write_sentence_transformers_files
+
+SERVE_FILE = "vllm_serve.json"
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+POOLING_TYPES = {"lasttoken": "LAST", "mean": "MEAN", "cls": "CLS"}
+# vLLM on CPU reserves 92% of memory for the KV cache by default, which aborts on small
+# machines; an embedding model needs little (one forward per request, no decoding).
+DEFAULT_KV_CACHE_BYTES = 1 << 30
+MIN_RANK_AGREEMENT = {"fp32": 1.0, "bf16": 0.9, "fp16": 0.95}
+
+
+def pooler_config(contract: EmbeddingContract) -> dict:
+    """vLLM's --pooler-config for the contract ("use_activation" is normalization for embed)."""
+    return {"pooling_type": POOLING_TYPES[contract.pooling], "use_activation": contract.normalize}
+
+
+def serve_args(contract: EmbeddingContract, dtype: str, served_model_name: str) -> dict:
+    return {
+        "runner": "pooling",
+        "pooler_config": pooler_config(contract),
+        "weights_dtype": DTYPES[dtype],
+        # float32 on CPU keeps parity; "auto" on CPU would silently run fp16
+        "dtype_cpu": "float32",
+        "dtype_gpu": "bfloat16" if dtype == "fp32" else DTYPES[dtype],
+        "max_model_len": contract.max_tokens,
+        "served_model_name": served_model_name,
+        "kv_cache_memory_bytes": DEFAULT_KV_CACHE_BYTES,
+    }
+
+
+@dataclass
+class VllmOptions:
+    dtype: str = "fp32"
+    served_model_name: str = "moai-embedding"
+    thresholds: Thresholds | None = None
+    min_rank_agreement: float | None = None
+    force: bool = False
+    log: callable = print
+    timings: dict = field(default_factory=dict)
+
+
+def write_vllm_dir(source: Path, out: Path, contract: EmbeddingContract, dtype: str, served_model_name: str) -> None:
+    """Weights (cast to `dtype`), tokenizer with the end-token post-processor, sentence-
+    transformers modules, contract and serve arguments."""
+    import tokenizers
+    import torch
+
+    from ..embedders.torch_model import DTYPES as TORCH_DTYPES
+    from ..embedders.torch_model import load_backbone
+    from ..tokenizer import appended_end_token, ensure_end_token
+
+    model = load_backbone(source, TORCH_DTYPES[dtype])
+    with torch.no_grad():
+        model.save_pretrained(str(out))
+    del model
+    tokenizer = tokenizers.Tokenizer.from_file(str(source / "tokenizer.json"))
+    if contract.end_token is not None and appended_end_token(tokenizer) != contract.end_token:
+        ensure_end_token(tokenizer, contract.end_token)
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    tokenizer.save(str(out / "tokenizer.json"))
+    config = json.loads((source / "tokenizer_config.json").read_text()) if (source / "tokenizer_config.json").is_file() else {}
+    # With a chat template, vLLM renders the query instruction as a system message instead of
+    # the plain prefix the model was trained with: the template must not be there.
+    config.pop("chat_template", None)
+    config.update(model_max_length=contract.max_tokens, padding_side=contract.padding_side)
+    write_json(out / "tokenizer_config.json", config)
+    for name in ("special_tokens_map.json",):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+    write_sentence_transformers_files(contract, out)
+    contract.save(out)
+    write_json(out / SERVE_FILE, serve_args(contract, dtype, served_model_name))
+
+
+def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, reference_label: str | None = None,
+                options: VllmOptions | None = None) -> dict:
+    """Write the vLLM directory for the merged model `source`, gated on a real vLLM engine
+    against `reference` (default: `source` in float32 torch)."""
+    from ..embedders.torch_model import TorchEmbedder
+    from ..embedders.vllm import VllmOfflineEmbedder
+
+    options = options or VllmOptions()
+    if options.dtype not in DTYPES:
+        raise MoaiError(f"unknown dtype {options.dtype!r}: expected one of {', '.join(DTYPES)}")
+    source, out = Path(source), Path(out)
+    check_target(out, options.force)
+    contract = read_contract(source)
+    if contract.pooling not in POOLING_TYPES:
+        raise MoaiError(f"pooling {contract.pooling!r} has no vLLM equivalent")
+    thresholds = options.thresholds or MERGE_THRESHOLDS[options.dtype]
+    min_agreement = MIN_RANK_AGREEMENT[options.dtype] if options.min_rank_agreement is None else options.min_rank_agreement
+    VllmOfflineEmbedder.check_runtime()
+
+    owned = reference is None
+    if owned:
+        reference = TorchEmbedder.from_dir(source, name=f"torch fp32 ({source.name})")
+        reference_label = reference_label or f"torch:{source}"
+    log = options.log
+    log(f"reference: {reference.name}; embedding the probe set")
+    started = time.perf_counter()
+    figures = ReferenceFigures(reference)
+    if owned:
+        reference.close()
+    options.timings["reference_s"] = time.perf_counter() - started
+
+    with atomic_output_dir(out, force=options.force) as tmp:
+        t = time.perf_counter()
+        log(f"writing the vLLM directory ({options.dtype} weights)")
+        write_vllm_dir(source, tmp, contract, options.dtype, options.served_model_name)
+        options.timings["write_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        log("verifying on a real vLLM engine (offline, float32 on CPU)")
+        with VllmOfflineEmbedder(tmp, name=f"vllm offline ({options.dtype} weights)") as candidate:
+            gate = figures.gate(candidate, thresholds, min_agreement)
+        options.timings["verify_s"] = time.perf_counter() - t
+        report = {
+            "stage": "vllm",
+            "passed": gate.passed,
+            "failures": gate.reasons(),
+            "dtype": options.dtype,
+            "reference": reference_label or reference.name,
+            "gate": gate.to_dict(),
+            "serve_args": json.loads((tmp / SERVE_FILE).read_text()),
+            "source": {"path": str(source), "weights": weights_digest(source)},
+            "timings": {k: round(v, 3) for k, v in options.timings.items()},
+        }
+        from .onnx import format_gate_table
+
+        log(format_gate_table([gate]))
+        if not gate.passed:
+            raise VerificationFailed("vllm verification FAILED, nothing written: " + "; ".join(gate.reasons()[:5]),
+                                     report=report)
+        write_json(tmp / PARITY_FILE, report)
+        write_manifest(tmp, stage="vllm", inputs={"source": report["source"], "reference": report["reference"]},
+                       options={"dtype": options.dtype, "served_model_name": options.served_model_name},
+                       extra={"parity_file": PARITY_FILE})
+    return report

