@@ -1,8 +1,9 @@
 """`moai-export demo`: the main job end to end on the built-in example, one table at the end.
 
 example -> merge (verified) -> ONNX fp32 and int8 (each gated) -> Triton repository served by a
-real local tritonserver -> every variant compared with the PEFT reference on the probe set
-(parity) and timed side by side on the example's texts.
+real local tritonserver -> vLLM directory (gated on a real engine) served by vLLM's server ->
+every variant compared with the PEFT reference on the probe set (parity) and timed side by side
+on the example's texts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,31 @@ from .report import format_table
 ONNX_PRECISIONS = ("fp32", "int8")
 
 
+def _start_vllm(out: Path, merged_dir: Path, reference, force: bool, log, running: ExitStack) -> list:
+    """Export the vLLM directory (gated on the offline engine), serve it with vLLM's
+    OpenAI-compatible server, and return its Embedder (/v2/embed, server-side prompt)."""
+    from .embedders.vllm import VllmHttpEmbedder
+    from .errors import MoaiError
+    from .export.vllm import VllmOptions, export_vllm
+    from .serving.triton_server import free_ports
+    from .serving.vllm_server import VllmLaunchError, VllmServer
+
+    vllm_dir = out / "vllm"
+    log(f"[5/6] vllm -> {vllm_dir}; starting the vLLM server (CPU, float32, 127.0.0.1)")
+    try:
+        export_vllm(merged_dir, vllm_dir, reference=reference, options=VllmOptions(force=force, log=log))
+        (port,) = free_ports(1)
+        server = running.enter_context(VllmServer(vllm_dir, port=port, log_path=out / "vllm.log"))
+    except (VllmLaunchError, MoaiError) as exc:
+        if "runtime not found" not in str(exc) and not isinstance(exc, VllmLaunchError):
+            raise
+        log(f"warning: vLLM skipped: {exc}")
+        return []
+    log(f"vLLM server ready: {server.base_url}")
+    return [(VllmHttpEmbedder(server.base_url, "moai-embedding", name="vllm http (fp32, /v2/embed)"),
+             MERGE_THRESHOLDS["fp32"])]
+
+
 def _start_triton(out: Path, force: bool, log, running: ExitStack) -> list:
     """Write a Triton repository for the int8 graph, start a real local tritonserver on free
     ports, and return the HTTP and gRPC Embedders (with the int8 gate)."""
@@ -34,7 +60,7 @@ def _start_triton(out: Path, force: bool, log, running: ExitStack) -> list:
     from .serving.triton_server import TritonLaunchError, TritonServer, free_ports
 
     repo = out / "triton_models"
-    log(f"[4/5] triton repository -> {repo}; starting tritonserver (CPU, 127.0.0.1)")
+    log(f"[4/6] triton repository -> {repo}; starting tritonserver (CPU, 127.0.0.1)")
     write_repository(out / "onnx-int8", repo, TritonOptions(max_batch_size=32, force=force), log=log)
     http, grpc, metrics = free_ports(3)
     try:
@@ -59,19 +85,20 @@ def run_demo(out: Path, *, size: str = "tiny", force: bool = False, log=print) -
 def _run(out: Path, size: str, force: bool, log, running: ExitStack) -> str:
     out = Path(out)
     example_dir, merged_dir = out / "example", out / "merged"
-    log(f"[1/5] example ({size}) -> {example_dir}")
+    log(f"[1/6] example ({size}) -> {example_dir}")
     build_example(example_dir, size=size, force=force)
-    log(f"[2/5] merge -> {merged_dir}")
+    log(f"[2/6] merge -> {merged_dir}")
     merge(str(example_dir / "base"), str(example_dir / "adapter"), merged_dir, MergeOptions(force=force, log=log))
     reference = PeftEmbedder.from_base_and_adapter(example_dir / "base", example_dir / "adapter",
                                                    name="peft (reference)")
     for precision in ONNX_PRECISIONS:
-        log(f"[3/5] onnx {precision} -> {out / f'onnx-{precision}'}")
+        log(f"[3/6] onnx {precision} -> {out / f'onnx-{precision}'}")
         export_onnx(merged_dir, out / f"onnx-{precision}", reference=reference,
                     options=OnnxOptions(precision=precision, force=force, log=log))
     servers = _start_triton(out, force, log, running)
+    servers += _start_vllm(out, merged_dir, reference, force, log, running)
 
-    log("[5/5] parity and speed of every variant")
+    log("[6/6] parity and speed of every variant")
     variants = [
         (reference, MERGE_THRESHOLDS["fp32"]),
         (TorchEmbedder.from_dir(merged_dir, name="merged torch fp32"), MERGE_THRESHOLDS["fp32"]),
