@@ -76,3 +76,40 @@ class ContractTokenizer:
             return len(self.tokenizer.encode(self.contract.prompt_for(kind) + text).ids)
         finally:
             self.tokenizer.enable_truncation(max_length=self.contract.max_tokens, strategy="longest_first")
+
+
+TOKENIZER_AUX_FILES = ("special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "vocab.txt")
+
+
+def write_tokenizer_files(source: Path, contract: EmbeddingContract, out: Path, *, with_config: bool = True,
+                          drop_chat_template: bool = False) -> None:
+    """Write `out/tokenizer.json` from `source` with the contract's end-token post-processor
+    (and no saved padding/truncation: every runtime configures those from the contract), plus
+    tokenizer_config.json set to the contract's max length and padding side."""
+    import json
+    import shutil
+
+    import tokenizers
+
+    from .tokenizer import appended_end_token, ensure_end_token
+
+    source, out = Path(source), Path(out)
+    tokenizer = tokenizers.Tokenizer.from_file(str(source / "tokenizer.json"))
+    if contract.end_token is not None and appended_end_token(tokenizer) != contract.end_token:
+        ensure_end_token(tokenizer, contract.end_token)
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    tokenizer.save(str(out / "tokenizer.json"))
+    if not with_config:
+        return
+    for name in TOKENIZER_AUX_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+    config_path = source / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    if drop_chat_template:
+        config.pop("chat_template", None)
+    config.update(model_max_length=contract.max_tokens, padding_side=contract.padding_side,
+                  pad_token=contract.pad_token)
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                               encoding="utf-8")

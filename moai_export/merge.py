@@ -12,9 +12,7 @@ The proof, before the output directory exists:
 from __future__ import annotations
 
 import hashlib
-import json
 import resource
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +26,13 @@ from .embedders.peft_reference import PeftEmbedder, reference_contract
 from .embedders.sentence_transformers import SentenceTransformerEmbedder
 from .embedders.torch_model import DTYPES, TorchEmbedder
 from .errors import MoaiError, VerificationFailed
+from .inputs import write_tokenizer_files
 from .parity import MERGE_THRESHOLDS, ParityResult, Thresholds, adapter_effect, compare, embed_probes
 from .probes import probe_set
 from .report import format_table
 from .safetensors_files import check_model_weights
 from .sentence_transformers_format import write_sentence_transformers_files
 from .sources import looks_like_hub_id, resolve_model_dir
-
-TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "added_tokens.json", "vocab.txt")
 
 
 @dataclass
@@ -165,26 +161,9 @@ def check_base_identity(base_spec: str, base_dir: Path, info: AdapterInfo, *, al
 
 
 def write_tokenizer(base_dir: Path, adapter_dir: Path, contract: EmbeddingContract, out: Path) -> None:
-    """tokenizer.json with the end-token post-processor, plus the auxiliary tokenizer files."""
-    import tokenizers
-
-    from .tokenizer import appended_end_token, ensure_end_token
-
+    """The fine-tune's tokenizer if the adapter carries one, else the base's."""
     source = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else base_dir
-    tokenizer = tokenizers.Tokenizer.from_file(str(source / "tokenizer.json"))
-    if contract.end_token is not None and appended_end_token(tokenizer) != contract.end_token:
-        ensure_end_token(tokenizer, contract.end_token)
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    tokenizer.save(str(out / "tokenizer.json"))
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, out / name)
-    config_path = out / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    config.update(model_max_length=contract.max_tokens, padding_side=contract.padding_side,
-                  pad_token=contract.pad_token)
-    write_json(config_path, config)
+    write_tokenizer_files(source, contract, out)
 
 
 def _adapted_weights(peft_model) -> dict[str, torch.Tensor]:

@@ -12,6 +12,9 @@ from .train import train_adapter
 
 __all__ = ["SIZES", "build_example"]
 
+# Random-weight bases tolerate a large step; the full shape diverged at 2e-3 (loss 2.8 -> 11.9).
+LEARNING_RATES = {"tiny": 2e-3, "small": 1e-3, "full": 2e-4}
+
 
 def build_example(out: Path, *, size: str = "tiny", seed: int = 0, steps: int = 8, force: bool = False,
                   progress: bool = True) -> dict:
@@ -23,7 +26,7 @@ def build_example(out: Path, *, size: str = "tiny", seed: int = 0, steps: int = 
         contract = build_base(base_dir, size, seed)
         # The adapter records where its base will live once published, as PEFT would record a hub id.
         losses = train_adapter(base_dir, adapter_dir, contract, steps=steps, seed=seed,
-                               base_name=str(out / "base"), progress=progress)
+                               base_name=str(out / "base"), learning_rate=LEARNING_RATES[size], progress=progress)
         summary = {"size": size, "seed": seed, "steps": steps, "losses": losses}
         (tmp / "example.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         write_manifest(tmp, stage="example", inputs={}, options={"size": size, "seed": seed, "steps": steps})

@@ -40,21 +40,31 @@ def train_adapter(
     base_name: str,
     learning_rate: float = 2e-3,
     batch_size: int = 8,
+    mini_batch_size: int = 4,
+    examples: list[tuple[str, ...]] | None = None,
+    device: str = "cpu",
     progress: bool = True,
 ) -> list[float]:
-    """Train and save a PEFT adapter for the model in `base_dir`; returns the loss per step."""
+    """Train and save a PEFT adapter for the model in `base_dir`; returns the loss per step.
+
+    `examples` are (query, positive) pairs or (query, positive, hard negative) triplets
+    (default: the built-in Korean finance triplets); in-batch negatives come from the rest of
+    the batch. CachedMultipleNegativesRankingLoss makes the batch size independent of memory:
+    `mini_batch_size` is what goes through the model at once."""
     from peft import get_peft_model
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = SentenceTransformer(str(base_dir), device="cpu")
+    examples = examples or TRIPLETS
+    columns = min(len(example) for example in examples)
+    model = SentenceTransformer(str(base_dir), device=device)
     transformer = model[0]
     with warnings.catch_warnings():  # PEFT warns that the recorded base path differs: intended
         warnings.simplefilter("ignore", UserWarning)
         transformer.model = get_peft_model(transformer.model, lora_config(base_name))
-    loss_fn = CachedMultipleNegativesRankingLoss(model, mini_batch_size=4)
+    loss_fn = CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate)
     query_prompt = contract.prompt_for("query")
@@ -62,14 +72,11 @@ def train_adapter(
 
     model.train()
     losses = []
-    for _ in tqdm(range(steps), desc="training example adapter", disable=not progress):
-        batch = rng.sample(TRIPLETS, k=min(batch_size, len(TRIPLETS)))
-        anchors, positives, negatives = zip(*batch)
-        features = [
-            model.preprocess(list(anchors), prompt=query_prompt or None),
-            model.preprocess(list(positives), prompt=document_prompt or None),
-            model.preprocess(list(negatives), prompt=document_prompt or None),
-        ]
+    for _ in tqdm(range(steps), desc="training LoRA adapter", disable=not progress):
+        batch = rng.sample(examples, k=min(batch_size, len(examples)))
+        queries, *documents = zip(*(example[:columns] for example in batch))
+        features = [model.preprocess(list(queries), prompt=query_prompt or None)]
+        features += [model.preprocess(list(column), prompt=document_prompt or None) for column in documents]
         loss = loss_fn(features, torch.zeros(len(batch)))
         optimizer.zero_grad()
         loss.backward()

@@ -26,6 +26,7 @@ from ..artifacts import MANIFEST_FILE, PARITY_FILE, check_target, write_manifest
 from ..contract import EmbeddingContract, read_contract
 from ..embedders.onnx_runtime import ONNX_FILE, OUTPUT_NAME
 from ..errors import MoaiError
+from ..inputs import write_tokenizer_files
 from .onnx import ONNX_DATA
 
 ENCODERS = ("python", "onnxruntime")
@@ -153,8 +154,6 @@ def ensemble_config(options: TritonOptions, contract: EmbeddingContract, precisi
 
 def write_repository(artifact: Path, repo: Path, options: TritonOptions | None = None, log=print) -> dict:
     """Write the three models for the ONNX `artifact` into `repo` (other models there are kept)."""
-    from ..tokenizer import appended_end_token, ensure_end_token
-
     options = options or TritonOptions()
     artifact, repo = Path(artifact), Path(repo)
     _check_options(options)
@@ -175,14 +174,7 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
         tok_dir = staging / names["tokenizer"] / version
         tok_dir.mkdir(parents=True)
         _copy_source("tokenizer_model.py", tok_dir / "model.py")
-        import tokenizers
-
-        tokenizer = tokenizers.Tokenizer.from_file(str(artifact / "tokenizer.json"))
-        if contract.end_token is not None and appended_end_token(tokenizer) != contract.end_token:
-            ensure_end_token(tokenizer, contract.end_token)
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        tokenizer.save(str(tok_dir / "tokenizer.json"))
+        write_tokenizer_files(artifact, contract, tok_dir, with_config=False)
         contract.save(tok_dir)
         (staging / names["tokenizer"] / "warmup").mkdir()
         raw = WARMUP_TEXT.encode("utf-8")

@@ -10,7 +10,6 @@ The artifact is admitted by the parity gate run on a real vLLM engine.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from ..artifacts import PARITY_FILE, atomic_output_dir, check_target, weights_di
 from ..contract import EmbeddingContract, read_contract
 from ..embedders.base import Embedder
 from ..errors import MoaiError, VerificationFailed
+from ..inputs import write_tokenizer_files
 from ..parity import MERGE_THRESHOLDS, ReferenceFigures, Thresholds
 from ..sentence_transformers_format import write_sentence_transformers_files
 
@@ -64,32 +64,18 @@ class VllmOptions:
 def write_vllm_dir(source: Path, out: Path, contract: EmbeddingContract, dtype: str, served_model_name: str) -> None:
     """Weights (cast to `dtype`), tokenizer with the end-token post-processor, sentence-
     transformers modules, contract and serve arguments."""
-    import tokenizers
     import torch
 
     from ..embedders.torch_model import DTYPES as TORCH_DTYPES
     from ..embedders.torch_model import load_backbone
-    from ..tokenizer import appended_end_token, ensure_end_token
 
     model = load_backbone(source, TORCH_DTYPES[dtype])
     with torch.no_grad():
         model.save_pretrained(str(out))
     del model
-    tokenizer = tokenizers.Tokenizer.from_file(str(source / "tokenizer.json"))
-    if contract.end_token is not None and appended_end_token(tokenizer) != contract.end_token:
-        ensure_end_token(tokenizer, contract.end_token)
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    tokenizer.save(str(out / "tokenizer.json"))
-    config = json.loads((source / "tokenizer_config.json").read_text()) if (source / "tokenizer_config.json").is_file() else {}
     # With a chat template, vLLM renders the query instruction as a system message instead of
     # the plain prefix the model was trained with: the template must not be there.
-    config.pop("chat_template", None)
-    config.update(model_max_length=contract.max_tokens, padding_side=contract.padding_side)
-    write_json(out / "tokenizer_config.json", config)
-    for name in ("special_tokens_map.json",):
-        if (source / name).is_file():
-            shutil.copyfile(source / name, out / name)
+    write_tokenizer_files(source, contract, out, drop_chat_template=True)
     write_sentence_transformers_files(contract, out)
     contract.save(out)
     write_json(out / SERVE_FILE, serve_args(contract, dtype, served_model_name))

@@ -18,36 +18,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .process import LaunchError, ManagedServer, free_ports
+
+TritonLaunchError = LaunchError  # the name callers catch
+__all__ = ["TritonServer", "TritonLaunchError", "free_ports", "runtime_venv"]
+
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
-
-
-class TritonLaunchError(RuntimeError):
-    pass
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (for servers that must not collide with others)."""
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def runtime_venv() -> Path:
@@ -65,7 +47,7 @@ def _pytriton_dir(venv: Path) -> Path:
 
 
 @dataclass
-class TritonServer:
+class TritonServer(ManagedServer):
     repository: Path
     http_port: int = DEFAULT_PORTS["http"]
     grpc_port: int = DEFAULT_PORTS["grpc"]
@@ -73,8 +55,13 @@ class TritonServer:
     venv: Path = field(default_factory=runtime_venv)
     log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)
-    process: subprocess.Popen | None = None
+    process: object = None
     _workdir: Path | None = None
+    label = "tritonserver"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://{self.http_url}/v2/health/ready"
 
     @property
     def http_url(self) -> str:
@@ -115,52 +102,12 @@ class TritonServer:
         return command, env
 
     def start(self, timeout: float = 120.0) -> "TritonServer":
-        command, env = self.command()
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return super().start(timeout)
 
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        url = f"http://{self.http_url}/v2/health/ready"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise TritonLaunchError(f"tritonserver exited with code {self.process.returncode}{self._log_hint()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        raise TritonLaunchError(f"tritonserver not ready after {timeout:.0f} s (killed){self._log_hint()}")
-
-    def _log_hint(self) -> str:
-        return f"; see {self.log_path}" if self.log_path else ""
-
-    def stop(self, grace: float = 10.0) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+    def cleanup(self) -> None:
         if self._workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-
-    def __enter__(self):
-        return self.start() if self.process is None else self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,24 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_PORTS["metrics"])
     parser.add_argument("--timeout", type=float, default=180.0, help="Seconds to wait for readiness before giving up.")
     args, extra = parser.parse_known_args(argv)
-    server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, extra_args=extra,
-                          log_path=None)
-    command, env = server.command()
-    # Foreground: the server's own log goes to the terminal; a watchdog enforces the deadline.
-    process = subprocess.Popen(command, env=env, start_new_session=True)
-    server.process = process
-    try:
-        server.wait_ready(args.timeout)
-        print(f"tritonserver ready: HTTP http://127.0.0.1:{args.http_port}  gRPC 127.0.0.1:{args.grpc_port}  "
-              f"metrics http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
-        return process.wait()
-    except TritonLaunchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        server.stop()
+    server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, extra_args=extra)
+    return server.run_foreground(args.timeout, lambda: (
+        f"tritonserver ready: HTTP http://127.0.0.1:{args.http_port}  gRPC 127.0.0.1:{args.grpc_port}  "
+        f"metrics http://127.0.0.1:{args.metrics_port}/metrics"))
 
 
 if __name__ == "__main__":

@@ -16,20 +16,15 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .process import LaunchError, ManagedServer
+
 SERVE_FILE = "vllm_serve.json"
-
-
-class VllmLaunchError(RuntimeError):
-    pass
+VllmLaunchError = LaunchError  # the name callers catch
 
 
 def vllm_venv() -> Path:
@@ -43,7 +38,7 @@ def has_gpu() -> bool:
 
 
 @dataclass
-class VllmServer:
+class VllmServer(ManagedServer):
     model_dir: Path
     host: str = "127.0.0.1"
     port: int = 8000
@@ -52,11 +47,16 @@ class VllmServer:
     max_lora_rank: int = 64
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
-    process: subprocess.Popen | None = None
+    process: object = None
+    label = "vLLM server"
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.base_url}/health"
 
     def serve_args(self) -> dict:
         path = Path(self.model_dir) / SERVE_FILE
@@ -64,7 +64,7 @@ class VllmServer:
             raise VllmLaunchError(f"{self.model_dir}: no {SERVE_FILE}; write it with `moai-export vllm`")
         return json.loads(path.read_text())
 
-    def command(self) -> list[str]:
+    def command(self) -> tuple[list[str], None]:
         python = vllm_venv() / "bin" / "python"
         if not python.is_file():
             raise VllmLaunchError(f"vLLM runtime not found ({python}); create it with serve/vllm/setup_env.sh")
@@ -88,47 +88,10 @@ class VllmServer:
         if self.lora:
             command += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--lora-modules",
                         *[f"{name}={Path(path).resolve()}" for name, path in self.lora.items()]]
-        return command + self.extra_args
+        return command + self.extra_args, None
 
     def start(self, timeout: float = 300.0) -> "VllmServer":
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                hint = f"; see {self.log_path}" if self.log_path else ""
-                raise VllmLaunchError(f"vLLM server exited with code {self.process.returncode}{hint}")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.5)
-        raise VllmLaunchError(f"vLLM server not ready after {timeout:.0f} s (killed)")
-
-    def stop(self, grace: float = 20.0) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-    def __enter__(self):
-        return self.start() if self.process is None else self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return super().start(timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,20 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--lora expects NAME=ADAPTER_DIR, got {item!r}")
         lora[name] = Path(path)
     server = VllmServer(args.model_dir, args.host, args.port, args.dtype, lora, args.max_lora_rank, extra)
-    try:
-        server.process = subprocess.Popen(server.command(), start_new_session=True)
-        server.wait_ready(args.timeout)
-        names = [server.serve_args()["served_model_name"], *lora]
-        print(f"vLLM ready: {server.base_url} (models: {', '.join(names)}; "
-              f"/v2/embed with input_type query|document, /v1/embeddings)", flush=True)
-        return server.process.wait()
-    except VllmLaunchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        server.stop()
+    names = [server.serve_args()["served_model_name"], *lora] if (args.model_dir / SERVE_FILE).is_file() else []
+    return server.run_foreground(args.timeout, lambda: (
+        f"vLLM ready: {server.base_url} (models: {', '.join(names)}; "
+        "/v2/embed with input_type query|document, /v1/embeddings)"))
 
 
 if __name__ == "__main__":
