@@ -35,9 +35,15 @@ def main() -> None:
     to embed like the float32 PEFT reference before it is written.
 
     \b
-    Typical flow:
+    Typical flow (every step exits non-zero and writes nothing if its gate fails):
       moai-export example --out build/example
       moai-export merge --base build/example/base --adapter build/example/adapter --out build/merged
+      moai-export onnx build/merged --out build/onnx-int8 --precision int8 \\
+          --reference build/example/base+build/example/adapter
+      moai-export triton build/onnx-int8 --repo triton_models     # then serve/triton/run_local.sh triton_models
+      moai-export vllm build/merged --out build/vllm              # then serve/vllm/run.sh build/vllm
+      moai-export verify triton-grpc://127.0.0.1:8001/moai_embedding --reference build/example/base+build/example/adapter
+    Or all of it on the built-in example: moai-export demo
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
