@@ -17,6 +17,8 @@ DTYPE_CHOICE = click.Choice(["fp32", "bf16", "fp16"])
 class MoaiGroup(click.Group):
     """Turns MoaiError into a one-line message and exit code 1; Ctrl-C into exit code 130."""
 
+    interrupted_message = "interrupted: nothing was written"
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -24,7 +26,7 @@ class MoaiGroup(click.Group):
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.secho("interrupted: nothing was written", fg="yellow", err=True)
+            click.secho(self.interrupted_message, fg="yellow", err=True)
             ctx.exit(130)
 
 

@@ -45,6 +45,7 @@ class ContractTokenizer:
             direction=contract.padding_side, pad_id=contract.pad_token_id, pad_token=contract.pad_token
         )
         self.tokenizer = tokenizer
+        self._counter = None
 
     @classmethod
     def from_dir(cls, directory: Path, contract: EmbeddingContract) -> "ContractTokenizer":
@@ -71,11 +72,14 @@ class ContractTokenizer:
 
     def count_tokens(self, text: str, kind: str) -> int:
         """Tokens of one text after the prompt and the end token, before truncation."""
-        self.tokenizer.no_truncation()
-        try:
-            return len(self.tokenizer.encode(self.contract.prompt_for(kind) + text).ids)
-        finally:
-            self.tokenizer.enable_truncation(max_length=self.contract.max_tokens, strategy="longest_first")
+        if self._counter is None:
+            # A copy without truncation, so counting never races with encoding threads.
+            import tokenizers
+
+            self._counter = tokenizers.Tokenizer.from_str(self.tokenizer.to_str())
+            self._counter.no_truncation()
+            self._counter.no_padding()
+        return len(self._counter.encode(self.contract.prompt_for(kind) + text).ids)
 
 
 TOKENIZER_AUX_FILES = ("special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "vocab.txt")

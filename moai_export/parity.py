@@ -194,7 +194,9 @@ def top_k(queries: np.ndarray, documents: np.ndarray, k: int) -> np.ndarray:
 
 def rank_agreement(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray],
                    k: int = 10) -> float:
-    """Mean overlap of the top-k documents per query (1.0: the same top-k sets)."""
+    """Mean overlap of the top-k documents per query (1.0: the same top-k sets); k shrinks
+    to the corpus size for corpora smaller than k."""
+    k = min(k, reference[1].shape[0])
     ref, cand = top_k(*reference, k), top_k(*candidate, k)
     return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ref, cand)]))
 

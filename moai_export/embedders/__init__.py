@@ -7,7 +7,8 @@ so the CLI, parity and benchmarks name variants alike:
     onnx:DIR            an ONNX artifact run by ONNX Runtime
     triton-http://HOST:PORT/MODEL, triton-grpc://HOST:PORT/MODEL
                         the ensemble written by `moai-export triton`, on a running Triton server
-    vllm:DIR            a `moai-export vllm` directory in vLLM's offline engine
+    vllm:DIR[?dtype=bfloat16]
+                        a `moai-export vllm` directory in vLLM's offline engine (float32 default)
     vllm-http://HOST:PORT/MODEL[?route=v1][&contract=DIR]
                         a running vLLM server (serve/vllm/run.sh); /v2/embed by default
     DIR                 detected: onnx if DIR/model.onnx exists, else torch
@@ -16,6 +17,7 @@ so the CLI, parity and benchmarks name variants alike:
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from ..errors import MoaiError
 from .base import Embedder
@@ -50,8 +52,6 @@ def load_embedder(spec: str, *, name: str | None = None, **options) -> Embedder:
             raise MoaiError(f"{spec}: expected {kind}://HOST:PORT/MODEL")
         return TritonEmbedder(address, model, protocol=kind.split("-")[1], name=name, **options)
     if kind == "vllm-http":
-        from urllib.parse import parse_qs
-
         from ..contract import read_contract
         from .vllm import VllmHttpEmbedder
 
@@ -72,6 +72,8 @@ def load_embedder(spec: str, *, name: str | None = None, **options) -> Embedder:
             raise MoaiError(f"{spec}: a PEFT reference is BASE+ADAPTER")
         return PeftEmbedder.from_base_and_adapter(
             resolve_model_dir(base, "base model"), resolve_model_dir(adapter, "adapter"), name=name)
+    location, _, query_string = location.partition("?")
+    query = {k: v[-1] for k, v in parse_qs(query_string).items()} if query_string else {}
     path = Path(location)
     if not path.is_dir():
         raise MoaiError(f"{location}: no such directory")
@@ -86,7 +88,7 @@ def load_embedder(spec: str, *, name: str | None = None, **options) -> Embedder:
     if kind == "vllm":
         from .vllm import VllmOfflineEmbedder
 
-        return VllmOfflineEmbedder(path, name=name, **options)
+        return VllmOfflineEmbedder(path, name=name, **{**query, **options})
     from .onnx_runtime import OnnxEmbedder
 
     return OnnxEmbedder(path, name=name, **options)

@@ -1,0 +1,291 @@
+"""`moai-bench`: throughput, parity and retrieval quality of every variant, side by side in
+one run. Thin click commands over the benchmark modules."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from ..cli import MoaiGroup
+from ..errors import MoaiError
+
+TARGET_HELP = ("[LABEL=]SPEC, repeatable; the first is the baseline the ratios/deltas use. SPEC: "
+               "peft:BASE+ADAPTER, torch:DIR, st:DIR, onnx:DIR, or any other kind load_embedder knows "
+               "(e.g. triton-http://..., vllm:...). LABEL names it in tables, e.g. int8=onnx:build/onnx-int8.")
+
+
+class BenchGroup(MoaiGroup):
+    """MoaiError -> one line and exit 1; Ctrl-C outside a measured section -> exit 130 (inside
+    one, the command writes what it measured first)."""
+
+    interrupted_message = "interrupted"
+
+
+@click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Benchmark embedding variants side by side: every --target is loaded through the same
+    Embedder interface and measured in one run, with ratios against the first target.
+
+    \b
+    moai-bench throughput  sentences/s, real tokens/s, latency percentiles (closed / open loop)
+    moai-bench parity      cosine / max abs / top-10 agreement of every target vs --reference
+    moai-bench retrieval   NDCG@10, MRR@10, Recall@1/10, Accuracy@1, MAP@10 on a BEIR dataset
+
+    Each run writes OUT/results.json (every figure and the machine), OUT/summary.md and PNG
+    plots; an interrupted run (Ctrl-C) writes what it measured and exits 130.
+    See bench/README.md for the committed results and how to reproduce them.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _ints(text: str, what: str, minimum: int = 1) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise MoaiError(f"{what} {text!r}: expected comma-separated integers, e.g. 1,8,32") from None
+    if any(v < minimum for v in values):
+        raise MoaiError(f"{what} {text!r}: every value must be >= {minimum}")
+    return values
+
+
+def _floats(text: str | None, what: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise MoaiError(f"{what} {text!r}: expected comma-separated numbers, e.g. 2,5,10") from None
+    if any(v <= 0 for v in values):
+        raise MoaiError(f"{what} {text!r}: every value must be > 0")
+    return values
+
+
+def _default_out(command: str) -> Path:
+    return Path("bench/results") / f"{command}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _log(quiet: bool) -> Callable[[str], None]:
+    return (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+
+
+def _run(command: str, out: Path | None, target_texts: list[str], tokenizer: Path | None, settings: dict,
+         quiet: bool, body: Callable[[list, dict], None], results: object) -> None:
+    """Load targets, run `body`, and write the report even when Ctrl-C cut the run short."""
+    from .machine import machine_description
+    from .report import write_report
+    from .targets import close_all, load_targets
+
+    out = out or _default_out(command)
+    data = {"command": command, "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "argv": shlex.join(["moai-bench"] + sys.argv[1:]), "machine": machine_description(),
+            "settings": settings, "targets": [], "results": results, "interrupted": False}
+    targets: list = []
+    try:
+        targets = load_targets(target_texts, tokenizer_dir=tokenizer, log=_log(quiet))
+        data["targets"] = [t.describe() for t in targets]
+        body(targets, data)
+    except KeyboardInterrupt:
+        data["interrupted"] = True
+    finally:
+        close_all(targets)
+        if hasattr(os, "getloadavg"):  # with the start's, says how busy the machine was meanwhile
+            data["machine"]["load_average_at_end"] = list(os.getloadavg())
+    if not data["results"]:
+        if data["interrupted"]:
+            click.secho("interrupted before anything was measured; nothing written", fg="yellow", err=True)
+            sys.exit(130)
+        raise MoaiError("nothing was measured")
+    written = write_report(data, out)
+    click.echo(written["markdown"].read_text(encoding="utf-8"))
+    click.echo(f"written: {', '.join(str(p) for p in written.values())}", err=True)
+    if data["interrupted"]:
+        click.secho("interrupted: partial results written", fg="yellow", err=True)
+        sys.exit(130)
+
+
+def _common(f):
+    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines (tables still print).")(f)
+    f = click.option("--tokenizer", type=click.Path(path_type=Path, file_okay=False), default=None,
+                     help="Model directory whose tokenizer counts tokens for targets without a local one "
+                          "(remote servers). Default: the first target that has one.")(f)
+    f = click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+                     help="Directory for results.json, summary.md and the PNGs "
+                          "[default: bench/results/COMMAND-DATE-TIME].")(f)
+    return f
+
+
+@main.command()
+@click.option("--target", "targets", multiple=True, required=True, help=TARGET_HELP)
+@click.option("--workload", "workloads", multiple=True, type=click.Path(path_type=Path),
+              help="BEIR directory (corpus.jsonl, queries.jsonl, qrels.tsv, here or under beir/); repeatable. "
+                   "Its queries and documents are separate workloads.")
+@click.option("--tokens", "token_lengths", default=None,
+              help="Generated workloads, comma-separated token lengths: N (every text N tokens) or A-B "
+                   "(uniform). Prompt and end token included. [default: 64,256 when no --workload]")
+@click.option("--texts", "text_count", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Texts per generated workload.")
+@click.option("--kind", type=click.Choice(["document", "query", "both"]), default=None,
+              help="Which texts to send [default: both for --workload, document for generated].")
+@click.option("--with-title", is_flag=True, help="BEIR documents as title + newline + text.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N texts of each workload.")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Texts per request.")
+@click.option("--concurrency", default="1", show_default=True,
+              help="Closed-loop client counts (each sends its next request when the last returns). "
+                   "Empty string: no closed loop.")
+@click.option("--rate", "rates", default=None,
+              help="Open-loop offered request rates (requests/s), e.g. 1,2,4: requests are sent on schedule "
+                   "whether or not earlier ones returned; latency counts from the due time. Requests "
+                   "already due when the bound is reached still run (a backlog drains).")
+@click.option("--arrival", type=click.Choice(["uniform", "poisson"]), default="uniform", show_default=True,
+              help="Open-loop arrival process.")
+@click.option("--max-inflight", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Open loop: most requests in flight at once.")
+@click.option("--requests", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Measured requests per cell (0: bound by --seconds only).")
+@click.option("--seconds", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="Seconds per cell (0: bound by --requests only); requests in flight still finish.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed requests per cell and target before measuring.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds generated texts and Poisson arrivals.")
+@_common
+def throughput(targets, workloads, token_lengths, text_count, kind, with_title, limit, batch_sizes, concurrency,
+               rates, arrival, max_inflight, requests, seconds, warmup, seed, out, tokenizer, quiet):
+    """Sentences/s, real (unpadded) tokens/s, p50/p90/p95/p99/max latency and errors of every
+    target, for every workload x batch size x load level.
+
+    Cells run workload by workload, batch size by batch size, and within a cell every target
+    back to back, so ratios to the first target are measured under the same conditions.
+
+    \b
+    moai-bench throughput --target ref=peft:build/example/base+build/example/adapter \\
+        --target torch:build/merged --target onnx:build/onnx-int8 --target st:build/merged \\
+        --batch-sizes 1,8,32 --concurrency 1,4 --tokens 64,256 --requests 20 --seconds 30
+    """
+    from .throughput import ThroughputSettings, run_throughput
+    from .targets import first_counter
+    from .workloads import LengthSpec, beir_workloads, generated_workload, load_beir
+
+    settings = ThroughputSettings(
+        batch_sizes=_ints(batch_sizes, "--batch-sizes"), concurrency=_ints(concurrency, "--concurrency"),
+        rates=_floats(rates, "--rate"), requests=requests or None, seconds=seconds or None, warmup=warmup,
+        max_inflight=max_inflight, arrival=arrival, seed=seed)
+    if not settings.batch_sizes:
+        raise MoaiError("--batch-sizes: give at least one")
+    if not settings.concurrency and not settings.rates:
+        raise MoaiError("nothing to run: give --concurrency and/or --rate")
+    if settings.requests is None and settings.seconds is None:
+        raise MoaiError("--requests 0 and --seconds 0: bound each cell by one of them")
+    datasets = [load_beir(w) for w in workloads]  # bad paths fail before any model loads
+    lengths = [LengthSpec.parse(t) for t in (token_lengths or ("" if workloads else "64,256")).split(",") if t.strip()]
+    rows: list[dict] = []
+
+    def body(loaded, data):
+        chosen = ["query", "document"] if (kind or ("both" if datasets else "document")) == "both" else [kind or "document"]
+        wl = [w for d in datasets for w in beir_workloads(d, chosen, with_title=with_title, limit=limit)]
+        if lengths:
+            counter = first_counter(loaded)
+            wl += [generated_workload(spec, min(text_count, limit or text_count), counter, kind=k, seed=seed)
+                   for spec in lengths for k in chosen]
+        data["workloads"] = [w.to_dict() for w in wl]
+        try:
+            run_throughput(loaded, wl, settings, rows, progress=not quiet, log=_log(quiet))
+        finally:
+            from .throughput import add_ratios
+
+            add_ratios(rows)
+            data["workloads"] = [w.to_dict() for w in wl]
+
+    _run("throughput", out, list(targets), tokenizer, settings.to_dict(), quiet, body, rows)
+
+
+@main.command()
+@click.option("--dataset", type=click.Path(path_type=Path), required=True,
+              help="BEIR directory: corpus.jsonl, queries.jsonl, qrels.tsv (here or under beir/).")
+@click.option("--target", "targets", multiple=True, required=True, help=TARGET_HELP)
+@click.option("--reference", default=None,
+              help="[LABEL=]SPEC the deltas and parity are taken against (placed before the targets). "
+                   "Default: the first --target.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Texts per encode call.")
+@click.option("--max-queries", type=click.IntRange(min=1), default=None,
+              help="Evaluate only the first N queries that have qrels (the whole corpus is still searched).")
+@click.option("--with-title", is_flag=True, help="Documents as title + newline + text.")
+@_common
+def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, out, tokenizer, quiet):
+    """NDCG@10 (primary), MRR@10, Recall@1, Recall@10, Accuracy@1 and MAP@10 of every target on
+    a BEIR dataset (binary relevance; queries get the prompt, documents do not), per domain
+    when queries carry a `domain` field, with deltas, vector cosines and top-10 agreement
+    against the reference. Figures equal sentence-transformers' InformationRetrievalEvaluator.
+
+    \b
+    moai-bench retrieval --dataset ../shared/data/datasets/autorag-ko \\
+        --reference peft:build/example/base+build/example/adapter \\
+        --target torch:build/merged --target int8=onnx:build/onnx-int8
+    """
+    from .retrieval import run_retrieval
+    from .workloads import load_beir
+
+    data_set = load_beir(dataset)
+    result: dict = {}
+    settings = {"dataset": str(dataset), "batch_size": batch_size, "max_queries": max_queries,
+                "with_title": with_title}
+
+    def body(loaded, data):
+        run_retrieval(loaded, data_set, result, batch_size=batch_size, with_title=with_title,
+                      max_queries=max_queries, progress=not quiet, log=_log(quiet))
+
+    _run("retrieval", out, ([reference] if reference else []) + list(targets), tokenizer, settings, quiet, body, result)
+
+
+@main.command()
+@click.option("--reference", required=True, help="[LABEL=]SPEC every target is compared with (e.g. the PEFT reference).")
+@click.option("--target", "targets", multiple=True, required=True, help=TARGET_HELP)
+@click.option("--dataset", type=click.Path(path_type=Path), default=None,
+              help="Also compare on a BEIR dataset's queries and documents (top-10 agreement over its corpus).")
+@click.option("--max-texts", type=click.IntRange(min=1), default=500, show_default=True,
+              help="With --dataset: at most this many queries and documents.")
+@click.option("--min-cosine", type=float, default=0.99, show_default=True, help="PASS needs every probe's cosine >= this.")
+@click.option("--max-abs", type=float, default=None, help="PASS needs every component within this (default: not checked).")
+@click.option("--min-rank-agreement", type=float, default=0.8, show_default=True,
+              help="PASS needs this top-10 overlap on the retrieval probe.")
+@click.option("--strict", is_flag=True, help="Exit 2 when any target does not PASS.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Texts per encode call.")
+@_common
+def parity(reference, targets, dataset, max_texts, min_cosine, max_abs, min_rank_agreement, strict, batch_size,
+           out, tokenizer, quiet):
+    """Min/mean cosine, max abs difference and top-10 rank agreement of every target against
+    --reference on the built-in probe set (Korean/English/mixed, queries and documents, 1
+    token to past max tokens), as one table, plus the distribution of cosines as a plot.
+
+    \b
+    moai-bench parity --reference peft:build/example/base+build/example/adapter \\
+        --target onnx:build/onnx-int8 --target triton-grpc://127.0.0.1:8001/moai_embedding
+    """
+    from ..parity import Thresholds
+    from .parity_run import run_parity
+    from .workloads import load_beir
+
+    data_set = load_beir(dataset) if dataset else None
+    result: dict = {}
+    settings = {"min_cosine": min_cosine, "max_abs": max_abs, "min_rank_agreement": min_rank_agreement,
+                "dataset": str(dataset) if dataset else None, "max_texts": max_texts}
+
+    def body(loaded, data):
+        run_parity(loaded[0], loaded[1:], Thresholds(min_cosine, max_abs), min_rank_agreement, result,
+                   dataset=data_set, max_texts=max_texts, batch_size=batch_size, progress=not quiet,
+                   log=_log(quiet))
+
+    _run("parity", out, [reference] + list(targets), tokenizer, settings, quiet, body, result)
+    if strict and any(not r.get("passed", False) for r in result.get("targets", [])):
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

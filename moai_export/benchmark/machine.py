@@ -1,0 +1,82 @@
+"""What a result was measured on: every result file carries this, so numbers are never
+compared across machines by accident."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from importlib import metadata
+
+PACKAGES = ("torch", "transformers", "sentence-transformers", "onnxruntime", "onnxruntime-gpu", "peft",
+            "tritonclient", "vllm", "numpy")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        return platform.processor() or "?"
+
+
+def _memory_gb() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (OSError, ValueError):
+        return None
+
+
+def _gpus() -> list[str]:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # a broken CUDA setup must not stop a CPU benchmark
+        pass
+    return []
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:
+        return None
+
+
+def machine_description() -> dict:
+    cpus = os.cpu_count()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = cpus
+    gpus = _gpus()
+    info = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": cpus,
+        "usable_cpus": usable,
+        "memory_gb": _memory_gb(),
+        "gpus": gpus,
+        "python": platform.python_version(),
+        "torch_threads": _torch_threads(),
+        "packages": _versions(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    accel = ", ".join(gpus) if gpus else "no GPU"
+    info["summary"] = f"{info['cpu']}, {usable} CPUs, {info['memory_gb']} GB RAM, {accel}; {info['platform']}"
+    return info

@@ -1,0 +1,47 @@
+"""`moai-bench parity`: every target against one reference on the built-in probe set (and,
+with a dataset, on its texts): min/mean cosine, max abs, top-10 rank agreement."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from ..parity import ReferenceFigures, Thresholds
+from .retrieval import encode_all, vector_parity
+from .targets import Target
+from .workloads import BeirDataset
+
+
+def run_parity(reference: Target, targets: Sequence[Target], thresholds: Thresholds, min_rank_agreement: float,
+               result: dict, *, dataset: BeirDataset | None = None, max_texts: int | None = None,
+               batch_size: int = 16, progress: bool = True, log: Callable[[str], None] = lambda m: None) -> None:
+    log(f"reference {reference.label}: embedding the probe set")
+    figures = ReferenceFigures(reference.embedder)
+    result["reference"] = reference.label
+    result["thresholds"] = {"min_cosine": thresholds.min_cosine, "max_abs": thresholds.max_abs,
+                            "min_rank_agreement": min_rank_agreement}
+    result["probes"] = len(figures.probes)
+    ref_vectors = None
+    if dataset is not None:
+        _, queries, _ = dataset.evaluated_queries(max_texts)
+        documents = dataset.documents()[:max_texts]
+        result["dataset"] = {"path": str(dataset.path), "queries": len(queries), "documents": len(documents)}
+        ref_vectors = tuple(encode_all(reference, texts, kind, batch_size, progress=progress,
+                                       desc=f"{reference.label} {kind}s")[0]
+                            for texts, kind in ((queries, "query"), (documents, "document")))
+    rows = result.setdefault("targets", [])
+    for target in targets:
+        log(f"{target.label}: probes")
+        if target.embedder.contract.dims != reference.embedder.contract.dims:
+            rows.append({"candidate": target.label, "comparable": False,
+                         "reason": f"{target.embedder.contract.dims} dims vs the reference's "
+                                   f"{reference.embedder.contract.dims}"})
+            continue
+        report = figures.gate(target.embedder, thresholds, min_rank_agreement)
+        row = {"candidate": target.label, "comparable": True, **report.to_dict()}
+        row["candidate"] = target.label
+        if ref_vectors is not None:
+            vectors = tuple(encode_all(target, texts, kind, batch_size, progress=progress,
+                                       desc=f"{target.label} {kind}s")[0]
+                            for texts, kind in ((queries, "query"), (documents, "document")))
+            row["dataset"] = vector_parity(ref_vectors, vectors)
+        rows.append(row)
