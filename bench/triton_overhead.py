@@ -30,9 +30,14 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--tokens", default="64")
     parser.add_argument("--seconds", default="25")
+    parser.add_argument("--max-queue-delay-us", type=int, default=5000)
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="encoder onnxruntime threads (0: default)")
+    parser.add_argument("--instances", type=int, default=1)
     args = parser.parse_args()
     out = args.out or Path(f"bench/results/{dt.date.today().isoformat()}-epyc-2cpu/triton-overhead-{args.artifact.name}")
-    write_repository(args.artifact, args.repo, TritonOptions(max_batch_size=32, max_queue_delay_us=5000, force=True))
+    write_repository(args.artifact, args.repo, TritonOptions(
+        max_batch_size=32, max_queue_delay_us=args.max_queue_delay_us, intra_op_threads=args.intra_op_threads,
+        instances=args.instances, force=True))
     http, grpc, metrics = free_ports(3)
     with TritonServer(args.repo, http, grpc, metrics, log_path=args.repo.parent / "server.log").start(timeout=300):
         command = [

@@ -86,3 +86,20 @@ def test_sentence_transformers_agrees_with_torch_on_real_bert(minilm):
     texts = ["A man is eating food.", "카드 분실 신고", "", "The quick brown fox " * 100]
     for kind in ("query", "document"):
         assert cosine_rows(ours.encode(texts, kind), theirs.encode(texts, kind)).min() >= 0.99999
+
+
+def test_spec_grammar_and_options(merged_dir, example_dir):
+    from moai_export.embedders import load_embedder, parse_spec
+
+    assert parse_spec(f"{example_dir / 'base'}+{example_dir / 'adapter'}")[0] == "peft"
+    assert parse_spec(str(merged_dir)) == ("torch", str(merged_dir))
+    assert parse_spec("triton-grpc://127.0.0.1:8001/m") == ("triton-grpc", "127.0.0.1:8001/m")
+    assert parse_spec("vllm-http://127.0.0.1:8000/m?route=v1") == ("vllm-http", "127.0.0.1:8000/m?route=v1")
+    import torch
+
+    bf16 = load_embedder(f"torch:{merged_dir}?dtype=bf16&device=cpu")
+    assert next(bf16.encoder.backbone.parameters()).dtype == torch.bfloat16
+    with pytest.raises(MoaiError, match="option 'colour' is not known"):
+        load_embedder(f"torch:{merged_dir}?colour=red")
+    with pytest.raises(MoaiError, match="not a directory"):
+        load_embedder("no/such/dir")

@@ -35,6 +35,7 @@ class PeftEmbedder(TorchEmbedder):
         *,
         contract: EmbeddingContract | None = None,
         name: str | None = None,
+        device: str = "cpu",
     ) -> "PeftEmbedder":
         base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
         info = read_adapter(adapter_dir)
@@ -46,6 +47,7 @@ class PeftEmbedder(TorchEmbedder):
             ContractTokenizer.from_dir(tokenizer_dir, contract),
             contract,
             name=name or f"peft:{base_dir}+{adapter_dir}",
+            device=device,
             adapter=info,
         )
 
