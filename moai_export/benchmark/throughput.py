@@ -8,6 +8,7 @@ are taken within a cell.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -31,6 +32,7 @@ class ThroughputSettings:
     warmup: int = 1  # untimed requests per cell and target
     max_inflight: int = 64
     arrival: str = "uniform"
+    settle: float = 1.0  # idle seconds before each target's cell (see the --settle help)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -60,6 +62,8 @@ def run_throughput(targets: Sequence[Target], workloads: Sequence[Workload], set
                     for target in targets:
                         cells_bar.set_postfix_str(f"{workload.name} b{batch_size} {mode} {level:g} {target.label}")
                         stream = RequestStream(workload.texts, tokens[target.label], batch_size)
+                        if clock is None and settings.settle:
+                            time.sleep(settings.settle)
                         row = _measure(target, workload, stream, mode, level, bounds, settings, progress, clock)
                         rows.append(row)
                         cells_bar.update()
