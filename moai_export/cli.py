@@ -9,19 +9,23 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import MoaiError
+from .errors import MoaiError, VerificationFailed
 
 DTYPE_CHOICE = click.Choice(["fp32", "bf16", "fp16"])
 
 
 class MoaiGroup(click.Group):
-    """Turns MoaiError into a one-line message and exit code 1; Ctrl-C into exit code 130."""
+    """Turns MoaiError into a one-line message and exit code 1 (2 for a failed parity gate);
+    Ctrl-C into exit code 130."""
 
     interrupted_message = "interrupted: nothing was written"
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except VerificationFailed as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(2)
         except MoaiError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(1)
@@ -91,7 +95,6 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, allow_base
     """
     import json
 
-    from .errors import VerificationFailed
     from .merge import MergeOptions
     from .merge import merge as run_merge
     from .parity import MERGE_THRESHOLDS
@@ -104,8 +107,7 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, allow_base
     except VerificationFailed as exc:
         if report_path and exc.report:
             report_path.write_text(json.dumps(exc.report, indent=2, ensure_ascii=False) + "\n")
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(2)
+        raise
     if report_path:
         report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     click.echo(f"merged model written to {out} (verified; report: {out / 'moai_parity.json'})")
@@ -134,22 +136,12 @@ def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_
     [batch, dims] float32. It is published only if it passes the parity gate against the
     reference; otherwise nothing is written and the exit code is 2.
     """
-    from .errors import VerificationFailed
     from .export.onnx import ONNX_THRESHOLDS, OnnxOptions, export_onnx
 
-    thresholds = _thresholds(ONNX_THRESHOLDS[precision], min_cosine, max_abs)
-    reference_embedder = None
-    if reference:
-        from .embedders import load_embedder
-
-        reference_embedder = load_embedder(reference, name=f"reference ({reference})")
-    options = OnnxOptions(precision=precision, int8_method=int8_method, opset=opset, thresholds=thresholds,
+    options = OnnxOptions(precision=precision, int8_method=int8_method, opset=opset,
+                          thresholds=_thresholds(ONNX_THRESHOLDS[precision], min_cosine, max_abs),
                           min_rank_agreement=min_rank_agreement, force=force, log=_log)
-    try:
-        export_onnx(source, out, reference=reference_embedder, reference_label=reference, options=options)
-    except VerificationFailed as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(2)
+    export_onnx(source, out, reference=_reference(reference), reference_label=reference, options=options)
     click.echo(f"onnx {precision} written to {out} (verified; report: {out / 'moai_parity.json'})")
 
 
@@ -167,7 +159,7 @@ def verify(artifacts, reference, min_cosine, max_abs, min_rank_agreement, json_p
     the built-in probe set; print a table, write JSON, exit 2 if any fails its gate."""
     import json
 
-    from .export.onnx import format_gate_table
+    from .export.gate import format_gate_table
     from .verify import verify as run_verify
 
     thresholds = None
@@ -258,27 +250,26 @@ def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, 
     Serve it:   serve/vllm/run.sh OUT              (127.0.0.1:8000)
     Check it:   moai-export verify vllm-http://127.0.0.1:8000/moai-embedding --reference BASE+ADAPTER
     """
-    from .errors import VerificationFailed
     from .export.vllm import VllmOptions, export_vllm
     from .parity import MERGE_THRESHOLDS
 
-    reference_embedder = None
-    if reference:
-        from .embedders import load_embedder
-
-        reference_embedder = load_embedder(reference, name=f"reference ({reference})")
     options = VllmOptions(dtype=dtype, served_model_name=served_model_name, force=force, log=_log,
                           thresholds=_thresholds(MERGE_THRESHOLDS[dtype], min_cosine, max_abs))
-    try:
-        export_vllm(source, out, reference=reference_embedder, reference_label=reference, options=options)
-    except VerificationFailed as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(2)
+    export_vllm(source, out, reference=_reference(reference), reference_label=reference, options=options)
     click.echo(f"vLLM directory written to {out} (verified; serve: serve/vllm/run.sh {out})")
 
 
 def _log(message: str) -> None:
     click.echo(message, err=True)
+
+
+def _reference(spec: str | None):
+    """The --reference Embedder, or None (the exporter then uses its source in float32 torch)."""
+    if not spec:
+        return None
+    from .embedders import load_embedder
+
+    return load_embedder(spec, name=f"reference ({spec})")
 
 
 def _thresholds(default, min_cosine, max_abs):

@@ -28,15 +28,15 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import PARITY_FILE, atomic_output_dir, check_target, weights_digest, write_json, write_manifest
+from ..artifacts import atomic_output_dir, check_target, write_json
 from ..contract import EmbeddingContract, read_contract
 from ..embedders.base import Embedder
 from ..embedders.onnx_runtime import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, OnnxEmbedder
 from ..embedders.torch_model import ContractEncoder, load_backbone
-from ..errors import MoaiError, VerificationFailed
+from ..errors import MoaiError
 from ..inputs import ContractTokenizer
-from ..parity import ReferenceFigures, Thresholds
-from ..report import format_table
+from ..parity import Thresholds
+from .gate import admit, reference_figures
 
 ONNX_DATA = "model.onnx_data"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -72,8 +72,6 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
                 reference_label: str | None = None, options: OnnxOptions | None = None) -> dict:
     """Export the model directory `source` (a merged checkpoint) to an ONNX artifact in `out`,
     gated against `reference` (default: `source` itself in float32 torch)."""
-    from ..embedders.torch_model import TorchEmbedder
-
     options = options or OnnxOptions()
     log = options.log
     if options.precision not in PRECISIONS:
@@ -87,16 +85,8 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
     min_agreement = (MIN_RANK_AGREEMENT[options.precision] if options.min_rank_agreement is None
                      else options.min_rank_agreement)
 
-    owned = reference is None
-    if owned:
-        reference = TorchEmbedder.from_dir(source, name=f"torch fp32 ({source.name})")
-        reference_label = reference_label or f"torch:{source}"
-    log(f"reference: {reference.name}; embedding the probe set")
-    started = time.perf_counter()
-    figures = ReferenceFigures(reference)
-    if owned:
-        reference.close()  # free its memory before tracing
-    options.timings["reference_s"] = time.perf_counter() - started
+    figures, reference_label = reference_figures(source, reference, reference_label, log=log,
+                                                 timings=options.timings)
 
     with atomic_output_dir(out, force=options.force) as tmp:
         t = time.perf_counter()
@@ -113,35 +103,16 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
         with OnnxEmbedder(tmp, name=f"onnx {options.precision}") as candidate:
             gate = figures.gate(candidate, thresholds, min_agreement)
         options.timings["verify_s"] = time.perf_counter() - t
-        report = {
-            "stage": "onnx",
-            "passed": gate.passed,
-            "failures": gate.reasons(),
-            "precision": options.precision,
-            "reference": reference_label or reference.name,
-            "gate": gate.to_dict(),
-            "source": {"path": str(source), "weights": weights_digest(source)},
-            "timings": {k: round(v, 3) for k, v in options.timings.items()},
-        }
-        log(format_gate_table([gate]))
-        if not gate.passed:
-            hint = ""
-            if options.precision == "int8" and options.int8_method == "dynamic":
-                hint = " (try --int8-method weight-only: more accurate on models with outlier activations)"
-            raise VerificationFailed(
-                f"onnx {options.precision} verification FAILED, nothing written{hint}: "
-                + "; ".join(gate.reasons()[:5]),
-                report=report,
-            )
-        write_json(tmp / PARITY_FILE, report)
-        write_manifest(
-            tmp,
-            stage="onnx",
-            inputs={"source": report["source"], "reference": report["reference"]},
-            options={"precision": options.precision, "opset": options.opset, "exporter": "torch.onnx (TorchScript)",
-                     "int8_method": options.int8_method if options.precision == "int8" else None,
-                     "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME},
-            extra={"parity_file": PARITY_FILE},
+        hint = ""
+        if options.precision == "int8" and options.int8_method == "dynamic":
+            hint = " (try --int8-method weight-only: more accurate on models with outlier activations)"
+        report = admit(
+            tmp, gate, stage="onnx", what=f"onnx {options.precision}", source=source, reference_label=reference_label,
+            fields={"precision": options.precision}, timings=options.timings, log=log, hint=hint,
+            manifest_options={"precision": options.precision, "opset": options.opset,
+                              "exporter": "torch.onnx (TorchScript)",
+                              "int8_method": options.int8_method if options.precision == "int8" else None,
+                              "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME},
         )
         # the manifest hashes *.safetensors by default; record the graph files too
         _add_graph_hashes(tmp)
@@ -253,9 +224,3 @@ def _add_graph_hashes(directory: Path) -> None:
         if (directory / name).is_file():
             manifest["outputs"][name] = sha256_file(directory / name)
     write_json(path, manifest)
-
-
-def format_gate_table(gates) -> str:
-    rows = [[g.parity.candidate, g.parity.min_cosine, g.parity.mean_cosine, g.parity.max_abs, g.rank_agreement,
-             g.truncated_probes, g.passed] for g in gates]
-    return format_table(["variant", "min cos", "mean cos", "max abs", "top10 agree", "truncated", "result"], rows)

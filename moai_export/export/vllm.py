@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import PARITY_FILE, atomic_output_dir, check_target, weights_digest, write_json, write_manifest
+from ..artifacts import atomic_output_dir, check_target, write_json
 from ..contract import EmbeddingContract, read_contract
 from ..embedders.base import Embedder
-from ..errors import MoaiError, VerificationFailed
+from ..errors import MoaiError
 from ..inputs import write_tokenizer_files
-from ..parity import MERGE_THRESHOLDS, ReferenceFigures, Thresholds
+from ..parity import MERGE_THRESHOLDS, Thresholds
 from ..sentence_transformers_format import write_sentence_transformers_files
+from .gate import admit, reference_figures
 
 SERVE_FILE = "vllm_serve.json"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -85,7 +86,6 @@ def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, r
                 options: VllmOptions | None = None) -> dict:
     """Write the vLLM directory for the merged model `source`, gated on a real vLLM engine
     against `reference` (default: `source` in float32 torch)."""
-    from ..embedders.torch_model import TorchEmbedder
     from ..embedders.vllm import VllmOfflineEmbedder
 
     options = options or VllmOptions()
@@ -100,17 +100,9 @@ def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, r
     min_agreement = MIN_RANK_AGREEMENT[options.dtype] if options.min_rank_agreement is None else options.min_rank_agreement
     VllmOfflineEmbedder.check_runtime()
 
-    owned = reference is None
-    if owned:
-        reference = TorchEmbedder.from_dir(source, name=f"torch fp32 ({source.name})")
-        reference_label = reference_label or f"torch:{source}"
     log = options.log
-    log(f"reference: {reference.name}; embedding the probe set")
-    started = time.perf_counter()
-    figures = ReferenceFigures(reference)
-    if owned:
-        reference.close()
-    options.timings["reference_s"] = time.perf_counter() - started
+    figures, reference_label = reference_figures(source, reference, reference_label, log=log,
+                                                 timings=options.timings)
 
     with atomic_output_dir(out, force=options.force) as tmp:
         t = time.perf_counter()
@@ -122,25 +114,10 @@ def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, r
         with VllmOfflineEmbedder(tmp, name=f"vllm offline ({options.dtype} weights)") as candidate:
             gate = figures.gate(candidate, thresholds, min_agreement)
         options.timings["verify_s"] = time.perf_counter() - t
-        report = {
-            "stage": "vllm",
-            "passed": gate.passed,
-            "failures": gate.reasons(),
-            "dtype": options.dtype,
-            "reference": reference_label or reference.name,
-            "gate": gate.to_dict(),
-            "serve_args": json.loads((tmp / SERVE_FILE).read_text()),
-            "source": {"path": str(source), "weights": weights_digest(source)},
-            "timings": {k: round(v, 3) for k, v in options.timings.items()},
-        }
-        from .onnx import format_gate_table
-
-        log(format_gate_table([gate]))
-        if not gate.passed:
-            raise VerificationFailed("vllm verification FAILED, nothing written: " + "; ".join(gate.reasons()[:5]),
-                                     report=report)
-        write_json(tmp / PARITY_FILE, report)
-        write_manifest(tmp, stage="vllm", inputs={"source": report["source"], "reference": report["reference"]},
-                       options={"dtype": options.dtype, "served_model_name": options.served_model_name},
-                       extra={"parity_file": PARITY_FILE})
+        report = admit(
+            tmp, gate, stage="vllm", what="vllm", source=source, reference_label=reference_label,
+            fields={"dtype": options.dtype, "serve_args": json.loads((tmp / SERVE_FILE).read_text())},
+            timings=options.timings, log=log,
+            manifest_options={"dtype": options.dtype, "served_model_name": options.served_model_name},
+        )
     return report
