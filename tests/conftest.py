@@ -41,3 +41,13 @@ def merged_dir(example_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def minilm() -> Path:
     return minilm_dir()
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32_dir(merged_dir, tmp_path_factory) -> Path:
+    """The tiny merged model as an fp32 ONNX artifact (gated against itself in torch)."""
+    from moai_export.export.onnx import OnnxOptions, export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "fp32"
+    export_onnx(merged_dir, out, options=OnnxOptions(log=lambda m: None))
+    return out

@@ -15,12 +15,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(merged_dir, tmp_path_factory):
-    from moai_export.export.onnx import OnnxOptions, export_onnx
-
-    out = tmp_path_factory.mktemp("bench-onnx") / "fp32"
-    export_onnx(merged_dir, out, options=OnnxOptions(log=lambda m: None))
-    return out
+def onnx_dir(onnx_fp32_dir):
+    return onnx_fp32_dir
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from click.testing import CliRunner
 from moai_export.cli import main
 from moai_export.embedders import load_embedder
 from moai_export.errors import MoaiError
-from moai_export.export.onnx import OnnxOptions, export_onnx
 from moai_export.export.triton import TritonOptions, parse_config, write_repository
 from moai_export.parity import cosine_rows
 from moai_export.probes import long_text
@@ -34,10 +33,8 @@ MAX_BATCH = 8
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(merged_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("triton-onnx") / "fp32"
-    export_onnx(merged_dir, out, options=OnnxOptions(log=lambda m: None))
-    return out
+def onnx_dir(onnx_fp32_dir):
+    return onnx_fp32_dir
 
 
 @pytest.fixture(scope="module")
