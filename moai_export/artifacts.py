@@ -20,9 +20,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
+from .admission import MANIFEST_FILE  # one name for the manifest everywhere
 from .errors import MoaiError
 
-MANIFEST_FILE = "moai_manifest.json"
 PARITY_FILE = "moai_parity.json"
 
 
@@ -100,7 +100,7 @@ def weights_digest(directory: Path, pattern: str = "*.safetensors") -> dict[str,
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("moai-export", "torch", "transformers", "peft", "sentence-transformers", "tokenizers",
-                    "safetensors", "onnx", "onnxruntime"):
+                    "safetensors", "onnx", "onnxruntime", "tritonclient"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -113,13 +113,19 @@ def write_json(path: Path, data) -> Path:
     return Path(path)
 
 
-def write_manifest(directory: Path, *, stage: str, inputs: dict, options: dict, extra: dict | None = None) -> Path:
+def write_manifest(directory: Path, *, stage: str, inputs: dict, options: dict, extra: dict | None = None,
+                   admitted_for: list[dict] | None = None) -> Path:
+    """The manifest, written last: every file in `directory` with its hash and size (what a
+    loader re-checks before serving), and the configurations a gate admitted it for."""
+    from .admission import shipped_files
+
     manifest = {
         "stage": stage,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs": inputs,
         "options": options,
-        "outputs": weights_digest(directory),
+        "files": shipped_files(directory),
+        "admitted_for": admitted_for or [],
         "versions": tool_versions(),
         "machine": {"platform": platform.platform(), "processor": platform.machine()},
         **(extra or {}),

@@ -9,29 +9,10 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import MoaiError, VerificationFailed
+from .cli_base import MoaiGroup, gate_options, overrides_from
+from .errors import VerificationFailed
 
 DTYPE_CHOICE = click.Choice(["fp32", "bf16", "fp16"])
-
-
-class MoaiGroup(click.Group):
-    """Turns MoaiError into a one-line message and exit code 1 (2 for a failed parity gate);
-    Ctrl-C into exit code 130."""
-
-    interrupted_message = "interrupted: nothing was written"
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except VerificationFailed as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            ctx.exit(2)
-        except MoaiError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            ctx.exit(1)
-        except KeyboardInterrupt:
-            click.secho(self.interrupted_message, fg="yellow", err=True)
-            ctx.exit(130)
 
 
 @click.group(cls=MoaiGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,15 +59,13 @@ def example(out: Path, size: str, seed: int, steps: int, force: bool) -> None:
 @click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True, help="dtype of the saved weights.")
 @click.option("--max-tokens", type=click.IntRange(min=2), default=None,
               help="Override the maximum sequence length (default: from the model's sentence-transformers files).")
-@click.option("--min-cosine", type=float, default=None,
-              help="Gate: minimum cosine to the reference per probe (default by dtype: fp32 0.99999, fp16 0.999, bf16 0.99).")
-@click.option("--max-abs", type=float, default=None,
-              help="Gate: maximum absolute difference per component (default: fp32 1e-5; not gated for bf16/fp16).")
+@gate_options
 @click.option("--allow-base-mismatch", is_flag=True, help="Merge even if the adapter records a different base hub id.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
               help="Also write the JSON report here (written even when verification fails).")
-def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, allow_base_mismatch, force, report_path):
+def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, min_rank_agreement, allow_base_mismatch, force,
+          report_path):
     """Merge ADAPTER into BASE and write a standalone sentence-transformers model to OUT.
 
     The output is published only after it passes verification against the float32 PEFT
@@ -97,10 +76,9 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, allow_base
 
     from .merge import MergeOptions
     from .merge import merge as run_merge
-    from .parity import MERGE_THRESHOLDS
 
-    thresholds = _thresholds(MERGE_THRESHOLDS[dtype], min_cosine, max_abs)
-    options = MergeOptions(dtype=dtype, max_tokens=max_tokens, thresholds=thresholds, force=force,
+    options = MergeOptions(dtype=dtype, max_tokens=max_tokens, force=force,
+                           overrides=overrides_from(min_cosine, max_abs, min_rank_agreement),
                            allow_base_mismatch=allow_base_mismatch, log=_log)
     try:
         report = run_merge(base, adapter, out, options)
@@ -124,10 +102,7 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, allow_base
 @click.option("--reference", default=None,
               help="Reference for the gate, e.g. BASE+ADAPTER (the PEFT reference). Default: SOURCE in float32 torch.")
 @click.option("--opset", type=click.IntRange(min=14), default=18, show_default=True, help="ONNX opset.")
-@click.option("--min-cosine", type=float, default=None, help="Gate: minimum cosine (default fp32 0.99999, fp16 0.999, int8 0.99).")
-@click.option("--max-abs", type=float, default=None, help="Gate: maximum absolute difference (default fp32 1e-4; not gated otherwise).")
-@click.option("--min-rank-agreement", type=float, default=None,
-              help="Gate: top-10 overlap on the retrieval probe (default fp32 1.0, fp16 0.95, int8 0.8).")
+@gate_options
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_abs, min_rank_agreement, force):
     """Export the merged model SOURCE to ONNX with pooling and normalization in the graph.
@@ -136,11 +111,10 @@ def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_
     [batch, dims] float32. It is published only if it passes the parity gate against the
     reference; otherwise nothing is written and the exit code is 2.
     """
-    from .export.onnx import ONNX_THRESHOLDS, OnnxOptions, export_onnx
+    from .export.onnx import OnnxOptions, export_onnx
 
     options = OnnxOptions(precision=precision, int8_method=int8_method, opset=opset,
-                          thresholds=_thresholds(ONNX_THRESHOLDS[precision], min_cosine, max_abs),
-                          min_rank_agreement=min_rank_agreement, force=force, log=_log)
+                          overrides=overrides_from(min_cosine, max_abs, min_rank_agreement), force=force, log=_log)
     export_onnx(source, out, reference=_reference(reference), reference_label=reference, options=options)
     click.echo(f"onnx {precision} written to {out} (verified; report: {out / 'moai_parity.json'})")
 
@@ -148,32 +122,42 @@ def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_
 @main.command()
 @click.argument("artifacts", nargs=-1, required=True)
 @click.option("--reference", required=True,
-              help="BASE+ADAPTER (PEFT reference), or a spec: torch:DIR, st:DIR, onnx:DIR, DIR.")
-@click.option("--min-cosine", type=float, default=None, help="Gate override (default: by the artifact's precision).")
-@click.option("--max-abs", type=float, default=None, help="Gate override (default: by the artifact's precision).")
-@click.option("--min-rank-agreement", type=float, default=None, help="Gate override for top-10 overlap.")
+              help="BASE+ADAPTER (the PEFT reference), or any spec (torch:DIR, onnx:DIR, ...).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Load local artifacts on this device (onnx: its CUDA provider; vllm: the server on the GPU, "
+                   "bfloat16). A passing run admits that configuration in the artifact's manifest.")
+@click.option("--no-admit", is_flag=True, help="Do not record a passing configuration in the artifact's manifest.")
+@gate_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=Path("moai-verify.json"),
               show_default=True, help="Where to write the JSON report.")
-def verify(artifacts, reference, min_cosine, max_abs, min_rank_agreement, json_path):
-    """Compare ARTIFACTS (merged dirs, ONNX dirs, or specs like onnx:DIR) with a reference on
-    the built-in probe set; print a table, write JSON, exit 2 if any fails its gate."""
+def verify(artifacts, reference, device, no_admit, min_cosine, max_abs, min_rank_agreement, json_path):
+    """Compare ARTIFACTS with a reference on the built-in probe set, each loaded as it serves;
+    print a table, write JSON, exit 2 if any fails its gate.
+
+    \b
+    ARTIFACTS are specs or bare directories, recognised by what they contain:
+      merged dir (config.json)      transformers, in the dtype it was saved in
+      ONNX dir (model.onnx)         onnxruntime
+      vLLM dir (vllm_serve.json)    a real vLLM server started for it, as serve/vllm/run.sh would
+      Triton repo (*/config.pbtxt)  a real local tritonserver started for it
+    Gates come from one table by kind and precision (moai_export/gates.py); each override
+    replaces only its own number. A configuration that passes is admitted: launchers and
+    Embedders refuse configurations no gate admitted (e.g. run this with --device cuda on the
+    GPU machine before serving bfloat16 there).
+    """
     import json
 
     from .export.gate import format_gate_table
     from .verify import verify as run_verify
 
-    thresholds = None
-    if min_cosine is not None or max_abs is not None:
-        from .parity import Thresholds
-
-        thresholds = Thresholds(min_cosine=1.0 if min_cosine is None else min_cosine, max_abs=max_abs)
-    report, gates = run_verify(list(artifacts), reference, thresholds=thresholds,
-                               min_rank_agreement=min_rank_agreement, log=_log)
-    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    report, gates = run_verify(list(artifacts), reference, overrides=overrides_from(min_cosine, max_abs,
+                                                                                    min_rank_agreement),
+                               device=device, admit=not no_admit, log=_log)
     click.echo(format_gate_table(gates))
     for gate in gates:
         for reason in gate.reasons():
             click.echo(f"  FAIL {gate.parity.candidate}: {reason}")
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     click.echo(f"report: {json_path}")
     if not report["passed"]:
         sys.exit(2)
@@ -199,10 +183,20 @@ def verify(artifacts, reference, min_cosine, max_abs, min_rank_agreement, json_p
 @click.option("--tensorrt", is_flag=True, help="onnxruntime encoder: enable the TensorRT execution accelerator.")
 @click.option("--tensorrt-precision", type=click.Choice(["FP16", "FP32"]), default="FP16", show_default=True)
 @click.option("--version", "model_version", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Version folder to write.")
-@click.option("--force", is_flag=True, help="Replace these three models if they exist.")
+              help="Version folder to write (other versions of these models are kept).")
+@click.option("--reference", default=None,
+              help="Reference for the gate (default: the one the ONNX artifact was gated against, when loadable).")
+@click.option("--verify-with", default=None, metavar="URL",
+              help="Verify on a running server that serves the written repository (grpc://HOST:PORT or "
+                   "http://HOST:PORT, e.g. NVIDIA's container on a GPU) instead of a local tritonserver.")
+@click.option("--no-verify", is_flag=True,
+              help="Skip verification: the repository is written but not admitted, and the launcher refuses it "
+                   "until `moai-export verify triton:REPO` (or --allow-unverified).")
+@gate_options
+@click.option("--force", is_flag=True, help="Replace these models' version folder if it exists.")
 def triton(artifact, repo, name, encoder, max_batch_size, max_queue_delay_us, preferred_batch_sizes, instances,
-           intra_op_threads, tensorrt, tensorrt_precision, model_version, force):
+           intra_op_threads, tensorrt, tensorrt_precision, model_version, reference, verify_with, no_verify,
+           min_cosine, max_abs, min_rank_agreement, force):
     """Write a Triton model repository for the ONNX ARTIFACT: a tokenizer model (query prompt,
     truncation, end token, padding server-side), an encoder model and an ensemble taking raw
     TEXT and optional KIND ("query" | "document") and returning EMBEDDING.
@@ -218,11 +212,15 @@ def triton(artifact, repo, name, encoder, max_batch_size, max_queue_delay_us, pr
         preferred = tuple(int(x) for x in preferred_batch_sizes.split(",") if x.strip())
     except ValueError:
         raise click.BadParameter(f"not a list of integers: {preferred_batch_sizes!r}", param_hint="--preferred-batch-sizes")
+    if no_verify and verify_with:
+        raise click.UsageError("--no-verify and --verify-with exclude each other")
     options = TritonOptions(name=name, encoder=encoder, max_batch_size=max_batch_size,
                             max_queue_delay_us=max_queue_delay_us, preferred_batch_sizes=preferred,
                             instances=instances, intra_op_threads=intra_op_threads, tensorrt=tensorrt,
-                            tensorrt_precision=tensorrt_precision, version=model_version, force=force)
-    write_repository(artifact, repo, options, log=_log)
+                            tensorrt_precision=tensorrt_precision, version=model_version, force=force,
+                            verify="none" if no_verify else (verify_with or "local"),
+                            overrides=overrides_from(min_cosine, max_abs, min_rank_agreement))
+    write_repository(artifact, repo, options, log=_log, reference=_reference(reference), reference_label=reference)
     click.echo(f"wrote {name}, {name}_tokenizer, {name}_encoder to {repo}")
 
 
@@ -234,27 +232,27 @@ def triton(artifact, repo, name, encoder, max_batch_size, max_queue_delay_us, pr
               help="The model name clients send (written into the serve arguments).")
 @click.option("--reference", default=None,
               help="Reference for the gate, e.g. BASE+ADAPTER. Default: SOURCE in float32 torch.")
-@click.option("--min-cosine", type=float, default=None, help="Gate: minimum cosine (default by dtype, as for merge).")
-@click.option("--max-abs", type=float, default=None, help="Gate: maximum absolute difference (default by dtype).")
+@gate_options
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, force):
+def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, min_rank_agreement, force):
     """Write a directory that vLLM serves as an embedding model, with the pooler pinned.
 
     SOURCE is a merged (or any sentence-transformers) model directory. OUT gets the weights,
     tokenizer.json with the end-token post-processor, the sentence-transformers modules
     (vLLM takes its pooler and its query/document prompts from them), the contract and
     vllm_serve.json (--runner pooling, --pooler-config, dtype, max model len). It is published
-    only after a real vLLM engine (offline, float32 on CPU) passes the parity gate.
+    only after a real vLLM server, started from OUT as serve/vllm/run.sh starts it on this machine
+    (float32 on CPU), passes the parity gate with its own prompts and truncation. On a GPU
+    machine, admit bfloat16 there before serving: moai-export verify OUT --device cuda --reference ...
 
     \b
     Serve it:   serve/vllm/run.sh OUT              (127.0.0.1:8000)
     Check it:   moai-export verify vllm-http://127.0.0.1:8000/moai-embedding --reference BASE+ADAPTER
     """
     from .export.vllm import VllmOptions, export_vllm
-    from .parity import MERGE_THRESHOLDS
 
     options = VllmOptions(dtype=dtype, served_model_name=served_model_name, force=force, log=_log,
-                          thresholds=_thresholds(MERGE_THRESHOLDS[dtype], min_cosine, max_abs))
+                          overrides=overrides_from(min_cosine, max_abs, min_rank_agreement))
     export_vllm(source, out, reference=_reference(reference), reference_label=reference, options=options)
     click.echo(f"vLLM directory written to {out} (verified; serve: serve/vllm/run.sh {out})")
 
@@ -270,14 +268,6 @@ def _reference(spec: str | None):
     from .embedders import load_embedder
 
     return load_embedder(spec, name=f"reference ({spec})")
-
-
-def _thresholds(default, min_cosine, max_abs):
-    """The default gate with the user's overrides."""
-    from .parity import Thresholds
-
-    return Thresholds(min_cosine=default.min_cosine if min_cosine is None else min_cosine,
-                      max_abs=default.max_abs if max_abs is None else max_abs)
 
 
 @main.command()
@@ -301,7 +291,7 @@ def contract(model_dir: Path, max_tokens: int | None) -> None:
     """Print the embedding contract of MODEL_DIR (pooling, prompts, end token, ...) as JSON."""
     import json
 
-    from .contract import read_contract
+    from .model_dir import read_contract
 
     click.echo(json.dumps(read_contract(model_dir, max_tokens=max_tokens).to_dict(), indent=2, ensure_ascii=False))
 

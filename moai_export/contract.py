@@ -29,6 +29,34 @@ QWEN3_QUERY_PROMPT = (
 )
 
 
+# Matryoshka: Qwen3-Embedding is trained so that the first k components (32 <= k <= 1024)
+# are an embedding of their own once renormalized.
+MIN_DIMENSIONS = 32
+
+
+def check_dimensions(dims, contract: "EmbeddingContract") -> int:
+    """A requested output width: an int from min(32, contract dims) to the contract's dims."""
+    low = min(MIN_DIMENSIONS, contract.dims)
+    if isinstance(dims, bool) or not isinstance(dims, int) or not low <= dims <= contract.dims:
+        raise MoaiError(f"dimensions must be an integer from {low} to {contract.dims}, not {dims!r}")
+    return dims
+
+
+def truncate_dimensions(vectors, dims: int, normalize: bool):
+    """The first `dims` components of each vector, renormalized when the contract normalizes."""
+    import numpy as np
+
+    if dims >= vectors.shape[1]:
+        return vectors
+    out = np.ascontiguousarray(vectors[:, :dims])
+    if normalize:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise MoaiError(f"a vector's first {dims} components are all zero: it has no {dims}-dim embedding")
+        out = out / norms
+    return out.astype(np.float32)
+
+
 def check_kind(kind: str) -> Kind:
     if kind not in KINDS:
         raise MoaiError(f"unknown text kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -108,18 +136,3 @@ class EmbeddingContract:
         except json.JSONDecodeError as exc:
             raise MoaiError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_dict(data)
-
-
-def read_contract(directory: Path, *, max_tokens: int | None = None) -> EmbeddingContract:
-    """The contract of a model directory: its own `moai_contract.json` when it has one (every
-    artifact of this toolkit), else derived from the sentence-transformers files."""
-    directory = Path(directory)
-    if (directory / CONTRACT_FILE).is_file():
-        contract = EmbeddingContract.load(directory)
-    else:
-        from .sentence_transformers_format import derive_contract
-
-        contract = derive_contract(directory)
-    if max_tokens is not None:
-        contract = contract.with_max_tokens(max_tokens)
-    return contract

@@ -19,9 +19,10 @@ from .embedders.torch_model import TorchEmbedder
 from .example import build_example
 from .embedders.onnx_runtime import OnnxEmbedder
 from .example.triplets import TRIPLETS
-from .export.onnx import ONNX_THRESHOLDS, OnnxOptions, export_onnx
+from .export.onnx import OnnxOptions, export_onnx
+from .gates import gate_for
 from .merge import MergeOptions, merge
-from .parity import MERGE_THRESHOLDS, compare, embed_probes
+from .parity import compare, embed_probes
 from .probes import probe_set
 from .report import format_table
 
@@ -29,7 +30,7 @@ ONNX_PRECISIONS = ("fp32", "int8")
 
 
 def _start_vllm(out: Path, merged_dir: Path, reference, force: bool, log, running: ExitStack) -> list:
-    """Export the vLLM directory (gated on the offline engine), serve it with vLLM's
+    """Export the vLLM directory (gated on a real vLLM server), serve it with vLLM's
     OpenAI-compatible server, and return its Embedder (/v2/embed, server-side prompt)."""
     from .embedders.vllm import VllmHttpEmbedder
     from .errors import MoaiError
@@ -50,18 +51,19 @@ def _start_vllm(out: Path, merged_dir: Path, reference, force: bool, log, runnin
         return []
     log(f"vLLM server ready: {server.base_url}")
     return [(VllmHttpEmbedder(server.base_url, "moai-embedding", name="vllm http (fp32, /v2/embed)"),
-             MERGE_THRESHOLDS["fp32"])]
+             gate_for("vllm", "fp32").thresholds)]
 
 
-def _start_triton(out: Path, force: bool, log, running: ExitStack) -> list:
-    """Write a Triton repository for the int8 graph, start a real local tritonserver on free
-    ports, and return the HTTP and gRPC Embedders (with the int8 gate)."""
+def _start_triton(out: Path, reference, force: bool, log, running: ExitStack) -> list:
+    """Write a Triton repository for the int8 graph (verified on a real local tritonserver before
+    it is published), serve it on free ports, and return the HTTP and gRPC Embedders."""
     from .export.triton import TritonOptions, write_repository
     from .serving.triton_server import TritonLaunchError, TritonServer, free_ports
 
     repo = out / "triton_models"
     log(f"[4/6] triton repository -> {repo}; starting tritonserver (CPU, 127.0.0.1)")
-    write_repository(out / "onnx-int8", repo, TritonOptions(max_batch_size=32, force=force), log=log)
+    write_repository(out / "onnx-int8", repo, TritonOptions(max_batch_size=32, force=force), log=log,
+                     reference=reference, reference_label="peft (reference)")
     http, grpc, metrics = free_ports(3)
     try:
         server = running.enter_context(TritonServer(repo, http, grpc, metrics, log_path=out / "triton.log"))
@@ -71,9 +73,9 @@ def _start_triton(out: Path, force: bool, log, running: ExitStack) -> list:
     log(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}")
     return [
         (TritonEmbedder(server.http_url, "moai_embedding", protocol="http", name="triton http (onnx int8)"),
-         ONNX_THRESHOLDS["int8"]),
+         gate_for("triton", "int8").thresholds),
         (TritonEmbedder(server.grpc_url, "moai_embedding", protocol="grpc", name="triton grpc (onnx int8)"),
-         ONNX_THRESHOLDS["int8"]),
+         gate_for("triton", "int8").thresholds),
     ]
 
 
@@ -95,16 +97,16 @@ def _run(out: Path, size: str, force: bool, log, running: ExitStack) -> str:
         log(f"[3/6] onnx {precision} -> {out / f'onnx-{precision}'}")
         export_onnx(merged_dir, out / f"onnx-{precision}", reference=reference,
                     options=OnnxOptions(precision=precision, force=force, log=log))
-    servers = _start_triton(out, force, log, running)
+    servers = _start_triton(out, reference, force, log, running)
     servers += _start_vllm(out, merged_dir, reference, force, log, running)
 
     log("[6/6] parity and speed of every variant")
     variants = [
-        (reference, MERGE_THRESHOLDS["fp32"]),
-        (TorchEmbedder.from_dir(merged_dir, name="merged torch fp32"), MERGE_THRESHOLDS["fp32"]),
-        (SentenceTransformerEmbedder(merged_dir, name="sentence-transformers"), MERGE_THRESHOLDS["fp32"]),
+        (reference, gate_for("torch", "fp32").thresholds),
+        (TorchEmbedder.from_dir(merged_dir, name="merged torch fp32"), gate_for("torch", "fp32").thresholds),
+        (SentenceTransformerEmbedder(merged_dir, name="sentence-transformers"), gate_for("torch", "fp32").thresholds),
     ] + [
-        (OnnxEmbedder(out / f"onnx-{precision}", name=f"onnx {precision}"), ONNX_THRESHOLDS[precision])
+        (OnnxEmbedder(out / f"onnx-{precision}", name=f"onnx {precision}"), gate_for("onnx", precision).thresholds)
         for precision in ONNX_PRECISIONS
     ] + servers
     probes = probe_set(reference.contract.max_tokens)

@@ -24,31 +24,69 @@ class TokenizedBatch:
     num_tokens: int  # real (unpadded) tokens in the batch
 
 
+@dataclass
+class TokenizedTexts:
+    """Texts tokenized once, unpadded: any batch of them can be padded later."""
+
+    ids: list[np.ndarray]  # int64 per text, prompt and end token included, truncated
+    truncated: list[bool]
+    pad_token_id: int
+    padding_side: str
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(row) for row in self.ids]
+
+    @property
+    def num_truncated(self) -> int:
+        return sum(self.truncated)
+
+    def padded(self, positions: Sequence[int] | None = None) -> TokenizedBatch:
+        """The rows at `positions` (all by default) padded to their longest, on the contract's side."""
+        rows = [self.ids[i] for i in (range(len(self.ids)) if positions is None else positions)]
+        width = max((len(r) for r in rows), default=0)
+        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        for n, row in enumerate(rows):
+            span = slice(width - len(row), width) if self.padding_side == "left" else slice(0, len(row))
+            input_ids[n, span] = row
+            attention_mask[n, span] = 1
+        truncated = sum(self.truncated[i] for i in (range(len(self.ids)) if positions is None else positions))
+        return TokenizedBatch(input_ids, attention_mask, truncated, int(attention_mask.sum()))
+
+
 class ContractTokenizer:
     """A fast tokenizer configured from the contract: prompt per kind, truncation to
     max_tokens with the end token kept last, padding on the contract's side."""
 
-    def __init__(self, tokenizer, contract: EmbeddingContract):
+    def __init__(self, tokenizer, contract: EmbeddingContract, *, repair: bool = False, source: str = "tokenizer"):
+        """`repair`: restore a missing end-token post-processor in memory. Only for SOURCES (a
+        hub snapshot saved without it): an artifact must ship a tokenizer that appends the end
+        token by itself, or every consumer not using this class pools the wrong token."""
         from .tokenizer import appended_end_token, ensure_end_token
 
         self.contract = contract
         if contract.end_token is not None and appended_end_token(tokenizer) != contract.end_token:
+            if not repair:
+                raise MoaiError(
+                    f"{source} does not append {contract.end_token!r}, which the contract's last-token pooling "
+                    "reads: any consumer of this file would pool the wrong token. Re-write it with moai-export "
+                    "(merge / onnx / vllm / triton repair it)")
             ensure_end_token(tokenizer, contract.end_token)
         if tokenizer.token_to_id(contract.pad_token) != contract.pad_token_id:
             raise MoaiError(
                 f"tokenizer maps pad token {contract.pad_token!r} to {tokenizer.token_to_id(contract.pad_token)}, "
                 f"the contract says {contract.pad_token_id}"
             )
-        # The post-processor's added tokens count against max_length, so the end token survives truncation.
+        # The post-processor's added tokens count against max_length, so the end token survives
+        # truncation. No padding here: batches are padded after a batching policy chose them.
         tokenizer.enable_truncation(max_length=contract.max_tokens, strategy="longest_first", direction="right")
-        tokenizer.enable_padding(
-            direction=contract.padding_side, pad_id=contract.pad_token_id, pad_token=contract.pad_token
-        )
+        tokenizer.no_padding()
         self.tokenizer = tokenizer
         self._counter = None
 
     @classmethod
-    def from_dir(cls, directory: Path, contract: EmbeddingContract) -> "ContractTokenizer":
+    def from_dir(cls, directory: Path, contract: EmbeddingContract, *, repair: bool = False) -> "ContractTokenizer":
         import tokenizers
 
         path = Path(directory) / "tokenizer.json"
@@ -56,19 +94,22 @@ class ContractTokenizer:
             tokenizer = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception
             raise MoaiError(f"{path}: cannot load tokenizer ({exc})") from None
-        return cls(tokenizer, contract)
+        return cls(tokenizer, contract, repair=repair, source=str(path))
 
-    def tokenize(self, texts: Sequence[str], kind: str) -> TokenizedBatch:
+    def encode(self, texts: Sequence[str], kind: str) -> TokenizedTexts:
+        """Prompt, tokenize and truncate, unpadded."""
         prompted = self.contract.apply_prompt(texts, kind)
         encodings = self.tokenizer.encode_batch(prompted, add_special_tokens=True)
-        input_ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
-        attention_mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
-        return TokenizedBatch(
-            input_ids=input_ids.reshape(len(encodings), -1),
-            attention_mask=attention_mask.reshape(len(encodings), -1),
-            num_truncated=sum(1 for e in encodings if e.overflowing),
-            num_tokens=int(attention_mask.sum()),
+        return TokenizedTexts(
+            ids=[np.asarray(e.ids, dtype=np.int64) for e in encodings],
+            truncated=[bool(e.overflowing) for e in encodings],
+            pad_token_id=self.contract.pad_token_id,
+            padding_side=self.contract.padding_side,
         )
+
+    def tokenize(self, texts: Sequence[str], kind: str) -> TokenizedBatch:
+        """One padded batch of all `texts`."""
+        return self.encode(texts, kind).padded()
 
     def count_tokens(self, text: str, kind: str) -> int:
         """Tokens of one text after the prompt and the end token, before truncation."""
@@ -117,3 +158,33 @@ def write_tokenizer_files(source: Path, contract: EmbeddingContract, out: Path, 
                   pad_token=contract.pad_token)
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
                                                encoding="utf-8")
+
+
+def shipped_tokenizer_failures(directory: Path, contract: EmbeddingContract, texts: Sequence[tuple[str, str]]) -> list[str]:
+    """Read `directory/tokenizer.json` as any consumer would (plain `tokenizers`, no help from
+    this toolkit) and check it against the contract on (kind, text) pairs: the end token last,
+    and the same ids as the contract tokenizer for texts under max tokens."""
+    import tokenizers
+
+    path = Path(directory) / "tokenizer.json"
+    try:
+        plain = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception
+        return [f"{path.name}: cannot be loaded ({exc})"]
+    plain.no_truncation()
+    plain.no_padding()
+    reference = ContractTokenizer(tokenizers.Tokenizer.from_file(str(path)), contract, repair=True)
+    failures = []
+    for kind, text in texts:
+        ids = plain.encode(contract.prompt_for(kind) + text).ids
+        if len(ids) > contract.max_tokens:
+            continue
+        if contract.end_token_id is not None and (not ids or ids[-1] != contract.end_token_id):
+            failures.append(f"shipped {path.name} does not end {kind} {text[:30]!r} with {contract.end_token!r} "
+                            f"(last id {ids[-1] if ids else None}, expected {contract.end_token_id})")
+            break
+        expected = reference.encode([text], kind).ids[0].tolist()
+        if ids != expected:
+            failures.append(f"shipped {path.name} tokenizes {kind} {text[:30]!r} differently from the contract")
+            break
+    return failures

@@ -26,8 +26,9 @@ from .embedders.peft_reference import PeftEmbedder, reference_contract
 from .embedders.sentence_transformers import SentenceTransformerEmbedder
 from .embedders.torch_model import DTYPES, TorchEmbedder
 from .errors import MoaiError, VerificationFailed
-from .inputs import write_tokenizer_files
-from .parity import MERGE_THRESHOLDS, ParityResult, Thresholds, adapter_effect, compare, embed_probes
+from .inputs import shipped_tokenizer_failures, write_tokenizer_files
+from .gates import GateOverrides
+from .parity import ParityResult, adapter_effect, compare, embed_probes
 from .probes import probe_set
 from .report import format_table
 from .safetensors_files import check_model_weights
@@ -39,7 +40,7 @@ from .sources import looks_like_hub_id, resolve_model_dir
 class MergeOptions:
     dtype: str = "fp32"
     max_tokens: int | None = None
-    thresholds: Thresholds | None = None
+    overrides: GateOverrides = field(default_factory=GateOverrides)
     force: bool = False
     allow_base_mismatch: bool = False
     check_sentence_transformers: bool = True
@@ -66,7 +67,7 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
     if identity_note:
         log(f"note: {identity_note}")
     contract = reference_contract(base_dir, adapter_dir, max_tokens=options.max_tokens)
-    thresholds = options.thresholds or MERGE_THRESHOLDS[options.dtype]
+    thresholds = options.overrides.apply("torch", options.dtype).thresholds
 
     log(f"loading reference: {base_dir} + adapter {adapter_dir} (float32)")
     reference = PeftEmbedder.from_base_and_adapter(base_dir, adapter_dir, contract=contract, name="peft reference")
@@ -111,6 +112,7 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
             results.append(compare(reference_vectors, st_vectors, probes, thresholds,
                                    candidate_name="SentenceTransformer(dir)", reference_name="peft reference"))
         effect = adapter_effect(base_vectors, reference_vectors, candidate_vectors, thresholds)
+        file_failures = shipped_tokenizer_failures(tmp, contract, [(p.kind, p.text) for p in probes])
         options.timings["verify_s"] = time.perf_counter() - t
         options.timings["total_s"] = time.perf_counter() - started
         options.timings["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -119,7 +121,7 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
             contract=contract, dtype=options.dtype, thresholds=thresholds, results=results, effect=effect,
             unchanged=unchanged, adapted=len(before), truncated=truncated_probes, num_probes=len(probes),
             base=(base, base_dir), adapter=(adapter, adapter_dir, info), output_dir=tmp, timings=options.timings,
-            identity_note=identity_note,
+            identity_note=identity_note, file_failures=file_failures,
         )
         log(format_report(report))
         if not report["passed"]:
@@ -134,8 +136,25 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
             inputs=report["inputs"],
             options={"dtype": options.dtype, "max_tokens": contract.max_tokens},
             extra={"parity_file": PARITY_FILE},
+            admitted_for=admitted_configurations(report, options.dtype),
         )
     return report
+
+
+def admitted_configurations(report: dict, dtype: str) -> list[dict]:
+    """The configurations merge verification ran: transformers and plain sentence-transformers,
+    on CPU, in the saved dtype."""
+    from .admission import ServingConfig, admission_entry
+    from .artifacts import tool_versions
+
+    runtimes = {"merged": "torch", "SentenceTransformer(dir)": "sentence-transformers"}
+    entries = []
+    for parity in report["parity"]:
+        runtime = next(r for prefix, r in runtimes.items() if parity["candidate"].startswith(prefix))
+        gate = {"min_cosine": parity["min_cosine"], "max_abs": parity["max_abs"], "thresholds": parity["thresholds"]}
+        entries.append(admission_entry(ServingConfig(runtime, "cpu", dtype), gate=gate,
+                                       reference="peft reference (base + adapter, float32)", versions=tool_versions()))
+    return entries
 
 
 def check_base_identity(base_spec: str, base_dir: Path, info: AdapterInfo, *, allow_mismatch: bool) -> str | None:
@@ -183,10 +202,11 @@ def _fingerprint(weight: torch.Tensor) -> str:
 
 
 def build_report(*, contract, dtype, thresholds, results: list[ParityResult], effect, unchanged, adapted,
-                 truncated, num_probes, base, adapter, output_dir, timings, identity_note) -> dict:
+                 truncated, num_probes, base, adapter, output_dir, timings, identity_note,
+                 file_failures: list[str] = ()) -> dict:
     from .artifacts import tool_versions
 
-    failures = [f"{r.candidate}: {reason}" for r in results for reason in r.reasons()]
+    failures = list(file_failures) + [f"{r.candidate}: {reason}" for r in results for reason in r.reasons()]
     failures += effect.reasons()
     if unchanged:
         failures.insert(0, f"{len(unchanged)} of {adapted} adapted weights are unchanged by the merge "
@@ -211,6 +231,7 @@ def build_report(*, contract, dtype, thresholds, results: list[ParityResult], ef
             "identity_note": identity_note,
         },
         "output": {"weights": weights_digest(output_dir)},
+        "file_failures": list(file_failures),
         "contract": contract.to_dict(),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": tool_versions(),

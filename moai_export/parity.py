@@ -21,17 +21,6 @@ class Thresholds:
         return 1.0 - self.min_cosine
 
 
-# Merged checkpoint vs PEFT reference, by the dtype of the saved weights. Half precisions are
-# gated on cosine only: rounding every weight moves components by ~1e-3, what retrieval
-# cares about is direction. Measured: bf16 min cosine 0.99999 on the tiny example and 0.99986
-# at the full 0.6B shape (random weights); fp16 1.0 / max abs 4e-4 on the tiny example.
-MERGE_THRESHOLDS: dict[str, Thresholds] = {
-    "fp32": Thresholds(min_cosine=0.99999, max_abs=1e-5),
-    "fp16": Thresholds(min_cosine=0.999, max_abs=None),
-    "bf16": Thresholds(min_cosine=0.99, max_abs=None),
-}
-
-
 @dataclass
 class ProbeFigure:
     id: str
@@ -210,13 +199,15 @@ class GateReport:
     rank_agreement: float
     min_rank_agreement: float
     truncated_probes: int | None  # None: the variant cannot tell (a server)
+    # what the vectors cannot show: a shipped file that consumers would read differently
+    file_failures: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return self.parity.passed and self.rank_agreement >= self.min_rank_agreement
+        return self.parity.passed and self.rank_agreement >= self.min_rank_agreement and not self.file_failures
 
     def reasons(self) -> list[str]:
-        out = self.parity.reasons()
+        out = list(self.file_failures) + self.parity.reasons()
         if self.rank_agreement < self.min_rank_agreement:
             out.append(f"top-10 rank agreement {self.rank_agreement:.3f} < {self.min_rank_agreement}")
         return out
@@ -229,6 +220,7 @@ class GateReport:
             "rank_agreement_top10": self.rank_agreement,
             "min_rank_agreement": self.min_rank_agreement,
             "truncated_probes": self.truncated_probes,
+            "file_failures": self.file_failures,
         }
 
 
@@ -247,6 +239,10 @@ class ReferenceFigures:
 
     def _retrieval_vectors(self, embedder: Embedder) -> tuple[np.ndarray, np.ndarray]:
         return embedder.encode(self.queries, "query"), embedder.encode(self.documents, "document")
+
+    def gate_with(self, candidate: Embedder, gate) -> GateReport:
+        """Gate `candidate` with a `gates.Gate` (thresholds and rank agreement)."""
+        return self.gate(candidate, gate.thresholds, gate.min_rank_agreement)
 
     def gate(self, candidate: Embedder, thresholds: Thresholds, min_rank_agreement: float) -> GateReport:
         truncated_before = candidate.num_truncated

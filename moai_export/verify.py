@@ -1,50 +1,67 @@
-"""`moai-export verify`: the parity gate for any artifact against any reference."""
+"""`moai-export verify`: the parity gate for any artifact against any reference, in the
+configuration it is loaded in, and the admission of that configuration when it passes.
+
+Each artifact is loaded through the kind registry exactly as it would serve (`--device cuda`
+loads it on the GPU, a vLLM directory is served by a real vLLM server, a Triton repository by a
+real tritonserver), gated with the table's gate for its kind and precision (overrides apply to
+every artifact the same way), and, for a local artifact that passes, the configuration is added
+to its manifest's `admitted_for`: that is how a GPU configuration is admitted on the GPU machine.
+"""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from .admission import admission_entry, changed_files, read_manifest, record_admission
+from .artifacts import tool_versions
+from .gates import GateOverrides
+from .kinds import load_embedder, parse_spec
+from .parity import ReferenceFigures
 
-from .artifacts import MANIFEST_FILE
-from .embedders import load_embedder, parse_spec
-from .parity import MERGE_THRESHOLDS, ReferenceFigures, Thresholds
-
-
-def default_gate(spec: str, candidate=None) -> tuple[Thresholds, float]:
-    """Thresholds for an artifact, by what its manifest says it is (precision or dtype); a
-    server says what it serves (the Triton ensemble carries the ONNX artifact's precision)."""
-    from .export.onnx import MIN_RANK_AGREEMENT, ONNX_THRESHOLDS
-
-    kind, location = parse_spec(spec)
-    if kind.startswith("triton-"):
-        precision = getattr(candidate, "precision", None) or "fp32"
-        return ONNX_THRESHOLDS[precision], MIN_RANK_AGREEMENT[precision]
-    manifest_path = Path(location) / MANIFEST_FILE
-    options = json.loads(manifest_path.read_text()).get("options", {}) if manifest_path.is_file() else {}
-    if kind == "onnx":
-        precision = options.get("precision", "fp32")
-        return ONNX_THRESHOLDS[precision], MIN_RANK_AGREEMENT[precision]
-    dtype = options.get("dtype", "fp32")
-    return MERGE_THRESHOLDS.get(dtype, MERGE_THRESHOLDS["fp32"]), MIN_RANK_AGREEMENT.get(dtype, 0.95)
+# Kinds that take a device option; onnx maps device=cuda to its CUDA provider.
+DEVICE_KINDS = ("torch", "st", "onnx", "vllm", "peft")
 
 
-def verify(artifacts: list[str], reference: str, *, thresholds: Thresholds | None = None,
-           min_rank_agreement: float | None = None, log=print) -> tuple[dict, list]:
+def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | None = None,
+           device: str | None = None, admit: bool = True, log=print) -> tuple[dict, list]:
     """(JSON-ready report, GateReports) of every artifact against the reference."""
+    overrides = overrides or GateOverrides()
+    kinds = [parse_spec(spec)[0] for spec in artifacts]  # a bad spec fails before the reference loads
     log(f"reference: {reference}")
     with load_embedder(reference, name="reference") as ref:
         figures = ReferenceFigures(ref)
-    gates = []
-    for spec in artifacts:
+    gates, results = [], []
+    for spec, kind in zip(artifacts, kinds):
         log(f"checking {spec}")
-        with load_embedder(spec) as candidate:
-            default_thresholds, default_agreement = default_gate(spec, candidate)
-            gates.append(figures.gate(candidate, thresholds or default_thresholds,
-                                      default_agreement if min_rank_agreement is None else min_rank_agreement))
+        options = {"device": device} if device and kind.name in DEVICE_KINDS else {}
+        with load_embedder(spec, admission="skip", **options) as candidate:
+            gate = overrides.apply(kind.family, candidate.precision)
+            report = figures.gate_with(candidate, gate)
+            serving, directory = candidate.serving, candidate.artifact_dir
+        gates.append(report)
+        result = {"spec": spec, "kind": kind.name, "precision": candidate.precision,
+                  "config": serving.describe() if serving else None, **report.to_dict()}
+        if report.passed and admit and serving is not None and directory is not None:
+            result["admitted"] = _admit(directory, serving, report, reference, log)
+        results.append(result)
     report = {
         "stage": "verify",
         "reference": reference,
         "passed": all(g.passed for g in gates),
-        "results": [g.to_dict() for g in gates],
+        "results": results,
     }
     return report, gates
+
+
+def _admit(directory, serving, report, reference: str, log) -> bool:
+    manifest = read_manifest(directory)
+    if manifest is None:
+        return False  # not an artifact of this toolkit: nothing to record into
+    changed = changed_files(directory, manifest)
+    if changed:
+        log(f"NOT admitted: {directory}: files changed since it was exported ({', '.join(changed[:3])}); "
+            "re-export it instead of admitting changed files")
+        return False
+    gate = {"min_cosine": report.parity.min_cosine, "max_abs": report.parity.max_abs,
+            "rank_agreement_top10": report.rank_agreement}
+    record_admission(directory, admission_entry(serving, gate=gate, reference=reference, versions=tool_versions()))
+    log(f"admitted {directory} for {serving.describe()}")
+    return True

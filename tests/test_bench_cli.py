@@ -165,7 +165,7 @@ def test_missing_qrels_is_named(dataset, tmp_path):
 
 
 def test_generated_lengths_are_what_they_say(merged_dir):
-    from moai_export.contract import read_contract
+    from moai_export.model_dir import read_contract
     from moai_export.inputs import ContractTokenizer
 
     tokenizer = ContractTokenizer.from_dir(merged_dir, read_contract(merged_dir))

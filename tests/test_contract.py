@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from moai_export.contract import QWEN3_QUERY_PROMPT, EmbeddingContract, read_contract
+from moai_export.contract import QWEN3_QUERY_PROMPT, EmbeddingContract
+from moai_export.model_dir import read_contract
 from moai_export.errors import MoaiError
 from moai_export.sentence_transformers_format import derive_contract
 

@@ -70,6 +70,62 @@ def test_bad_input_is_rejected(merged):
     assert merged.encode([], "query").shape == (0, 64)
 
 
+def test_empty_text_is_an_error_named_by_position(merged, reference):
+    """One policy for every variant: "" has no embedding (the servers answer 400 the same way)."""
+    for embedder in (merged, reference):
+        with pytest.raises(MoaiError, match="text 1 is empty"):
+            embedder.encode(["fine", "", "also fine"], "document")
+    assert merged.encode([" "], "document").shape == (1, 64)  # whitespace is text
+
+
+def test_a_zero_vector_is_an_error_not_a_result(merged):
+    """A vector of norm 0 ranks silently wrong: every variant refuses to return one."""
+    from moai_export.embedders.base import TokenEmbedder
+
+    class Zeros(TokenEmbedder):
+        def forward(self, input_ids, attention_mask):
+            out = merged.forward(input_ids, attention_mask)
+            out[-1] = 0.0
+            return out
+
+    zeros = Zeros(merged.contract, merged.tokenizer)
+    with pytest.raises(MoaiError, match="text 1 embedded to a zero vector"):
+        zeros.encode(["a", "b"], "document", batch_size=2)
+
+
+def test_matryoshka_dims_are_the_renormalized_prefix(merged_dir, merged):
+    from moai_export.embedders import load_embedder
+
+    full = merged.encode(TEXTS[:3], "query")
+    with load_embedder(f"torch:{merged_dir}?dims=32") as small:
+        cut = small.encode(TEXTS[:3], "query")
+    assert cut.shape == (3, 32)
+    assert np.allclose(cut, full[:, :32] / np.linalg.norm(full[:, :32], axis=1, keepdims=True), atol=1e-6)
+    for bad in (0, 16, 65):
+        with pytest.raises(MoaiError, match="dimensions must be an integer from 32 to 64"):
+            load_embedder(f"torch:{merged_dir}?dims={bad}")
+
+
+def test_token_budget_policy_restores_order_and_matches_fixed_batches(merged):
+    """Length-sorted batches under a token budget: the same vectors, in input order."""
+    from moai_export.batching import FixedCount, TokenBudget, padded_tokens
+
+    texts = [TEXTS[i % len(TEXTS)] + f" {i}" for i in range(11)]
+    fixed = merged.encode(texts, "document", batch_size=4)
+    lengths = merged.tokenizer.encode(texts, "document").lengths
+    budget = TokenBudget(max_batch_tokens=2048, max_batch_size=4)
+    batches = budget.batches(lengths)
+    assert sorted(i for b in batches for i in b) == list(range(len(texts)))
+    assert all(len(b) * max(lengths[i] for i in b) <= 2048 or len(b) == 1 for b in batches)
+    assert padded_tokens(batches, lengths) <= padded_tokens(FixedCount(4).batches(lengths), lengths)
+    merged.policy = budget
+    try:
+        sorted_run = merged.encode(texts, "document")
+    finally:
+        del merged.policy
+    assert cosine_rows(sorted_run, fixed).min() >= 0.99999
+
+
 def test_adapter_disabled_gives_the_base_model(reference, example_dir):
     base = TorchEmbedder.from_dir(example_dir / "base")
     with reference.adapter_disabled():
@@ -83,7 +139,7 @@ def test_sentence_transformers_agrees_with_torch_on_real_bert(minilm):
     """Real weights, mean pooling, right padding: our pooling equals sentence-transformers'."""
     ours = TorchEmbedder.from_dir(minilm)
     theirs = SentenceTransformerEmbedder(minilm)
-    texts = ["A man is eating food.", "카드 분실 신고", "", "The quick brown fox " * 100]
+    texts = ["A man is eating food.", "카드 분실 신고", ".", "The quick brown fox " * 100]
     for kind in ("query", "document"):
         assert cosine_rows(ours.encode(texts, kind), theirs.encode(texts, kind)).min() >= 0.99999
 
@@ -91,14 +147,25 @@ def test_sentence_transformers_agrees_with_torch_on_real_bert(minilm):
 def test_spec_grammar_and_options(merged_dir, example_dir):
     from moai_export.embedders import load_embedder, parse_spec
 
-    assert parse_spec(f"{example_dir / 'base'}+{example_dir / 'adapter'}")[0] == "peft"
-    assert parse_spec(str(merged_dir)) == ("torch", str(merged_dir))
-    assert parse_spec("triton-grpc://127.0.0.1:8001/m") == ("triton-grpc", "127.0.0.1:8001/m")
-    assert parse_spec("vllm-http://127.0.0.1:8000/m?route=v1") == ("vllm-http", "127.0.0.1:8000/m?route=v1")
+    def kind_of(spec):
+        kind, location, options = parse_spec(spec)
+        return kind.name, location, options
+
+    assert kind_of(f"{example_dir / 'base'}+{example_dir / 'adapter'}")[0] == "peft"
+    assert kind_of(str(merged_dir)) == ("torch", str(merged_dir), {})
+    assert kind_of("triton-grpc://127.0.0.1:8001/m") == ("triton-grpc", "127.0.0.1:8001/m", {})
+    assert kind_of("vllm-http://127.0.0.1:8000/m?route=v1") == ("vllm-http", "127.0.0.1:8000/m", {"route": "v1"})
+    assert kind_of(f"onnx:{merged_dir}?intra_op_threads=2&allow_unverified=true")[2] == {
+        "intra_op_threads": 2, "allow_unverified": True}
     import torch
 
-    bf16 = load_embedder(f"torch:{merged_dir}?dtype=bf16&device=cpu")
+    # the merged directory was admitted for fp32 on CPU only: bf16 is refused, or loaded loudly
+    with pytest.raises(MoaiError, match="not verified for torch on cpu in bf16"):
+        load_embedder(f"torch:{merged_dir}?dtype=bf16&device=cpu")
+    bf16 = load_embedder(f"torch:{merged_dir}?dtype=bf16&device=cpu&allow_unverified=true")
     assert next(bf16.encoder.backbone.parameters()).dtype == torch.bfloat16
+    with pytest.raises(MoaiError, match="torch sees no CUDA GPU"):
+        load_embedder(f"torch:{merged_dir}?device=cuda&allow_unverified=true")
     with pytest.raises(MoaiError, match="option 'colour' is not known"):
         load_embedder(f"torch:{merged_dir}?colour=red")
     with pytest.raises(MoaiError, match="not a directory"):

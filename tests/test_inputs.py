@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moai_export.contract import read_contract
+from moai_export.model_dir import read_contract
 from moai_export.errors import MoaiError
 from moai_export.inputs import ContractTokenizer
 

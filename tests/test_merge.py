@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from moai_export.artifacts import MANIFEST_FILE, PARITY_FILE
-from moai_export.contract import CONTRACT_FILE, read_contract
+from moai_export.contract import CONTRACT_FILE
+from moai_export.model_dir import read_contract
 from moai_export.errors import VerificationFailed
 from moai_export.merge import MergeOptions, merge
 from moai_export.tokenizer import appended_end_token

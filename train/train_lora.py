@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from moai_export.contract import read_contract
+from moai_export.model_dir import read_contract
 from moai_export.errors import MoaiError
 from moai_export.example.train import train_adapter
 from moai_export.sources import resolve_model_dir

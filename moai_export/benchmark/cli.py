@@ -12,7 +12,7 @@ from typing import Callable
 
 import click
 
-from ..cli import MoaiGroup
+from ..cli_base import MoaiGroup
 from ..errors import MoaiError
 
 TARGET_HELP = ("[LABEL=]SPEC, repeatable; the first is the baseline the ratios/deltas use. SPEC: "

@@ -70,7 +70,7 @@ def _own_counter(embedder: Embedder, spec: str) -> tuple[ContractTokenizer | Non
         path = Path(candidate)
         try:
             if (path / "tokenizer.json").is_file():
-                return ContractTokenizer.from_dir(path, embedder.contract), f"{path}/tokenizer.json"
+                return ContractTokenizer.from_dir(path, embedder.contract, repair=True), f"{path}/tokenizer.json"
         except (OSError, ValueError):  # a URL is not a path
             continue
     return None, ""
@@ -91,7 +91,8 @@ def load_targets(texts: Sequence[str], *, tokenizer_dir: Path | None = None,
         seen.add(label)
         log(f"loading {label}")
         start = time.perf_counter()
-        embedder = load_embedder(spec, name=label)
+        # a benchmark measures any configuration; one no gate admitted is named loudly
+        embedder = load_embedder(spec, name=label, admission="warn")
         counter, source = _own_counter(embedder, spec)
         targets.append(Target(label, spec, embedder, counter, source, time.perf_counter() - start))
     shared: tuple[ContractTokenizer, str] | None = None
@@ -105,7 +106,7 @@ def load_targets(texts: Sequence[str], *, tokenizer_dir: Path | None = None,
         if t.counter is not None:
             continue
         if tokenizer_dir is not None:
-            t.counter = ContractTokenizer.from_dir(Path(tokenizer_dir), t.embedder.contract)
+            t.counter = ContractTokenizer.from_dir(Path(tokenizer_dir), t.embedder.contract, repair=True)
             t.counter_source = f"--tokenizer {tokenizer_dir}"
         elif shared is not None:
             t.counter, t.counter_source = shared

@@ -7,14 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import read_contract
+from ..model_dir import read_contract
 from ..errors import MoaiError
 from ..inputs import ContractTokenizer
-from .base import Embedder
+from .base import TokenEmbedder
 
 ONNX_FILE = "model.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_embedding"
+
+# The device each provider runs on, for the serving configuration the gate admits.
+PROVIDER_DEVICES = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda"}
 
 # CPU by default; CUDA / TensorRT need the onnxruntime-gpu package (which replaces onnxruntime:
 # the two cannot be installed side by side).
@@ -25,7 +28,7 @@ PROVIDERS = {
 }
 
 
-class OnnxEmbedder(Embedder):
+class OnnxEmbedder(TokenEmbedder):
     def __init__(
         self,
         directory: Path,
@@ -34,11 +37,19 @@ class OnnxEmbedder(Embedder):
         intra_op_threads: int | None = None,
         inter_op_threads: int | None = None,
         name: str | None = None,
+        dims: int | None = None,
+        admission: str = "require",
     ):
         import onnxruntime as ort
 
+        from ..admission import require_admitted
+
         directory = Path(directory)
-        super().__init__(read_contract(directory))
+        if provider in PROVIDERS:
+            require_admitted(directory, serving_config(directory, provider), mode=admission,
+                             spec=f"onnx:{directory}?provider={provider}")
+        contract = read_contract(directory)
+        super().__init__(contract, ContractTokenizer.from_dir(directory, contract), dims=dims)
         if provider not in PROVIDERS:
             raise MoaiError(f"unknown provider {provider!r}: expected one of {', '.join(PROVIDERS)}")
         wanted = PROVIDERS[provider][0]
@@ -60,15 +71,14 @@ class OnnxEmbedder(Embedder):
         except Exception as exc:  # onnxruntime raises its own exception types
             raise MoaiError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
         _check_signature(self.session, path, self.contract.dims)
-        self.tokenizer = ContractTokenizer.from_dir(directory, self.contract)
         self.provider = provider
+        self.precision = onnx_precision(directory)
+        self.serving = serving_config(directory, provider)
+        self.artifact_dir = directory
         self.name = name or f"onnx:{directory}"
 
-    def _encode_batch(self, texts: list[str], kind: str) -> np.ndarray:
-        batch = self.tokenizer.tokenize(texts, kind)
-        self.num_truncated += batch.num_truncated
-        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        return self.session.run([OUTPUT_NAME], feeds)[0]
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
 
     def close(self) -> None:
         self.session = None
@@ -84,3 +94,32 @@ def _check_signature(session, path: Path, dims: int) -> None:
     shape = outputs[OUTPUT_NAME][1]
     if len(shape) != 2 or shape[1] != dims:
         raise MoaiError(f"{path}: output shape {shape} does not match the contract's {dims} dims")
+
+
+def onnx_precision(directory: Path) -> str:
+    from ..admission import read_manifest
+
+    return ((read_manifest(directory) or {}).get("options", {}).get("precision")) or "fp32"
+
+
+def serving_config(directory: Path, provider: str):
+    from ..admission import ServingConfig
+
+    return ServingConfig("onnxruntime", PROVIDER_DEVICES.get(provider, provider), onnx_precision(directory), provider)
+
+
+def from_spec(location: str, *, name: str, provider: str | None = None, device: str | None = None,
+              intra_op_threads: int | None = None, inter_op_threads: int | None = None, dims: int | None = None,
+              admission: str = "require", allow_unverified: bool = False) -> OnnxEmbedder:
+    """`device=cuda` means the CUDA provider (what `verify --device cuda` passes every kind)."""
+    from ..admission import admission_mode
+
+    directory = Path(location)
+    if not directory.is_dir():
+        raise MoaiError(f"{location}: no such directory")
+    provider = provider or ("cuda" if (device or "cpu").startswith("cuda") else "cpu")
+    if provider not in PROVIDERS:
+        raise MoaiError(f"unknown provider {provider!r}: expected one of {', '.join(PROVIDERS)}")
+    return OnnxEmbedder(directory, provider=provider, intra_op_threads=intra_op_threads,
+                        inter_op_threads=inter_op_threads, name=name, dims=dims,
+                        admission=admission_mode(admission, allow_unverified))

@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..adapter import AdapterInfo, load_adapter, read_adapter
-from ..contract import EmbeddingContract, read_contract
+from ..contract import EmbeddingContract
+from ..model_dir import read_contract
 from ..inputs import ContractTokenizer
 from .torch_model import ContractEncoder, TorchEmbedder, load_backbone
 
@@ -36,6 +37,7 @@ class PeftEmbedder(TorchEmbedder):
         contract: EmbeddingContract | None = None,
         name: str | None = None,
         device: str = "cpu",
+        dims: int | None = None,
     ) -> "PeftEmbedder":
         base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
         info = read_adapter(adapter_dir)
@@ -44,10 +46,11 @@ class PeftEmbedder(TorchEmbedder):
         tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else base_dir
         return cls(
             ContractEncoder(model, contract),
-            ContractTokenizer.from_dir(tokenizer_dir, contract),
+            ContractTokenizer.from_dir(tokenizer_dir, contract, repair=True),  # a source
             contract,
             name=name or f"peft:{base_dir}+{adapter_dir}",
             device=device,
+            dims=dims,
             adapter=info,
         )
 
@@ -60,3 +63,15 @@ class PeftEmbedder(TorchEmbedder):
         """Embed with the plain base model (the adapter's effect is what parity must see)."""
         with self.peft_model.disable_adapter():
             yield self
+
+
+def from_spec(location: str, *, name: str, device: str = "cpu", dims: int | None = None) -> PeftEmbedder:
+    """BASE+ADAPTER, each a local directory or a hub id."""
+    from ..errors import MoaiError
+    from ..sources import resolve_model_dir
+
+    base, sep, adapter = location.partition("+")
+    if not sep or not base or not adapter:
+        raise MoaiError(f"{location}: a PEFT reference is BASE+ADAPTER")
+    return PeftEmbedder.from_base_and_adapter(resolve_model_dir(base, "base model"),
+                                              resolve_model_dir(adapter, "adapter"), name=name, device=device, dims=dims)

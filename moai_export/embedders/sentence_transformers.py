@@ -7,21 +7,45 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import read_contract
+from ..model_dir import read_contract
 from .base import Embedder
 
 
 class SentenceTransformerEmbedder(Embedder):
-    def __init__(self, directory: Path, *, device: str = "cpu", name: str | None = None):
+    """sentence-transformers tokenizes and batches by itself: this variant is the check that
+    a written directory behaves as promised for a user of the library, not ours."""
+
+    def __init__(self, directory: Path, *, device: str = "cpu", name: str | None = None, dims: int | None = None,
+                 admission: str = "require"):
         from sentence_transformers import SentenceTransformer
 
-        super().__init__(read_contract(Path(directory)))
+        from ..admission import ServingConfig, require_admitted
+        from .torch_model import check_device, manifest_dtype
+
+        super().__init__(read_contract(Path(directory)), dims=dims)
+        check_device(device)
+        self.precision = manifest_dtype(Path(directory))
+        self.serving = ServingConfig("sentence-transformers", device.split(":")[0], self.precision)
+        self.artifact_dir = Path(directory)
+        require_admitted(Path(directory), self.serving, mode=admission, spec=f"st:{directory}?device={device}")
         self.model = SentenceTransformer(str(directory), device=device)
         self.name = name or f"st:{directory}"
 
-    def _encode_batch(self, texts: list[str], kind: str) -> np.ndarray:
+    def _embed(self, texts: list[str], kind: str, batch_size: int | None) -> np.ndarray:
         encode = self.model.encode_query if kind == "query" else self.model.encode_document
-        return encode(texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)
+        return encode(texts, batch_size=batch_size or 16, convert_to_numpy=True, show_progress_bar=False)
 
     def close(self) -> None:
         self.model = None
+
+
+def from_spec(location: str, *, name: str, device: str = "cpu", dims: int | None = None,
+              admission: str = "require", allow_unverified: bool = False) -> SentenceTransformerEmbedder:
+    from ..admission import admission_mode
+    from ..errors import MoaiError
+
+    directory = Path(location)
+    if not directory.is_dir():
+        raise MoaiError(f"{location}: no such directory")
+    return SentenceTransformerEmbedder(directory, device=device, name=name, dims=dims,
+                                       admission=admission_mode(admission, allow_unverified))

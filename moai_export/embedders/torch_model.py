@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contract import EmbeddingContract, read_contract
+from ..contract import EmbeddingContract
+from ..model_dir import read_contract
 from ..errors import MoaiError
 from ..inputs import ContractTokenizer
 from ..pooling import ContractPooler
-from .base import Embedder
+from .base import TokenEmbedder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -46,7 +47,16 @@ def load_backbone(directory: Path, dtype: torch.dtype = torch.float32, **kwargs)
     return model.eval()
 
 
-class TorchEmbedder(Embedder):
+def check_device(device: str) -> str:
+    """A torch device this machine has, or a clear error (not a CUDA traceback)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MoaiError(f"device {device!r} was asked for, but torch sees no CUDA GPU on this machine")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise MoaiError(f"unknown device {device!r}: expected cpu or cuda[:N]")
+    return device
+
+
+class TorchEmbedder(TokenEmbedder):
     """Runs a ContractEncoder in-process (CPU by default)."""
 
     def __init__(
@@ -57,36 +67,67 @@ class TorchEmbedder(Embedder):
         *,
         name: str = "torch",
         device: str = "cpu",
+        dims: int | None = None,
+        dtype: str = "fp32",
     ):
-        super().__init__(contract)
+        super().__init__(contract, tokenizer, dims=dims)
+        self.device = check_device(device)
         self.encoder = encoder.to(device).eval()
-        self.tokenizer = tokenizer
-        self.device = device
+        self.dtype = self.precision = dtype
         self.name = name
 
     @classmethod
-    def from_dir(cls, directory: Path, *, dtype: str = "fp32", device: str = "cpu", name: str | None = None):
-        """A merged (or any sentence-transformers) model directory."""
+    def from_dir(cls, directory: Path, *, dtype: str = "fp32", device: str = "cpu", name: str | None = None,
+                 dims: int | None = None, repair_tokenizer: bool = False, admission: str = "require"):
+        """A merged (or any sentence-transformers) model directory. `repair_tokenizer` only for
+        a source directory (see ContractTokenizer); `admission`: see moai_export.admission."""
+        from ..admission import ServingConfig, require_admitted
+
         directory = Path(directory)
         if dtype not in DTYPES:
             raise MoaiError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        check_device(device)
+        require_admitted(directory, ServingConfig("torch", device.split(":")[0], dtype), mode=admission,
+                         spec=f"torch:{directory}?device={device}&dtype={dtype}")
         contract = read_contract(directory)
         backbone = load_backbone(directory, DTYPES[dtype])
-        return cls(
+        embedder = cls(
             ContractEncoder(backbone, contract),
-            ContractTokenizer.from_dir(directory, contract),
+            ContractTokenizer.from_dir(directory, contract, repair=repair_tokenizer),
             contract,
             name=name or f"torch:{directory}",
             device=device,
+            dims=dims,
+            dtype=dtype,
         )
+        embedder.serving = ServingConfig("torch", device.split(":")[0], dtype)
+        embedder.artifact_dir = directory
+        return embedder
 
     @torch.inference_mode()
-    def _encode_batch(self, texts: list[str], kind: str) -> np.ndarray:
-        batch = self.tokenizer.tokenize(texts, kind)
-        self.num_truncated += batch.num_truncated
-        input_ids = torch.from_numpy(batch.input_ids).to(self.device)
-        attention_mask = torch.from_numpy(batch.attention_mask).to(self.device)
-        return self.encoder(input_ids, attention_mask).float().cpu().numpy()
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        ids = torch.from_numpy(input_ids).to(self.device)
+        mask = torch.from_numpy(attention_mask).to(self.device)
+        return self.encoder(ids, mask).float().cpu().numpy()
 
     def close(self) -> None:
         self.encoder = None  # type: ignore[assignment]
+
+
+def manifest_dtype(directory: Path) -> str:
+    """The dtype a gated directory was saved (and verified) in; fp32 for anything else."""
+    from ..admission import read_manifest
+
+    manifest = read_manifest(directory) or {}
+    return manifest.get("options", {}).get("dtype") or "fp32"
+
+
+def from_spec(location: str, *, name: str, device: str = "cpu", dtype: str | None = None, dims: int | None = None,
+              admission: str = "require", allow_unverified: bool = False) -> TorchEmbedder:
+    from ..admission import admission_mode
+
+    directory = Path(location)
+    if not directory.is_dir():
+        raise MoaiError(f"{location}: no such directory")
+    return TorchEmbedder.from_dir(directory, dtype=dtype or manifest_dtype(directory), device=device, name=name,
+                                  dims=dims, admission=admission_mode(admission, allow_unverified))

@@ -12,16 +12,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from pathlib import Path
+
 from ..contract import EmbeddingContract
 from ..errors import MoaiError
-from .base import Embedder
+from .base import TextEmbedder
 
 PROTOCOLS = ("http", "grpc")
 
 
-class TritonEmbedder(Embedder):
+class TritonEmbedder(TextEmbedder):
     def __init__(self, url: str, model: str, *, protocol: str = "http", timeout: float = 60.0,
-                 ready_timeout: float = 30.0, concurrency: int = 4, name: str | None = None):
+                 ready_timeout: float = 30.0, concurrency: int = 4, name: str | None = None,
+                 dims: int | None = None):
         if protocol not in PROTOCOLS:
             raise MoaiError(f"unknown protocol {protocol!r}: expected http or grpc")
         self.protocol, self.url, self.model = protocol, url, model
@@ -36,13 +39,12 @@ class TritonEmbedder(Embedder):
             contract = EmbeddingContract.from_dict(json.loads(config["parameters"]["moai_contract"]["string_value"]))
         except (KeyError, ValueError):
             raise MoaiError(f"model {model!r} at {url} carries no moai contract; was it written by `moai-export triton`?") from None
-        super().__init__(contract)
+        super().__init__(contract, dims=dims)
         self.precision = config["parameters"].get("moai_precision", {}).get("string_value", "fp32")
+        self.repository_id = config["parameters"].get("moai_repository_id", {}).get("string_value")
         self.max_batch_size = int(config.get("max_batch_size") or 1)
         self.default_batch_size = self.max_batch_size
-        self.num_truncated = None  # the server does not report truncation
         self.name = name or f"triton-{protocol}://{url}/{model}"
-        self._request_size = self.max_batch_size
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="triton-client")
 
     @property
@@ -105,15 +107,17 @@ class TritonEmbedder(Embedder):
             raise MoaiError(f"Triton {self.url}/{self.model}: {str(exc).splitlines()[0]}") from None
         return result.as_numpy("EMBEDDING")
 
-    def encode(self, texts, kind="document", *, batch_size=None):
-        # Requests of at most max_batch_size texts, `concurrency` of them in flight together
-        # (the server's dynamic batcher may merge them again).
-        self._request_size = min(batch_size or self.max_batch_size, self.max_batch_size)
-        return super().encode(texts, kind, batch_size=self._request_size * self.concurrency)
+    def _embed_texts(self, texts: list[str], kind: str, batch_size: int) -> np.ndarray:
+        return self._request(texts, kind)
 
-    def _encode_batch(self, texts: list[str], kind: str) -> np.ndarray:
-        size = self._request_size
+    def _embed(self, texts: list[str], kind: str, batch_size: int | None) -> np.ndarray:
+        # Requests of at most max_batch_size texts, `concurrency` of them in flight together
+        # (the server's dynamic batcher may merge them again). The request size is local to
+        # this call: one Embedder may serve many threads.
+        size = min(batch_size or self.max_batch_size, self.max_batch_size)
         chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
+        if not chunks:
+            return np.empty((0, self.contract.dims), dtype=np.float32)
         return np.concatenate(list(self._pool.map(lambda chunk: self._request(chunk, kind), chunks)))
 
     def close(self) -> None:
@@ -126,3 +130,81 @@ class TritonEmbedder(Embedder):
             except Exception:  # closing from another thread: the connection goes with the process
                 pass
         self._clients = []
+
+
+class TritonRepositoryEmbedder(TritonEmbedder):
+    """A local tritonserver of its own for a model repository (free loopback ports), queried
+    over gRPC; stopped on close(). What `moai-export triton` verifies and `verify REPO` runs."""
+
+    def __init__(self, repository: Path, model: str | None = None, *, name: str | None = None,
+                 dims: int | None = None, start_timeout: float = 180.0, log_path: Path | None = None,
+                 admission: str = "require"):
+        from ..serving.process import LaunchError
+        from ..serving.triton_server import TritonServer, free_ports
+
+        repository = Path(repository)
+        model = model or ensemble_name(repository)
+        from ..admission import check_repository_admitted
+
+        check_repository_admitted(repository, model, mode=admission)
+        http, grpc, metrics = free_ports(3)
+        self.server = TritonServer(repository, http, grpc, metrics, log_path=log_path,
+                                   extra_args=["--model-control-mode=explicit", f"--load-model={model}"])
+        try:
+            self.server.start(start_timeout)
+        except LaunchError as exc:
+            raise MoaiError(f"tritonserver did not serve {repository}: {exc}") from None
+        try:
+            super().__init__(self.server.grpc_url, model, protocol="grpc",
+                             name=name or f"triton:{repository} ({model})", dims=dims)
+        except BaseException:
+            self.server.stop()
+            raise
+        from ..admission import read_manifest, repository_serving_config
+
+        options = (read_manifest(repository / model) or {}).get("options", {})
+        self.serving = repository_serving_config(options.get("encoder", "python"), self.precision,
+                                                 bool(options.get("tensorrt")))
+        self.artifact_dir = repository / model
+
+    def close(self) -> None:
+        super().close()
+        self.server.stop()
+
+
+def ensemble_name(repository: Path) -> str:
+    """The one ensemble in a repository (written by `moai-export triton`), or a clear error."""
+    names = sorted(p.parent.name for p in Path(repository).glob("*/config.pbtxt")
+                   if 'platform: "ensemble"' in p.read_text(encoding="utf-8"))
+    if len(names) != 1:
+        raise MoaiError(f"{repository}: {'no' if not names else len(names)} ensembles"
+                        f"{' (' + ', '.join(names) + ')' if names else ''}; name one with ?model=NAME")
+    return names[0]
+
+
+def http_from_spec(location: str, *, name: str, **options) -> TritonEmbedder:
+    return _remote(location, "http", name, options)
+
+
+def grpc_from_spec(location: str, *, name: str, **options) -> TritonEmbedder:
+    return _remote(location, "grpc", name, options)
+
+
+def _remote(location: str, protocol: str, name: str, options: dict) -> TritonEmbedder:
+    address, sep, model = location.partition("/")
+    if not sep or not model or ":" not in address:
+        raise MoaiError(f"triton-{protocol}://{location}: expected triton-{protocol}://HOST:PORT/MODEL")
+    return TritonEmbedder(address, model, protocol=protocol, name=name, **options)
+
+
+def repository_from_spec(location: str, *, name: str, model: str | None = None, dims: int | None = None,
+                         admission: str = "require", allow_unverified: bool = False,
+                         log_path: str | None = None) -> TritonRepositoryEmbedder:
+    from ..admission import admission_mode
+
+    repository = Path(location)
+    if not repository.is_dir():
+        raise MoaiError(f"{location}: no such directory")
+    return TritonRepositoryEmbedder(repository, model, name=name, dims=dims,
+                                    admission=admission_mode(admission, allow_unverified),
+                                    log_path=Path(log_path) if log_path else None)

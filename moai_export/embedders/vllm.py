@@ -1,8 +1,12 @@
 """vLLM variants.
 
-vllm:DIR               the offline engine (`LLM(..., runner="pooling").embed`) in a worker
+vllm:DIR               what serves: a real vLLM server started for the directory exactly as
+                       serve/vllm/run.sh starts it (same engine arguments, device and dtype),
+                       queried on /v2/embed, so the server's own prompt and truncation are
+                       what is measured. The gate of `moai-export vllm` runs this.
+vllm-offline:DIR       the offline engine (`LLM(..., runner="pooling").embed`) in a worker
                        process of the vLLM environment; texts are tokenized here by the
-                       contract and sent as token ids, so prompts and truncation are exact.
+                       contract and sent as token ids.
 vllm-http://HOST:PORT/MODEL
                        a running OpenAI-compatible server (serve/vllm/run.sh). Default route:
                        Cohere-style /v2/embed with input_type "query" / "document": the server
@@ -22,18 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import EmbeddingContract, read_contract
+from ..contract import EmbeddingContract
 from ..errors import MoaiError
 from ..inputs import ContractTokenizer
-from .base import Embedder
-
-from ..serving.vllm_server import vllm_venv
+from ..model_dir import read_contract
+from ..serving.vllm_server import SERVE_FILE, VllmServer, vllm_venv
+from .base import TextEmbedder, TokenEmbedder
 
 WORKER = Path(__file__).resolve().parents[1] / "serving" / "vllm_worker.py"
 
 
-class VllmOfflineEmbedder(Embedder):
-    default_batch_size = 32
+class VllmOfflineEmbedder(TokenEmbedder):
 
     @staticmethod
     def check_runtime() -> Path:
@@ -43,12 +46,19 @@ class VllmOfflineEmbedder(Embedder):
         return python
 
     def __init__(self, directory: Path, *, dtype: str = "float32", start_timeout: float = 300.0,
-                 log_path: Path | None = None, name: str | None = None):
-        from ..export.vllm import SERVE_FILE
+                 log_path: Path | None = None, name: str | None = None, dims: int | None = None,
+                 admission: str = "require"):
+        from ..admission import ServingConfig, require_admitted
+        from ..batching import FixedCount
+        from ..serving.vllm_server import VLLM_DTYPES
 
         directory = Path(directory)
-        super().__init__(read_contract(directory))
-        self.tokenizer = ContractTokenizer.from_dir(directory, self.contract)
+        self.serving = ServingConfig("vllm", "cpu", VLLM_DTYPES.get(dtype, dtype), "offline")
+        self.artifact_dir = directory
+        self.precision = _gate_precision(directory, self.serving.dtype)
+        require_admitted(directory, self.serving, mode=admission, spec=f"vllm-offline:{directory}?dtype={dtype}")
+        contract = read_contract(directory)
+        super().__init__(contract, ContractTokenizer.from_dir(directory, contract), dims=dims, policy=FixedCount(32))
         self.name = name or f"vllm:{directory}"
         serve = json.loads((directory / SERVE_FILE).read_text()) if (directory / SERVE_FILE).is_file() else None
         if serve is None:
@@ -89,10 +99,8 @@ class VllmOfflineEmbedder(Embedder):
             raise MoaiError(f"vLLM worker exited (code {code})")
         return json.loads(line)
 
-    def _encode_batch(self, texts: list[str], kind: str) -> np.ndarray:
-        batch = self.tokenizer.tokenize(texts, kind)
-        self.num_truncated += batch.num_truncated
-        token_ids = [row[mask.astype(bool)].tolist() for row, mask in zip(batch.input_ids, batch.attention_mask)]
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        token_ids = [row[mask.astype(bool)].tolist() for row, mask in zip(input_ids, attention_mask)]
         with self._lock:
             self._process.stdin.write(json.dumps({"token_ids": token_ids}) + "\n")
             self._process.stdin.flush()
@@ -115,13 +123,13 @@ class VllmOfflineEmbedder(Embedder):
             self._responses = None
 
 
-class VllmHttpEmbedder(Embedder):
+class VllmHttpEmbedder(TextEmbedder):
     """A vLLM server's embeddings endpoints (request size: max 64 texts each)."""
 
     default_batch_size = 64
 
     def __init__(self, base_url: str, model: str, *, contract: EmbeddingContract | None = None,
-                 route: str = "v2", timeout: float = 120.0, name: str | None = None):
+                 route: str = "v2", timeout: float = 120.0, name: str | None = None, dims: int | None = None):
         if route not in ("v1", "v2"):
             raise MoaiError(f"unknown route {route!r}: v2 (/v2/embed, server-side prompt) or v1 (/v1/embeddings)")
         self.base_url = base_url.rstrip("/")
@@ -132,8 +140,7 @@ class VllmHttpEmbedder(Embedder):
         if contract is None:
             raise MoaiError("the vLLM server's model directory is not on this machine: pass its contract "
                             "(vllm-http://HOST:PORT/MODEL?contract=ARTIFACT_DIR)")
-        super().__init__(contract)
-        self.num_truncated = None
+        super().__init__(contract, dims=dims)
         self.name = name or f"vllm-http://{base_url}/{model} ({route})"
 
     def _post(self, path: str, payload: dict) -> dict:
@@ -168,7 +175,7 @@ class VllmHttpEmbedder(Embedder):
         parent = entry.get("parent")
         return models.get(parent, {}).get("root") if parent else entry.get("root")
 
-    def _encode_batch(self, texts: list[str], kind: str) -> np.ndarray:
+    def _embed_texts(self, texts: list[str], kind: str, batch_size: int) -> np.ndarray:
         if self.route == "v2":
             answer = self._post("/v2/embed", {"model": self.model, "texts": texts, "input_type": kind,
                                               "embedding_types": ["float"], "truncate": "END"})
@@ -178,3 +185,85 @@ class VllmHttpEmbedder(Embedder):
                                                    "encoding_format": "float", "truncate_prompt_tokens": -1})
             vectors = [item["embedding"] for item in sorted(answer["data"], key=lambda item: item["index"])]
         return np.asarray(vectors, dtype=np.float32)
+
+
+class VllmServedEmbedder(VllmHttpEmbedder):
+    """A vLLM server of its own for `directory`, launched as serve/vllm/run.sh launches it (on a
+    free loopback port), queried on /v2/embed; stopped on close()."""
+
+    def __init__(self, directory: Path, *, device: str | None = None, dtype: str | None = None,
+                 start_timeout: float = 400.0, log_path: Path | None = None, name: str | None = None,
+                 dims: int | None = None, admission: str = "require"):
+        from ..admission import require_admitted
+        from ..serving.process import free_ports
+
+        from ..serving.process import LaunchError
+
+        directory = Path(directory)
+        self.server = VllmServer(directory, port=free_ports(1)[0], dtype=dtype, device=device, log_path=log_path)
+        try:
+            self.serving = self.server.serving_config()
+            self.artifact_dir = directory
+            require_admitted(directory, self.serving, mode=admission,
+                             spec=f"vllm:{directory}?device={self.serving.device}")
+            self.server.start(start_timeout)
+        except LaunchError as exc:
+            raise MoaiError(str(exc)) from None
+        try:
+            super().__init__(self.server.base_url, self.server.serve_args()["served_model_name"],
+                             contract=read_contract(directory), route="v2",
+                             name=name or f"vllm:{directory} ({self.serving.describe()})", dims=dims)
+        except BaseException:
+            self.server.stop()
+            raise
+        self.precision = _gate_precision(directory, self.serving.dtype)
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def served_from_spec(location: str, *, name: str, device: str | None = None, dtype: str | None = None,
+                     dims: int | None = None, admission: str = "require", allow_unverified: bool = False,
+                     log_path: str | None = None) -> VllmServedEmbedder:
+    from ..admission import admission_mode
+
+    return VllmServedEmbedder(_directory(location), device=device, dtype=dtype, name=name, dims=dims,
+                              admission=admission_mode(admission, allow_unverified),
+                              log_path=Path(log_path) if log_path else None)
+
+
+def offline_from_spec(location: str, *, name: str, dtype: str = "float32", dims: int | None = None,
+                      admission: str = "require", allow_unverified: bool = False) -> VllmOfflineEmbedder:
+    from ..admission import admission_mode
+
+    return VllmOfflineEmbedder(_directory(location), dtype=dtype, name=name, dims=dims,
+                               admission=admission_mode(admission, allow_unverified))
+
+
+def http_from_spec(location: str, *, name: str, route: str = "v2", contract: str | None = None,
+                   dims: int | None = None, timeout: float = 120.0) -> VllmHttpEmbedder:
+    address, sep, model = location.partition("/")
+    if not sep or not model or ":" not in address:
+        raise MoaiError(f"vllm-http://{location}: expected vllm-http://HOST:PORT/MODEL")
+    return VllmHttpEmbedder(f"http://{address}", model, contract=read_contract(Path(contract)) if contract else None,
+                            route=route, name=name, dims=dims, timeout=timeout)
+
+
+def gate_precision(weights_dtype: str, compute_dtype: str) -> str:
+    """The coarser of the saved weights and the compute dtype picks the gate."""
+    return compute_dtype if compute_dtype != "fp32" else weights_dtype
+
+
+def _gate_precision(directory: Path, compute_dtype: str) -> str:
+    from ..admission import read_manifest
+
+    return gate_precision(((read_manifest(directory) or {}).get("options") or {}).get("dtype", "fp32"), compute_dtype)
+
+
+def _directory(location: str) -> Path:
+    directory = Path(location)
+    if not directory.is_dir():
+        raise MoaiError(f"{location}: no such directory")
+    if not (directory / SERVE_FILE).is_file():
+        raise MoaiError(f"{directory}: no {SERVE_FILE}; pass a directory written by `moai-export vllm`")
+    return directory

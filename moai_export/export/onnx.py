@@ -28,15 +28,16 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import atomic_output_dir, check_target, write_json
-from ..contract import EmbeddingContract, read_contract
+from ..artifacts import atomic_output_dir, check_target
+from ..contract import EmbeddingContract
 from ..embedders.base import Embedder
 from ..embedders.onnx_runtime import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, OnnxEmbedder
 from ..embedders.torch_model import ContractEncoder, load_backbone
 from ..errors import MoaiError
-from ..inputs import ContractTokenizer
-from ..parity import Thresholds
-from .gate import admit, reference_figures
+from ..gates import GateOverrides
+from ..inputs import ContractTokenizer, write_tokenizer_files
+from ..model_dir import read_contract
+from .gate import Verified, admit, load_candidate, reference_figures, shipped_file_failures
 
 ONNX_DATA = "model.onnx_data"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -45,15 +46,9 @@ DEFAULT_OPSET = 18
 # Protobuf cannot hold a model over 2 GB; keep a margin for the graph itself.
 EXTERNAL_DATA_ABOVE = 1_800_000_000
 
-# The gate per precision (vs the PEFT reference, or the merged fp32 model without an adapter).
-ONNX_THRESHOLDS: dict[str, Thresholds] = {
-    "fp32": Thresholds(min_cosine=0.99999, max_abs=1e-4),
-    "fp16": Thresholds(min_cosine=0.999, max_abs=None),
-    "int8": Thresholds(min_cosine=0.99, max_abs=None),
-}
-MIN_RANK_AGREEMENT: dict[str, float] = {"fp32": 1.0, "fp16": 0.95, "int8": 0.8}
-
-COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+# config.json travels for people and tools that read the architecture; the tokenizer files are
+# written through the shared writer (end-token post-processor repaired), never copied.
+COPIED_FILES = ("config.json",)
 
 
 @dataclass
@@ -61,8 +56,7 @@ class OnnxOptions:
     precision: str = "fp32"
     int8_method: str = "dynamic"
     opset: int = DEFAULT_OPSET
-    thresholds: Thresholds | None = None
-    min_rank_agreement: float | None = None
+    overrides: GateOverrides = field(default_factory=GateOverrides)
     force: bool = False
     log: callable = print
     timings: dict = field(default_factory=dict)
@@ -81,9 +75,7 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
     source, out = Path(source), Path(out)
     check_target(out, options.force)
     contract = read_contract(source)
-    thresholds = options.thresholds or ONNX_THRESHOLDS[options.precision]
-    min_agreement = (MIN_RANK_AGREEMENT[options.precision] if options.min_rank_agreement is None
-                     else options.min_rank_agreement)
+    gate = options.overrides.apply("onnx", options.precision)
 
     figures, reference_label = reference_figures(source, reference, reference_label, log=log,
                                                  timings=options.timings)
@@ -95,28 +87,36 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
         for name in COPIED_FILES:
             if (source / name).is_file():
                 shutil.copyfile(source / name, tmp / name)
+        write_tokenizer_files(source, contract, tmp)
         contract.save(tmp)
         options.timings["export_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        log("verifying the graph with onnxruntime")
-        with OnnxEmbedder(tmp, name=f"onnx {options.precision}") as candidate:
-            gate = figures.gate(candidate, thresholds, min_agreement)
+        log("verifying the artifact as it ships: onnxruntime (CPU) on its own graph and tokenizer files")
+        with load_candidate(lambda: OnnxEmbedder(tmp, name=f"onnx {options.precision}"), "onnx") as candidate:
+            report = figures.gate_with(candidate, gate)
+        report.file_failures += shipped_file_failures(tmp, contract, figures)
         options.timings["verify_s"] = time.perf_counter() - t
         hint = ""
         if options.precision == "int8" and options.int8_method == "dynamic":
             hint = " (try --int8-method weight-only: more accurate on models with outlier activations)"
         report = admit(
-            tmp, gate, stage="onnx", what=f"onnx {options.precision}", source=source, reference_label=reference_label,
+            tmp, [Verified(report, serving_config_for(options.precision))], stage="onnx",
+            what=f"onnx {options.precision}", source=source, reference_label=reference_label,
             fields={"precision": options.precision}, timings=options.timings, log=log, hint=hint,
             manifest_options={"precision": options.precision, "opset": options.opset,
                               "exporter": "torch.onnx (TorchScript)",
                               "int8_method": options.int8_method if options.precision == "int8" else None,
                               "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME},
         )
-        # the manifest hashes *.safetensors by default; record the graph files too
-        _add_graph_hashes(tmp)
     return report
+
+
+def serving_config_for(precision: str):
+    """What the gate ran: onnxruntime's CPU provider on the graph of `precision`."""
+    from ..admission import ServingConfig
+
+    return ServingConfig("onnxruntime", "cpu", precision, "cpu")
 
 
 def write_graph(source: Path, contract: EmbeddingContract, out: Path, precision: str, opset: int,
@@ -143,7 +143,7 @@ def _trace(source: Path, contract: EmbeddingContract, path: Path, dtype: torch.d
     encoder = ContractEncoder(load_backbone(source, dtype, attn_implementation="eager"), contract).eval()
     # Trace with a left-padded batch of unequal lengths: an unpadded example lets transformers
     # skip the attention mask, and the graph would ignore padding forever after.
-    tokenizer = ContractTokenizer.from_dir(source, contract)
+    tokenizer = ContractTokenizer.from_dir(source, contract, repair=True)
     batch = tokenizer.tokenize(["짧은 문장", "BC카드 연회비는 어떻게 되나요? 조금 더 긴 문장입니다."], "document")
     if batch.attention_mask.all():
         raise MoaiError("internal: the tracing batch must contain padding")
@@ -211,16 +211,3 @@ def _quiet_quantizer():
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
-
-
-def _add_graph_hashes(directory: Path) -> None:
-    import json
-
-    from ..artifacts import MANIFEST_FILE, sha256_file
-
-    path = directory / MANIFEST_FILE
-    manifest = json.loads(path.read_text())
-    for name in (ONNX_FILE, ONNX_DATA):
-        if (directory / name).is_file():
-            manifest["outputs"][name] = sha256_file(directory / name)
-    write_json(path, manifest)

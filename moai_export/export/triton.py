@@ -17,22 +17,28 @@ import os
 import re
 import shutil
 import struct
-import tempfile
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..artifacts import MANIFEST_FILE, PARITY_FILE, check_target, write_manifest
-from ..contract import EmbeddingContract, read_contract
+from ..admission import ServingConfig, read_manifest
+from ..artifacts import PARITY_FILE, atomic_output_dir, write_json, write_manifest
+from ..contract import EmbeddingContract
+from ..embedders.base import Embedder
 from ..embedders.onnx_runtime import ONNX_FILE, OUTPUT_NAME
-from ..errors import MoaiError
+from ..errors import MoaiError, VerificationFailed
+from ..gates import GateOverrides
 from ..inputs import write_tokenizer_files
+from ..model_dir import read_contract
+from .gate import Verified, admit, format_gate_table, load_candidate, reference_figures
 from .onnx import ONNX_DATA
 
 ENCODERS = ("python", "onnxruntime")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CONTRACT_PARAMETER = "moai_contract"
-PRECISION_PARAMETER = "moai_precision"  # of the ONNX artifact served: picks the parity gate
+PRECISION_PARAMETER = "moai_precision"  # what the encoder computes in: picks the parity gate
+REPOSITORY_ID_PARAMETER = "moai_repository_id"  # ties a running server to the files it was verified with
 WARMUP_TEXT = "BC카드 연회비는 어떻게 되나요?"
 
 
@@ -49,6 +55,8 @@ class TritonOptions:
     tensorrt_precision: str = "FP16"
     version: int = 1
     force: bool = False
+    verify: str = "local"  # local (a tritonserver here) | grpc://HOST:PORT | http://HOST:PORT | none
+    overrides: GateOverrides = field(default_factory=GateOverrides)
 
     def model_names(self) -> dict[str, str]:
         return {"ensemble": self.name, "tokenizer": f"{self.name}_tokenizer", "encoder": f"{self.name}_encoder"}
@@ -143,6 +151,7 @@ def ensemble_config(options: TritonOptions, contract: EmbeddingContract, precisi
     # dims, prompts or max tokens on the client side.
     config.parameters[CONTRACT_PARAMETER].string_value = json.dumps(contract.to_dict(), ensure_ascii=False)
     config.parameters[PRECISION_PARAMETER].string_value = precision
+    config.parameters[REPOSITORY_ID_PARAMETER].string_value = uuid.uuid4().hex
     tokenize = config.ensemble_scheduling.step.add(model_name=names["tokenizer"], model_version=-1)
     tokenize.input_map.update({"TEXT": "TEXT", "KIND": "KIND"})
     tokenize.output_map.update({"input_ids": "_input_ids", "attention_mask": "_attention_mask"})
@@ -152,75 +161,207 @@ def ensemble_config(options: TritonOptions, contract: EmbeddingContract, precisi
     return config
 
 
-def write_repository(artifact: Path, repo: Path, options: TritonOptions | None = None, log=print) -> dict:
-    """Write the three models for the ONNX `artifact` into `repo` (other models there are kept)."""
+def write_repository(artifact: Path, repo: Path, options: TritonOptions | None = None, log=print, *,
+                     reference: Embedder | None = None, reference_label: str | None = None) -> dict:
+    """Write the three models for the ONNX `artifact` into `repo`, verify the repository on a real
+    server (`options.verify`), and publish the whole repository in one rename (other models and
+    other versions already there are kept)."""
     options = options or TritonOptions()
-    artifact, repo = Path(artifact), Path(repo)
+    artifact, repo = Path(artifact), Path(repo).absolute()
     _check_options(options)
     if not (artifact / ONNX_FILE).is_file():
         raise MoaiError(f"{artifact}: no {ONNX_FILE}; pass a directory written by `moai-export onnx`")
+    if repo.exists() and not repo.is_dir():
+        raise MoaiError(f"--repo {repo} exists and is not a directory")
     contract = read_contract(artifact)
     if not (artifact / PARITY_FILE).is_file():
         log(f"warning: {artifact} has no {PARITY_FILE}: it was not admitted by a parity gate")
     names = options.model_names()
+    version = str(options.version)
     for model in names.values():
-        check_target(repo / model, options.force)
+        if (repo / model / version).exists() and not options.force:
+            raise MoaiError(f"{repo / model / version} exists; pass --force to replace it, or --version N for a new version")
+    source_manifest = read_manifest(artifact) or {}
+    precision = served_precision(options, source_manifest.get("options", {}).get("precision", "fp32"))
+    if options.verify == "local" and options.encoder != "python":
+        raise MoaiError("the local tritonserver has the python backend only: verify an --encoder onnxruntime "
+                        "repository on the server that will run it (--verify-with grpc://HOST:PORT), or --no-verify")
 
-    repo.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-", dir=repo.parent))
-    try:
-        version = str(options.version)
-        # tokenizer
-        tok_dir = staging / names["tokenizer"] / version
-        tok_dir.mkdir(parents=True)
-        _copy_source("tokenizer_model.py", tok_dir / "model.py")
-        write_tokenizer_files(artifact, contract, tok_dir, with_config=False)
-        contract.save(tok_dir)
-        (staging / names["tokenizer"] / "warmup").mkdir()
-        raw = WARMUP_TEXT.encode("utf-8")
-        (staging / names["tokenizer"] / "warmup" / "text").write_bytes(struct.pack("<I", len(raw)) + raw)
-        _write_config(staging / names["tokenizer"], tokenizer_config(options))
+    figures = None
+    if options.verify != "none":
+        reference, reference_label = _triton_reference(artifact, source_manifest, reference, reference_label)
+        figures, reference_label = reference_figures(artifact, reference, reference_label, log=log, timings={})
+        if reference is not None:
+            reference.close()
 
-        # encoder
-        enc_dir = staging / names["encoder"] / version
-        enc_dir.mkdir(parents=True)
-        for name in (ONNX_FILE, ONNX_DATA):
-            if (artifact / name).is_file():
-                _link_or_copy(artifact / name, enc_dir / name)
-        if options.encoder == "python":
-            _copy_source("encoder_model.py", enc_dir / "model.py")
-            contract.save(enc_dir)
-        (staging / names["encoder"] / "warmup").mkdir()
-        (staging / names["encoder"] / "warmup" / "ones").write_bytes(struct.pack("<8q", *([1] * 8)))
-        _write_config(staging / names["encoder"], encoder_config(options, contract.dims))
-
-        # ensemble (+ the contract, manifest and the artifact's parity report, for people)
-        ens_dir = staging / names["ensemble"]
-        (ens_dir / version).mkdir(parents=True)
-        source_manifest = json.loads((artifact / MANIFEST_FILE).read_text()) if (artifact / MANIFEST_FILE).is_file() else {}
-        precision = source_manifest.get("options", {}).get("precision", "fp32")
-        _write_config(ens_dir, ensemble_config(options, contract, precision))
-        contract.save(ens_dir)
-        if (artifact / PARITY_FILE).is_file():
-            shutil.copyfile(artifact / PARITY_FILE, ens_dir / PARITY_FILE)
-        write_manifest(
-            ens_dir, stage="triton",
-            inputs={"artifact": str(artifact.resolve()), "artifact_outputs": source_manifest.get("outputs", {}),
-                    "artifact_options": source_manifest.get("options", {})},
-            options={"encoder": options.encoder, "max_batch_size": options.max_batch_size,
-                     "max_queue_delay_us": options.max_queue_delay_us,
-                     "preferred_batch_sizes": list(options.preferred_batch_sizes), "instances": options.instances,
-                     "tensorrt": options.tensorrt, "version": options.version, "models": names},
-        )
+    with atomic_output_dir(repo, force=True) as staging:
+        if repo.is_dir():
+            _link_tree(repo, staging)  # the repository as it is: other models, other versions
         for model in names.values():
-            target = repo / model
-            if target.exists():
-                shutil.rmtree(target)
-            os.rename(staging / model, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    log(f"triton repository {repo}: {', '.join(names.values())} (encoder: {options.encoder})")
-    return {"repository": str(repo), "models": names, "dims": contract.dims, "encoder": options.encoder}
+            shutil.rmtree(staging / model / version, ignore_errors=True)
+        _write_models(staging, artifact, contract, options, precision)
+        inputs = {"artifact": str(artifact.resolve()), "artifact_files": source_manifest.get("files", {}),
+                  "artifact_options": source_manifest.get("options", {})}
+        manifest_options = {"encoder": options.encoder, "precision": precision, "max_batch_size": options.max_batch_size,
+                            "max_queue_delay_us": options.max_queue_delay_us,
+                            "preferred_batch_sizes": list(options.preferred_batch_sizes),
+                            "instances": options.instances, "tensorrt": options.tensorrt,
+                            "tensorrt_precision": options.tensorrt_precision if options.tensorrt else None,
+                            "version": options.version, "models": names}
+        ensemble_dir = staging / names["ensemble"]
+        config = serving_config(options, precision)
+        gate = options.overrides.apply("triton", precision)
+        if options.verify == "local":
+            log("verifying the repository on a real local tritonserver (free loopback ports): the probe set "
+                "through the ensemble, as clients will send it")
+            from ..embedders.triton import TritonRepositoryEmbedder
+
+            with load_candidate(lambda: TritonRepositoryEmbedder(staging, names["ensemble"], admission="skip",
+                                                                 name=f"triton ({options.encoder} encoder, "
+                                                                      f"{precision})"), "triton") as candidate:
+                report = figures.gate_with(candidate, gate)
+            admit(ensemble_dir, [Verified(report, config)], stage="triton", what="triton repository", source=None,
+                  reference_label=reference_label, fields={"precision": precision}, timings={}, log=log,
+                  manifest_options=manifest_options, manifest_inputs=inputs)
+            _rewrite_manifest_files(staging, names)
+        else:
+            write_manifest(ensemble_dir, stage="triton", inputs=inputs, options=manifest_options)
+            _rewrite_manifest_files(staging, names)
+            if options.verify == "none":
+                log("warning: --no-verify: the repository was NOT run through a server; run_local.sh refuses it "
+                    "until `moai-export verify triton:REPO` admits it (or --allow-unverified)")
+    if options.verify.startswith(("grpc://", "http://")):
+        verify_remote(repo, names["ensemble"], options.verify, figures, gate, config, reference_label, log)
+    log(f"triton repository {repo}: {', '.join(names.values())} (encoder: {options.encoder}, {precision})")
+    return {"repository": str(repo), "models": names, "dims": contract.dims, "encoder": options.encoder,
+            "precision": precision, "verified": options.verify}
+
+
+def served_precision(options: TritonOptions, artifact_precision: str) -> str:
+    """What the encoder really computes in: TensorRT FP16 turns any graph into fp16."""
+    if options.tensorrt and options.tensorrt_precision == "FP16":
+        return "fp16"
+    return artifact_precision
+
+
+def serving_config(options: TritonOptions, precision: str) -> ServingConfig:
+    from ..admission import repository_serving_config
+
+    return repository_serving_config(options.encoder, precision, options.tensorrt)
+
+
+def _triton_reference(artifact: Path, manifest: dict, reference, label):
+    """The reference the artifact was gated against when it can still be loaded, else the ONNX
+    artifact itself in onnxruntime (then the repository is checked against what it serves)."""
+    if reference is not None:
+        return reference, label
+    from ..embedders import load_embedder
+
+    recorded = (manifest.get("inputs") or {}).get("reference")
+    if recorded:
+        try:
+            return load_embedder(recorded, name=f"reference ({recorded})"), recorded
+        except MoaiError:
+            pass
+    return load_embedder(f"onnx:{artifact}", name=f"onnx:{artifact}", admission="skip"), f"onnx:{artifact}"
+
+
+def _write_models(staging: Path, artifact: Path, contract: EmbeddingContract, options: TritonOptions,
+                  precision: str) -> None:
+    names = options.model_names()
+    version = str(options.version)
+    # tokenizer
+    tok_dir = staging / names["tokenizer"] / version
+    tok_dir.mkdir(parents=True)
+    _copy_source("tokenizer_model.py", tok_dir / "model.py")
+    write_tokenizer_files(artifact, contract, tok_dir, with_config=False)
+    contract.save(tok_dir)
+    (staging / names["tokenizer"] / "warmup").mkdir(exist_ok=True)
+    raw = WARMUP_TEXT.encode("utf-8")
+    (staging / names["tokenizer"] / "warmup" / "text").write_bytes(struct.pack("<I", len(raw)) + raw)
+    _write_config(staging / names["tokenizer"], tokenizer_config(options))
+
+    # encoder
+    enc_dir = staging / names["encoder"] / version
+    enc_dir.mkdir(parents=True)
+    for name in (ONNX_FILE, ONNX_DATA):
+        if (artifact / name).is_file():
+            _link_or_copy(artifact / name, enc_dir / name)
+    if options.encoder == "python":
+        _copy_source("encoder_model.py", enc_dir / "model.py")
+        contract.save(enc_dir)
+    (staging / names["encoder"] / "warmup").mkdir(exist_ok=True)
+    (staging / names["encoder"] / "warmup" / "ones").write_bytes(struct.pack("<8q", *([1] * 8)))
+    _write_config(staging / names["encoder"], encoder_config(options, contract.dims))
+
+    # ensemble (+ the contract and the artifact's parity report, for people)
+    ens_dir = staging / names["ensemble"]
+    (ens_dir / version).mkdir(parents=True, exist_ok=True)
+    _write_config(ens_dir, ensemble_config(options, contract, precision))
+    contract.save(ens_dir)
+    if (artifact / PARITY_FILE).is_file():
+        shutil.copyfile(artifact / PARITY_FILE, ens_dir / "onnx_artifact_parity.json")
+
+
+def _rewrite_manifest_files(staging: Path, names: dict) -> None:
+    """The ensemble's manifest covers the files of all three models (relative to the repository):
+    the repository is verified, and admitted, as a whole."""
+    from ..admission import MANIFEST_FILE, file_record
+
+    path = staging / names["ensemble"] / MANIFEST_FILE
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest["files"] = {
+        p.relative_to(staging).as_posix(): file_record(p)
+        for model in names.values() for p in sorted((staging / model).rglob("*"))
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+    manifest["files_root"] = ".."
+    write_json(path, manifest)
+
+
+def verify_remote(repo: Path, model: str, url: str, figures, gate, config: ServingConfig, reference_label: str,
+                  log) -> None:
+    """Gate a server that serves the published `repo` (e.g. NVIDIA's container on a GPU) and record
+    the result in the repository; the server must serve exactly these files."""
+    from ..admission import admission_entry, record_admission
+    from ..artifacts import tool_versions
+    from ..embedders.triton import TritonEmbedder
+
+    protocol, _, address = url.partition("://")
+    log(f"verifying the repository as served by {url}")
+    with TritonEmbedder(address, model, protocol=protocol, name=f"triton {url} ({config.describe()})") as served:
+        if served.repository_id != repository_id(repo / model):
+            raise MoaiError(f"the server at {url} serves another {model!r} (repository id "
+                            f"{served.repository_id!r}); start it on {repo} and run again")
+        report = figures.gate_with(served, gate)
+    log(format_gate_table([report]))
+    ensemble_dir = repo / model
+    write_json(ensemble_dir / PARITY_FILE, {"stage": "triton", "passed": report.passed, "failures": report.reasons(),
+                                            "reference": reference_label, "config": config.describe(),
+                                            "gate": report.to_dict()})
+    if not report.passed:
+        raise VerificationFailed(f"triton repository verification on {url} FAILED (the repository is written but "
+                                 f"not admitted; launchers refuse it): " + "; ".join(report.reasons()[:5]))
+    record_admission(ensemble_dir, admission_entry(config, gate=report.to_dict(), reference=reference_label,
+                                                   versions=tool_versions()))
+    log(f"admitted for {config.describe()}")
+
+
+def repository_id(ensemble_dir: Path) -> str:
+    """The id written into the ensemble's config (see ensemble_config)."""
+    config = parse_config((Path(ensemble_dir) / "config.pbtxt").read_text(encoding="utf-8"))
+    return config.parameters[REPOSITORY_ID_PARAMETER].string_value
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """A copy of `src` in `dst` whose files are hard links (graphs are gigabytes)."""
+    for path in sorted(src.rglob("*")):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(path, target)
 
 
 def _check_options(options: TritonOptions) -> None:
@@ -234,6 +375,8 @@ def _check_options(options: TritonOptions) -> None:
         raise MoaiError("instances must be at least 1")
     if options.tensorrt and options.encoder != "onnxruntime":
         raise MoaiError("--tensorrt needs --encoder onnxruntime (the GPU path in NVIDIA's container)")
+    if not (options.verify in ("local", "none") or options.verify.startswith(("grpc://", "http://"))):
+        raise MoaiError(f"--verify-with {options.verify!r}: expected grpc://HOST:PORT or http://HOST:PORT")
 
 
 def _write_config(model_dir: Path, config) -> None:

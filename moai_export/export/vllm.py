@@ -4,7 +4,10 @@ vLLM's defaults for pooling models have changed between versions; the artifact t
 states everything: sentence-transformers modules (Pooling lasttoken + Normalize, from which
 vLLM takes its pooler and its per-input_type prompts), and `vllm_serve.json`, the exact engine
 arguments (--runner pooling, --pooler-config, dtype, max model len) the launcher passes.
-The artifact is admitted by the parity gate run on a real vLLM engine.
+The artifact is admitted by the parity gate run on a real vLLM SERVER started from the written
+directory exactly as serve/vllm/run.sh starts it on this machine (float32 on CPU here), so the
+server's own prompt (from the sentence-transformers files) and truncation are what is gated.
+A GPU configuration (bfloat16) is admitted on the GPU machine: `moai-export verify DIR --device cuda`.
 """
 
 from __future__ import annotations
@@ -15,21 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..artifacts import atomic_output_dir, check_target, write_json
-from ..contract import EmbeddingContract, read_contract
+from ..contract import EmbeddingContract
 from ..embedders.base import Embedder
 from ..errors import MoaiError
+from ..gates import GateOverrides
 from ..inputs import write_tokenizer_files
-from ..parity import MERGE_THRESHOLDS, Thresholds
+from ..model_dir import read_contract
 from ..sentence_transformers_format import write_sentence_transformers_files
-from .gate import admit, reference_figures
+from ..serving.vllm_server import SERVE_FILE
+from .gate import Verified, admit, load_candidate, reference_figures, shipped_file_failures
 
-SERVE_FILE = "vllm_serve.json"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 POOLING_TYPES = {"lasttoken": "LAST", "mean": "MEAN", "cls": "CLS"}
 # vLLM on CPU reserves 92% of memory for the KV cache by default, which aborts on small
 # machines; an embedding model needs little (one forward per request, no decoding).
 DEFAULT_KV_CACHE_BYTES = 1 << 30
-MIN_RANK_AGREEMENT = {"fp32": 1.0, "bf16": 0.9, "fp16": 0.95}
 
 
 def pooler_config(contract: EmbeddingContract) -> dict:
@@ -55,8 +58,7 @@ def serve_args(contract: EmbeddingContract, dtype: str, served_model_name: str) 
 class VllmOptions:
     dtype: str = "fp32"
     served_model_name: str = "moai-embedding"
-    thresholds: Thresholds | None = None
-    min_rank_agreement: float | None = None
+    overrides: GateOverrides = field(default_factory=GateOverrides)
     force: bool = False
     log: callable = print
     timings: dict = field(default_factory=dict)
@@ -84,9 +86,9 @@ def write_vllm_dir(source: Path, out: Path, contract: EmbeddingContract, dtype: 
 
 def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, reference_label: str | None = None,
                 options: VllmOptions | None = None) -> dict:
-    """Write the vLLM directory for the merged model `source`, gated on a real vLLM engine
+    """Write the vLLM directory for the merged model `source`, gated on a real vLLM server
     against `reference` (default: `source` in float32 torch)."""
-    from ..embedders.vllm import VllmOfflineEmbedder
+    from ..embedders.vllm import VllmOfflineEmbedder, VllmServedEmbedder, gate_precision
 
     options = options or VllmOptions()
     if options.dtype not in DTYPES:
@@ -96,8 +98,6 @@ def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, r
     contract = read_contract(source)
     if contract.pooling not in POOLING_TYPES:
         raise MoaiError(f"pooling {contract.pooling!r} has no vLLM equivalent")
-    thresholds = options.thresholds or MERGE_THRESHOLDS[options.dtype]
-    min_agreement = MIN_RANK_AGREEMENT[options.dtype] if options.min_rank_agreement is None else options.min_rank_agreement
     VllmOfflineEmbedder.check_runtime()
 
     log = options.log
@@ -110,12 +110,19 @@ def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, r
         write_vllm_dir(source, tmp, contract, options.dtype, options.served_model_name)
         options.timings["write_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        log("verifying on a real vLLM engine (offline, float32 on CPU)")
-        with VllmOfflineEmbedder(tmp, name=f"vllm offline ({options.dtype} weights)") as candidate:
-            gate = figures.gate(candidate, thresholds, min_agreement)
+        log("verifying on a real vLLM server started as serve/vllm/run.sh starts it (CPU: float32; "
+            "its own prompt and truncation on /v2/embed)")
+        with load_candidate(lambda: VllmServedEmbedder(tmp, device="cpu", admission="skip",
+                                                       name=f"vllm server ({options.dtype} weights)"),
+                            "vllm") as candidate:
+            config = candidate.serving
+            gate = options.overrides.apply("vllm", gate_precision(options.dtype, config.dtype))
+            report = figures.gate_with(candidate, gate)
+        report.file_failures += shipped_file_failures(tmp, contract, figures)
         options.timings["verify_s"] = time.perf_counter() - t
         report = admit(
-            tmp, gate, stage="vllm", what="vllm", source=source, reference_label=reference_label,
+            tmp, [Verified(report, config)], stage="vllm", what="vllm", source=source,
+            reference_label=reference_label,
             fields={"dtype": options.dtype, "serve_args": json.loads((tmp / SERVE_FILE).read_text())},
             timings=options.timings, log=log,
             manifest_options={"dtype": options.dtype, "served_model_name": options.served_model_name},

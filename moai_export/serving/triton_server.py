@@ -117,7 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=DEFAULT_PORTS["grpc"])
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_PORTS["metrics"])
     parser.add_argument("--timeout", type=float, default=180.0, help="Seconds to wait for readiness before giving up.")
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="Serve a repository no parity gate admitted (says so loudly).")
     args, extra = parser.parse_known_args(argv)
+    try:
+        from ..admission import admission_mode, check_repository_admitted, repository_ensembles
+
+        for model in repository_ensembles(args.repo):
+            check_repository_admitted(args.repo, model, mode=admission_mode(allow_unverified=args.allow_unverified))
+    except Exception as exc:  # NotAdmitted: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, extra_args=extra)
     return server.run_foreground(args.timeout, lambda: (
         f"tritonserver ready: HTTP http://127.0.0.1:{args.http_port}  gRPC 127.0.0.1:{args.grpc_port}  "

@@ -24,6 +24,7 @@ from pathlib import Path
 from .process import LaunchError, ManagedServer
 
 SERVE_FILE = "vllm_serve.json"
+VLLM_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # vLLM's words -> ours
 VllmLaunchError = LaunchError  # the name callers catch
 
 
@@ -43,6 +44,7 @@ class VllmServer(ManagedServer):
     host: str = "127.0.0.1"
     port: int = 8000
     dtype: str | None = None  # None: float32 on CPU, the artifact's GPU dtype on a GPU
+    device: str | None = None  # None: cuda when this machine has a GPU, else cpu
     lora: dict[str, Path] = field(default_factory=dict)  # served name -> adapter directory
     max_lora_rank: int = 64
     extra_args: list[str] = field(default_factory=list)
@@ -64,13 +66,29 @@ class VllmServer(ManagedServer):
             raise VllmLaunchError(f"{self.model_dir}: no {SERVE_FILE}; write it with `moai-export vllm`")
         return json.loads(path.read_text())
 
+    def resolved(self) -> tuple[str, str]:
+        """(device, vLLM dtype) this launch serves in: what its admission must cover."""
+        args = self.serve_args()
+        device = self.device or ("cuda" if has_gpu() else "cpu")
+        if device not in ("cpu", "cuda"):
+            raise VllmLaunchError(f"unknown device {device!r}: expected cpu or cuda")
+        if device == "cuda" and not has_gpu():
+            raise VllmLaunchError("device cuda was asked for, but nvidia-smi finds no GPU on this machine")
+        return device, self.dtype or (args["dtype_gpu"] if device == "cuda" else args["dtype_cpu"])
+
+    def serving_config(self):
+        from ..admission import ServingConfig
+
+        device, dtype = self.resolved()
+        return ServingConfig("vllm", device, VLLM_DTYPES.get(dtype, dtype), "server")
+
     def command(self) -> tuple[list[str], None]:
         python = vllm_venv() / "bin" / "python"
         if not python.is_file():
             raise VllmLaunchError(f"vLLM runtime not found ({python}); create it with serve/vllm/setup_env.sh")
         args = self.serve_args()
-        gpu = has_gpu()
-        dtype = self.dtype or (args["dtype_gpu"] if gpu else args["dtype_cpu"])
+        device, dtype = self.resolved()
+        gpu = device == "cuda"
         command = [
             str(python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(Path(self.model_dir).resolve()),
@@ -95,15 +113,19 @@ class VllmServer(ManagedServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve a `moai-export vllm` directory with vLLM on 127.0.0.1.")
+    parser = argparse.ArgumentParser(description="Serve a `moai-export vllm` directory with vLLM on 127.0.0.1. "
+                                     "Refuses a device/dtype its parity gate did not admit.")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when there is a GPU")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (GPU default), float16")
     parser.add_argument("--lora", action="append", default=[], metavar="NAME=ADAPTER_DIR",
                         help="Also serve an unmerged LoRA adapter under NAME (repeatable).")
     parser.add_argument("--max-lora-rank", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=300.0, help="Seconds to wait for readiness.")
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="Serve a configuration no parity gate admitted (says so loudly).")
     args, extra = parser.parse_known_args(argv)
     lora = {}
     for item in args.lora:
@@ -111,10 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--lora expects NAME=ADAPTER_DIR, got {item!r}")
         lora[name] = Path(path)
-    server = VllmServer(args.model_dir, args.host, args.port, args.dtype, lora, args.max_lora_rank, extra)
-    names = [server.serve_args()["served_model_name"], *lora] if (args.model_dir / SERVE_FILE).is_file() else []
+    server = VllmServer(args.model_dir, host=args.host, port=args.port, dtype=args.dtype, device=args.device,
+                        lora=lora, max_lora_rank=args.max_lora_rank, extra_args=extra)
+    try:
+        from ..admission import admission_mode, require_admitted
+
+        config = server.serving_config()
+        require_admitted(args.model_dir, config, mode=admission_mode(allow_unverified=args.allow_unverified),
+                         spec=f"vllm:{args.model_dir}?device={config.device}")
+    except Exception as exc:  # LaunchError, NotAdmitted: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    names = [server.serve_args()["served_model_name"], *lora]
     return server.run_foreground(args.timeout, lambda: (
-        f"vLLM ready: {server.base_url} (models: {', '.join(names)}; "
+        f"vLLM ready: {server.base_url} (models: {', '.join(names)}; {config.describe()}; "
         "/v2/embed with input_type query|document, /v1/embeddings)"))
 
 

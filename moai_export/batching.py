@@ -1,0 +1,76 @@
+"""How an Embedder cuts tokenized texts into forward passes.
+
+A policy sees only the token count of each text (after prompt, truncation and end token) and
+returns batches as lists of input positions; the Embedder runs each batch and writes its rows
+back at those positions, so the caller always gets vectors in input order.
+
+  FixedCount(n)                       input order, n texts a batch (the classic behaviour)
+  TokenBudget(max_batch_tokens, cap)  longest first, each batch's padded size
+                                      (rows x longest row) under the budget: padding is
+                                      minimal and the memory a batch needs is bounded
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from .errors import MoaiError
+
+
+class BatchPolicy(Protocol):
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Input positions of each batch; every position exactly once."""
+
+
+@dataclass(frozen=True)
+class FixedCount:
+    size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise MoaiError(f"batch size must be at least 1, not {self.size}")
+
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        n = len(lengths)
+        return [list(range(start, min(start + self.size, n))) for start in range(0, n, self.size)]
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """Sort by length (longest first, so the first batch shows the peak memory at once), then
+    fill each batch while rows x longest row stays within `max_batch_tokens` and the row count
+    within `max_batch_size`. A single text longer than the budget gets a batch of its own."""
+
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.max_batch_tokens < 1 or self.max_batch_size < 1:
+            raise MoaiError("max_batch_tokens and max_batch_size must be at least 1")
+
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+        out: list[list[int]] = []
+        current: list[int] = []
+        longest = 0
+        for position in order.tolist():
+            length = int(lengths[position])
+            # sorted longest first: the batch's longest row is its first one
+            rows_after = len(current) + 1
+            if current and (rows_after * max(longest, length) > self.max_batch_tokens
+                            or rows_after > self.max_batch_size):
+                out.append(current)
+                current, longest = [], 0
+            current.append(position)
+            longest = max(longest, length)
+        if current:
+            out.append(current)
+        return out
+
+
+def padded_tokens(batches: list[list[int]], lengths: Sequence[int]) -> int:
+    """Token slots the batches occupy once each is padded to its longest row."""
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
