@@ -12,11 +12,11 @@ Saturation = the highest closed-loop concurrency.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
 
+from moai_export.benchmark.machine import default_results_dir
 from moai_export.export.triton import TritonOptions, write_repository
 from moai_export.serving.triton_server import TritonServer, free_ports
 
@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--intra-op-threads", type=int, default=0, help="encoder onnxruntime threads (0: default)")
     parser.add_argument("--instances", type=int, default=1)
     args = parser.parse_args()
-    out = args.out or Path(f"bench/results/{dt.date.today().isoformat()}-epyc-2cpu/triton-overhead-{args.artifact.name}")
+    out = args.out or default_results_dir(f"triton-overhead-{args.artifact.name}")
     write_repository(args.artifact, args.repo, TritonOptions(
         max_batch_size=32, max_queue_delay_us=args.max_queue_delay_us, intra_op_threads=args.intra_op_threads,
         instances=args.instances, force=True))

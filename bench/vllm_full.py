@@ -10,11 +10,11 @@ bf16 (this CPU has AVX512-BF16), and the vLLM server (fp32, /v2/embed). 64-token
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
 
+from moai_export.benchmark.machine import default_results_dir
 from moai_export.export.vllm import VllmOptions, export_vllm
 from moai_export.serving.process import free_ports
 from moai_export.serving.vllm_server import VllmServer
@@ -28,7 +28,7 @@ def main() -> int:
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--seconds", default="30")
     args = parser.parse_args()
-    out = args.out or Path(f"bench/results/{dt.date.today().isoformat()}-epyc-2cpu/vllm-full")
+    out = args.out or default_results_dir("vllm-full")
     if not (args.vllm_dir / "moai_parity.json").is_file():
         export_vllm(args.merged, args.vllm_dir, options=VllmOptions(force=True))
     (port,) = free_ports(1)

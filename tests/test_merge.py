@@ -47,7 +47,11 @@ def test_report_records_figures_hashes_versions(merged_dir):
     assert len(report["output"]["weights"]["model.safetensors"]) == 64
     assert {"torch", "transformers", "peft"} <= set(report["versions"])
     manifest = json.loads((merged_dir / MANIFEST_FILE).read_text())
-    assert manifest["stage"] == "merge" and manifest["outputs"] == report["output"]["weights"]
+    assert manifest["stage"] == "merge"
+    assert manifest["files"]["model.safetensors"]["sha256"] == report["output"]["weights"]["model.safetensors"]
+    assert {"tokenizer.json", "modules.json", "1_Pooling/config.json", PARITY_FILE} <= set(manifest["files"])
+    admitted = {(a["runtime"], a["device"], a["dtype"]) for a in manifest["admitted_for"]}
+    assert admitted == {("torch", "cpu", "fp32"), ("sentence-transformers", "cpu", "fp32")}
 
 
 def test_plain_sentence_transformer_loads_without_peft(merged_dir, example_dir):

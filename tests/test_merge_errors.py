@@ -163,8 +163,11 @@ def test_existing_output_needs_force(example_dir, tmp_path):
 def test_failed_verification_exits_2_and_writes_requested_report(example_dir, tmp_path):
     out = tmp_path / "out"
     report = tmp_path / "report.json"
-    # A gate no model can pass: cosine must exceed 1.
-    result = run_merge(example_dir / "base", example_dir / "adapter", out, "--min-cosine", "1.5",
+    # A gate no float model can pass: every component exactly equal. An impossible cosine (1.5) is
+    # bad input instead (exit 1, before any work).
+    result = run_merge(example_dir / "base", example_dir / "adapter", out, "--min-cosine", "1.5")
+    assert result.exit_code == 1 and "min-cosine must be in (0, 1]" in result.output
+    result = run_merge(example_dir / "base", example_dir / "adapter", out, "--max-abs", "0",
                        "--report", str(report))
     assert result.exit_code == 2 and "verification FAILED" in result.output
     assert not out.exists()

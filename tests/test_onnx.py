@@ -15,6 +15,7 @@ from moai_export.embedders.torch_model import TorchEmbedder
 from moai_export.errors import MoaiError, VerificationFailed
 from moai_export.export import onnx as onnx_export
 from moai_export.export.onnx import OnnxOptions, export_onnx
+from moai_export.gates import GateOverrides, gate_for
 from moai_export.parity import cosine_rows
 
 TEXTS = ["BC카드 연회비는 어떻게 되나요?", "a", "해외 결제 수수료 " * 30, "Credit limit review every six months."]
@@ -44,15 +45,19 @@ def test_every_precision_passes_its_gate(onnx_dirs, precision):
     root, reports = onnx_dirs
     report = reports[precision]
     assert report["passed"] and report["gate"]["truncated_probes"] >= 1
-    expected = onnx_export.ONNX_THRESHOLDS[precision]
+    expected = gate_for("onnx", precision)
     assert report["gate"]["thresholds"]["min_cosine"] == expected.min_cosine
     assert report["gate"]["min_cosine"] >= expected.min_cosine
     names = {p.name for p in (root / precision).iterdir()}
     assert {"model.onnx", "tokenizer.json", "moai_contract.json", "moai_manifest.json", "moai_parity.json"} <= names
     manifest = json.loads((root / precision / "moai_manifest.json").read_text())
     assert manifest["options"]["precision"] == precision and manifest["options"]["opset"] == 18
-    assert len(manifest["outputs"]["model.onnx"]) == 64
+    assert len(manifest["files"]["model.onnx"]["sha256"]) == 64 and "tokenizer.json" in manifest["files"]
     assert manifest["inputs"]["source"]["weights"]["model.safetensors"]
+    [admitted] = manifest["admitted_for"]
+    assert (admitted["runtime"], admitted["device"], admitted["dtype"], admitted["provider"]) == (
+        "onnxruntime", "cpu", precision, "cpu")
+    assert admitted["gate"]["min_cosine"] >= expected.min_cosine and admitted["versions"]["onnxruntime"]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
@@ -138,7 +143,8 @@ def test_wrong_pooling_in_graph_fails_and_writes_nothing(merged_dir, reference, 
 
 def test_int8_with_a_strict_gate_fails(merged_dir, reference, tmp_path):
     """The int8 graph is measurably different: the fp32 gate must catch it."""
-    options = quiet(precision="int8", thresholds=onnx_export.ONNX_THRESHOLDS["fp32"])
+    fp32 = gate_for("onnx", "fp32")
+    options = quiet(precision="int8", overrides=GateOverrides(fp32.min_cosine, fp32.max_abs, fp32.min_rank_agreement))
     with pytest.raises(VerificationFailed) as failure:
         export_onnx(merged_dir, tmp_path / "int8", reference=reference, options=options)
     assert failure.value.report["gate"]["failures"]
@@ -153,7 +159,7 @@ def test_real_bert_mean_pooling_exports(minilm, tmp_path, precision, int8_method
     embedder = OnnxEmbedder(tmp_path / "minilm")
     ours = embedder.encode(TEXTS, "document")
     torch_vectors = TorchEmbedder.from_dir(minilm).encode(TEXTS, "document")
-    assert cosine_rows(ours, torch_vectors).min() >= onnx_export.ONNX_THRESHOLDS[precision].min_cosine
+    assert cosine_rows(ours, torch_vectors).min() >= gate_for("onnx", precision).min_cosine
     batched = embedder.encode(TEXTS, "document", batch_size=len(TEXTS))
     alone = np.concatenate([embedder.encode([t], "document") for t in TEXTS])
     assert cosine_rows(batched, alone).min() >= 0.9999
@@ -200,6 +206,7 @@ def test_fp16_overflow_is_safe_or_refused(merged_dir, tmp_path):
 
     model_dir = tmp_path / "outlier"
     shutil.copytree(merged_dir, model_dir)
+    (model_dir / "moai_manifest.json").unlink()  # a hand-made model now, not the verified merge
     weights = load_file(str(model_dir / "model.safetensors"))
     weights["embed_tokens.weight"][:, 7] = 600.0  # a residual channel in the hundreds for every token
     weights["layers.0.mlp.down_proj.weight"][7, :] *= 50.0
@@ -224,8 +231,51 @@ def test_fp16_overflow_is_safe_or_refused(merged_dir, tmp_path):
 
 
 def test_gpu_provider_without_onnxruntime_gpu_is_clear(onnx_dirs):
+    from moai_export.embedders import load_embedder
+
+    with pytest.raises(MoaiError, match="not verified for onnxruntime on cuda"):
+        load_embedder(f"onnx:{onnx_dirs[0] / 'fp32'}?provider=cuda")  # admitted for the CPU provider only
     with pytest.raises(MoaiError, match="onnxruntime-gpu"):
-        OnnxEmbedder(onnx_dirs[0] / "fp32", provider="cuda")
+        OnnxEmbedder(onnx_dirs[0] / "fp32", provider="cuda", admission="warn")
+
+
+def _without_end_token_post_processor(merged_dir, tmp_path):
+    """A merged directory as an older hub snapshot or a hand-made merge leaves it: tokenizer.json
+    with "post_processor": null and no manifest."""
+    import shutil
+
+    source = tmp_path / "handmade"
+    shutil.copytree(merged_dir, source)
+    (source / "moai_manifest.json").unlink()
+    tokenizer = json.loads((source / "tokenizer.json").read_text())
+    tokenizer["post_processor"] = None
+    (source / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+    return source
+
+
+def test_onnx_ships_a_tokenizer_that_appends_the_end_token(merged_dir, tmp_path):
+    """Defect 1: the exporter copied tokenizer.json verbatim; a consumer using plain `tokenizers`
+    then pooled the wrong token while the gate, repairing in memory, said PASS."""
+    import tokenizers
+
+    source = _without_end_token_post_processor(merged_dir, tmp_path)
+    plain = tokenizers.Tokenizer.from_file(str(source / "tokenizer.json"))
+    assert plain.encode("BC카드 연회비는 어떻게 되나요?").ids[-1] != 151643  # the damaged source
+    export_onnx(source, tmp_path / "o", options=quiet())
+    shipped = tokenizers.Tokenizer.from_file(str(tmp_path / "o" / "tokenizer.json"))
+    assert shipped.encode("BC카드 연회비는 어떻게 되나요?").ids[-1] == 151643
+
+
+def test_shipping_the_unrepaired_tokenizer_fails_the_gate(merged_dir, tmp_path, monkeypatch):
+    """Break it: bring the old verbatim copy back; the gate must refuse and write nothing."""
+    import shutil
+
+    source = _without_end_token_post_processor(merged_dir, tmp_path)
+    monkeypatch.setattr(onnx_export, "write_tokenizer_files",
+                        lambda src, contract, out, **kw: shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json"))
+    with pytest.raises(VerificationFailed, match="does not append '<\\|endoftext\\|>'"):
+        export_onnx(source, tmp_path / "o", options=quiet())
+    assert not (tmp_path / "o").exists()
 
 
 def test_onnx_cli_and_verify_cli(example_dir, merged_dir, onnx_dirs, tmp_path):
@@ -241,6 +291,12 @@ def test_onnx_cli_and_verify_cli(example_dir, merged_dir, onnx_dirs, tmp_path):
     report = json.loads(json_path.read_text())
     assert report["passed"] and len(report["results"]) == 2
     assert report["results"][0]["thresholds"]["min_cosine"] == 0.99  # int8 gate read from the manifest
+    assert report["results"][0]["kind"] == "onnx" and report["results"][1]["kind"] == "torch"
+    # --min-cosine alone keeps the table's max abs (defect 5)
+    result = CliRunner().invoke(main, ["verify", str(merged_dir), "--reference", reference, "--min-cosine", "0.9999",
+                                       "--json", str(json_path), "--no-admit"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(json_path.read_text())["results"][0]["thresholds"] == {"min_cosine": 0.9999, "max_abs": 1e-5}
 
 
 def test_verify_fails_against_the_base_model(example_dir, onnx_dirs, tmp_path):

@@ -3,7 +3,9 @@ python backend), started by the suite on free loopback ports."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -80,7 +82,7 @@ def raw_infer(server, text_values, kind_values=None, dtype="BYTES", model="moai_
 
 def test_every_config_parses_against_the_model_config_schema(repo, onnx_dir, tmp_path):
     other = tmp_path / "gpu"
-    write_repository(onnx_dir, other, TritonOptions(encoder="onnxruntime", tensorrt=True, instances=2),
+    write_repository(onnx_dir, other, TritonOptions(encoder="onnxruntime", tensorrt=True, instances=2, verify="none"),
                      log=lambda m: None)
     configs = list(repo.glob("*/config.pbtxt")) + list(other.glob("*/config.pbtxt"))
     assert len(configs) == 6
@@ -222,13 +224,98 @@ def test_run_local_script(repo):
 
 def test_triton_cli_writes_and_refuses(onnx_dir, tmp_path):
     result = CliRunner().invoke(main, ["triton", str(onnx_dir), "--repo", str(tmp_path / "r"), "--name", "emb",
-                                       "--max-batch-size", "4"])
+                                       "--max-batch-size", "4", "--no-verify"])
     assert result.exit_code == 0, result.output
+    assert "NOT run through a server" in result.output
     assert {p.name for p in (tmp_path / "r").iterdir()} == {"emb", "emb_tokenizer", "emb_encoder"}
     assert parse_config((tmp_path / "r" / "emb_tokenizer" / "config.pbtxt").read_text()).max_batch_size == 4
     result = CliRunner().invoke(main, ["triton", str(onnx_dir), "--repo", str(tmp_path / "r"), "--name", "emb"])
     assert result.exit_code == 1 and "--force" in result.output
+    result = CliRunner().invoke(main, ["triton", str(onnx_dir), "--repo", str(tmp_path / "r"), "--name", "emb",
+                                       "--version", "2", "--no-verify"])
+    assert result.exit_code == 0, result.output  # a new version beside the old one
+    assert sorted(p.name for p in (tmp_path / "r" / "emb_encoder").iterdir() if p.name.isdigit()) == ["1", "2"]
     result = CliRunner().invoke(main, ["triton", str(onnx_dir), "--repo", str(tmp_path / "r2"), "--tensorrt"])
     assert result.exit_code == 1 and "--encoder onnxruntime" in result.output
+    result = CliRunner().invoke(main, ["triton", str(onnx_dir), "--repo", str(tmp_path / "r2"), "--encoder",
+                                       "onnxruntime"])
+    assert result.exit_code == 1 and "--verify-with" in result.output  # no silent skip of the gate
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(main, ["triton", str(onnx_dir), "--repo", str(tmp_path / "file"), "--no-verify"])
+    assert result.exit_code == 1 and "not a directory" in result.output
     result = CliRunner().invoke(main, ["triton", str(tmp_path), "--repo", str(tmp_path / "r3")])
     assert result.exit_code == 1 and "no model.onnx" in result.output
+
+
+def test_written_repository_was_verified_on_a_real_server(repo):
+    """The ensemble's manifest says in which configuration the three models were run together,
+    and covers every file of the three."""
+    manifest = json.loads((repo / "moai_embedding" / "moai_manifest.json").read_text())
+    [admitted] = manifest["admitted_for"]
+    assert (admitted["runtime"], admitted["device"], admitted["dtype"], admitted["provider"]) == (
+        "triton", "cpu", "fp32", "python")
+    assert admitted["gate"]["min_cosine"] >= 0.99999
+    files = set(manifest["files"])
+    assert {"moai_embedding_tokenizer/1/tokenizer.json", "moai_embedding_tokenizer/1/moai_contract.json",
+            "moai_embedding_encoder/1/model.onnx", "moai_embedding_encoder/config.pbtxt",
+            "moai_embedding/config.pbtxt"} <= files
+    parity = json.loads((repo / "moai_embedding" / "moai_parity.json").read_text())
+    assert parity["passed"] and parity["gates"][0]["config"] == "triton on cpu in fp32, python"
+    assert not list(repo.parent.glob(".models.tmp*"))
+
+
+def _damage_query_prompt(tokenizer_dir: Path) -> None:
+    path = tokenizer_dir / "moai_contract.json"
+    contract = json.loads(path.read_text())
+    contract["prompts"]["query"] = "Query: "  # the server would forget the instruction
+    path.write_text(json.dumps(contract))
+
+
+def test_a_tokenizer_model_that_forgets_the_prompt_fails_the_gate(onnx_dir, tmp_path, monkeypatch):
+    """Break it at export: the Triton tokenizer model's contract loses the query instruction."""
+    from moai_export.errors import VerificationFailed
+    from moai_export.export import triton as triton_export
+
+    real = triton_export._write_models
+
+    def damaged(staging, *args, **kwargs):
+        real(staging, *args, **kwargs)
+        _damage_query_prompt(staging / "moai_embedding_tokenizer" / "1")
+
+    monkeypatch.setattr(triton_export, "_write_models", damaged)
+    with pytest.raises(VerificationFailed, match="q:"):
+        write_repository(onnx_dir, tmp_path / "models", TritonOptions(), log=lambda m: None)
+    assert not (tmp_path / "models").exists()
+
+
+def test_unverified_repository_is_refused_until_verify_admits_it(onnx_dir, example_dir, tmp_path):
+    repo = tmp_path / "models"
+    write_repository(onnx_dir, repo, TritonOptions(verify="none", tensorrt=False), log=lambda m: None)
+    launcher = [sys.executable, "-m", "moai_export.serving.triton_server", "--repo", str(repo),
+                "--http-port", "1", "--grpc-port", "2", "--metrics-port", "3"]
+    refused = subprocess.run(launcher, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "not verified for triton on cpu in fp32, python" in refused.stderr
+    reference = f"{example_dir / 'base'}+{example_dir / 'adapter'}"
+    damaged = tmp_path / "damaged"
+    shutil.copytree(repo, damaged)
+    _damage_query_prompt(damaged / "moai_embedding_tokenizer" / "1")
+    result = CliRunner().invoke(main, ["verify", str(repo), str(damaged), "--reference", reference,
+                                       "--json", str(tmp_path / "v.json")])
+    assert result.exit_code == 2, result.output  # the damaged copy fails; a bare repo dir is run on a real server
+    results = json.loads((tmp_path / "v.json").read_text())["results"]
+    assert [(r["kind"], r["passed"]) for r in results] == [("triton", True), ("triton", False)]
+    assert results[0]["admitted"] is True and "admitted" not in results[1]
+    from moai_export.admission import check_repository_admitted
+
+    check_repository_admitted(repo, "moai_embedding")  # the launcher now serves it
+
+
+def test_tensorrt_fp16_is_labelled_fp16(onnx_dir, tmp_path):
+    """Defect 3: an FP16 TensorRT encoder was labelled with the ONNX artifact's precision."""
+    repo = tmp_path / "gpu"
+    write_repository(onnx_dir, repo, TritonOptions(encoder="onnxruntime", tensorrt=True, verify="none"),
+                     log=lambda m: None)
+    ensemble = parse_config((repo / "moai_embedding" / "config.pbtxt").read_text())
+    assert ensemble.parameters["moai_precision"].string_value == "fp16"
+    manifest = json.loads((repo / "moai_embedding" / "moai_manifest.json").read_text())
+    assert manifest["options"]["precision"] == "fp16" and manifest["admitted_for"] == []

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -76,6 +78,34 @@ def test_artifact_pins_pooler_prompts_and_tokenizer(vllm_dir):
     assert "chat_template" not in json.loads((vllm_dir / "tokenizer_config.json").read_text())
     report = json.loads((vllm_dir / "moai_parity.json").read_text())
     assert report["passed"] and report["gate"]["min_cosine"] >= 0.99999 and report["gate"]["truncated_probes"] >= 1
+    # gated as it serves: a real server started as run.sh starts it on this machine
+    manifest = json.loads((vllm_dir / "moai_manifest.json").read_text())
+    [admitted] = manifest["admitted_for"]
+    assert (admitted["runtime"], admitted["device"], admitted["dtype"], admitted["provider"]) == (
+        "vllm", "cpu", "fp32", "server")
+    assert {"vllm_serve.json", "tokenizer.json", "config_sentence_transformers.json"} <= set(manifest["files"])
+
+
+def _launch(vllm_dir, *args):
+    command = [sys.executable, "-m", "moai_export.serving.vllm_server", str(vllm_dir), "--port", "1", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_launcher_refuses_a_configuration_no_gate_admitted(vllm_dir, tmp_path):
+    """bfloat16 was never gated here (the GPU default): the launcher says how to admit it."""
+    refused = _launch(vllm_dir, "--dtype", "bfloat16")
+    assert refused.returncode == 1
+    assert "not verified for vllm on cpu in bf16, server" in refused.stderr and "moai-export verify" in refused.stderr
+    refused = _launch(vllm_dir, "--device", "cuda")
+    assert refused.returncode == 1 and "no GPU" in refused.stderr
+    # damage what serves: the served dtype in the shipped serve arguments
+    damaged = tmp_path / "damaged"
+    shutil.copytree(vllm_dir, damaged)
+    serve = json.loads((damaged / "vllm_serve.json").read_text())
+    serve["dtype_cpu"] = "bfloat16"
+    (damaged / "vllm_serve.json").write_text(json.dumps(serve))
+    refused = _launch(damaged)
+    assert refused.returncode == 1 and "vllm_serve.json changed" in refused.stderr
 
 
 def test_changed_pooler_fails_the_gate(merged_dir, reference, tmp_path, monkeypatch):
@@ -162,8 +192,12 @@ def test_vllm_cli_and_verify(vllm_dir, example_dir, server, tmp_path):
     (tmp_path / "o" / "x").write_text("x")
     result = CliRunner().invoke(main, ["vllm", str(vllm_dir), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "--force" in result.output
-    result = CliRunner().invoke(main, ["verify", f"vllm-http://{server.host}:{server.port}/moai-embedding",
+    # defect 4: a bare vLLM directory was verified as a torch directory, without vLLM running
+    result = CliRunner().invoke(main, ["verify", str(vllm_dir), f"vllm-http://{server.host}:{server.port}/moai-embedding",
                                        "--reference", f"{example_dir / 'base'}+{example_dir / 'adapter'}",
-                                       "--json", str(tmp_path / "v.json")])
+                                       "--json", str(tmp_path / "v.json"), "--no-admit"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "v.json").read_text())["passed"]
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["passed"]
+    assert [(r["kind"], r["config"]) for r in report["results"]] == [
+        ("vllm", "vllm on cpu in fp32, server"), ("vllm-http", None)]

@@ -80,3 +80,31 @@ def machine_description() -> dict:
     accel = ", ".join(gpus) if gpus else "no GPU"
     info["summary"] = f"{info['cpu']}, {usable} CPUs, {info['memory_gb']} GB RAM, {accel}; {info['platform']}"
     return info
+
+
+def machine_slug() -> str:
+    """A short name of this machine for result folders, from what it is (never hard-coded):
+    the GPU's model when there is one ("nvidia-h200"), else the CPU family and count
+    ("amd-epyc-2cpu")."""
+    import re
+
+    gpus = _gpus()
+    if gpus:
+        name = gpus[0]
+    else:
+        try:
+            usable = len(os.sched_getaffinity(0))
+        except AttributeError:
+            usable = os.cpu_count()
+        words = [w for w in re.split(r"[^a-z0-9]+", _cpu_model().lower())
+                 if w and w not in ("processor", "cpu", "with", "core", "r", "tm", "genuine", "intel")]
+        name = "-".join(words[:2] or ["cpu"]) + f"-{usable}cpu"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def default_results_dir(name: str, root: str = "bench/results"):
+    """bench/results/<date>-<machine>/<name>: where a bench script writes unless told otherwise."""
+    import datetime as dt
+    from pathlib import Path
+
+    return Path(root) / f"{dt.date.today().isoformat()}-{machine_slug()}" / name

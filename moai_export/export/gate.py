@@ -46,7 +46,10 @@ def reference_figures(source: Path, reference: Embedder | None, label: str | Non
 
     owned = reference is None
     if owned:
-        reference = TorchEmbedder.from_dir(source, name=f"torch fp32 ({source.name})", repair_tokenizer=True)
+        # a source, not something served: no admission to check, and a missing end-token
+        # post-processor (older hub snapshots) is repaired in memory as the exporters repair the file
+        reference = TorchEmbedder.from_dir(source, name=f"torch fp32 ({source.name})", repair_tokenizer=True,
+                                           admission="skip")
         label = label or f"torch:{source}"
     log(f"reference: {reference.name}; embedding the probe set")
     started = time.perf_counter()
