@@ -70,6 +70,12 @@ def read_adapter(directory: Path) -> AdapterInfo:
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in config:
             raise MoaiError(f"{config_path}: malformed, no {key!r}")
+    expected = {"r": (int, "a positive integer"), "lora_alpha": ((int, float), "a number"),
+                "target_modules": ((list, str), "a list of module names")}
+    for key, (types, words) in expected.items():
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, types) or (key == "r" and value < 1):
+            raise MoaiError(f"{config_path}: {key!r} must be {words}, not {value!r}")
     weights = directory / ADAPTER_WEIGHTS
     if not weights.is_file():
         if (directory / "adapter_model.bin").is_file():

@@ -8,6 +8,7 @@ so a directory that exists is a directory that passed.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -26,26 +27,115 @@ from .errors import MoaiError
 PARITY_FILE = "moai_parity.json"
 
 
-def check_target(target: Path, force: bool) -> None:
-    """Refuse early (before any heavy work) to overwrite a non-empty directory without --force."""
+_CAUSES = {errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+           errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+           errno.EEXIST: "exists", errno.ENOTDIR: "a path component is a file, not a directory",
+           errno.EISDIR: "is a directory"}
+
+
+def describe_os_error(exc: OSError, path: Path | None = None) -> str:
+    """One line naming the path and the cause ("cannot write /x/y: read-only file system")."""
+    where = exc.filename or path or "output"
+    cause = _CAUSES.get(exc.errno, exc.strerror or str(exc))
+    return f"cannot write {where}: {cause}"
+
+
+def check_output_location(target: Path, *, need_bytes: int = 0, directory: bool = True) -> None:
+    """Fail in under a second, before any model loads, when `target` cannot be written: a file
+    where a directory must go (or the reverse), a read-only or full file system, no permission.
+    A probe file is created and removed in the nearest existing ancestor."""
+    target = Path(target).absolute()
+    if directory and target.exists() and not target.is_dir():
+        raise MoaiError(f"cannot write {target}: exists as a file, not a directory")
+    if not directory and target.is_dir():
+        raise MoaiError(f"cannot write {target}: is a directory")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MoaiError(f"cannot write {target}: {parent} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".moai-write-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MoaiError(f"cannot write {target}: {_CAUSES.get(exc.errno, exc.strerror or str(exc))}") from None
+    if need_bytes:
+        free = shutil.disk_usage(parent).free
+        if free < need_bytes:
+            raise MoaiError(f"cannot write {target}: not enough space on its file system "
+                            f"({free / 1e9:.2f} GB free, about {need_bytes / 1e9:.2f} GB needed)")
+
+
+def check_target(target: Path, force: bool, *, need_bytes: int = 0) -> None:
+    """Refuse early (before any heavy work): a non-empty directory without --force, or an
+    output location that cannot be written."""
     target = Path(target)
     if target.exists() and not target.is_dir():
-        raise MoaiError(f"output {target} exists and is not a directory")
+        raise MoaiError(f"cannot write {target}: exists as a file, not a directory")
     if target.is_dir() and any(target.iterdir()) and not force:
         raise MoaiError(f"output {target} exists and is not empty; pass --force to replace it")
+    check_output_location(target, need_bytes=need_bytes)
+
+
+def size_of(directory: Path, pattern: str = "*.safetensors") -> int:
+    return sum(p.stat().st_size for p in Path(directory).glob(pattern) if p.is_file())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(target: Path, log=None) -> list[Path]:
+    """Temporary directories beside `target` that a killed run left behind (SIGKILL, the OOM
+    killer): they carry their owner's process id, and those whose process is gone are removed."""
+    import sys
+
+    target = Path(target).absolute()
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for path in target.parent.glob(f".{target.name}.*-*"):
+        parts = path.name[len(target.name) + 2:].split("-")  # tmp-PID-xxxx / old-PID
+        if len(parts) < 2 or parts[0] not in ("tmp", "old") or not parts[1].isdigit():
+            continue
+        if int(parts[1]) == os.getpid() or _pid_alive(int(parts[1])):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+        message = f"removed {path}, left by a run that was killed (process {parts[1]} is gone)"
+        (log or (lambda m: print(m, file=sys.stderr)))(message)
+    return removed
 
 
 @contextmanager
-def atomic_output_dir(target: Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary directory; on success it replaces `target` in one rename."""
+def atomic_output_dir(target: Path, *, force: bool = False, log=None) -> Iterator[Path]:
+    """Yield a fresh temporary directory (named with this process id); on success it replaces
+    `target` in one rename. Any failure, Ctrl-C or SIGTERM removes it; an OS error while writing
+    becomes one line naming the path and the cause."""
     target = Path(target).absolute()
     check_target(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    remove_leftovers(target, log)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         with _sigterm_as_interrupt():
             yield tmp
         _publish(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MoaiError(describe_os_error(exc, tmp) + " (nothing was written)") from None
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if type(exc).__name__ == "SafetensorError":  # safetensors' own error type for failed writes
+            raise MoaiError(f"cannot write {target}: {exc} (nothing was written)") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

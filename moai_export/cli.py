@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .cli_base import MoaiGroup, gate_options, overrides_from
+from .cli_base import EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, overrides_from
 from .errors import VerificationFailed
 
 DTYPE_CHOICE = click.Choice(["fp32", "bf16", "fp16"])
@@ -147,9 +147,11 @@ def verify(artifacts, reference, device, no_admit, min_cosine, max_abs, min_rank
     """
     import json
 
+    from .artifacts import check_output_location
     from .export.gate import format_gate_table
     from .verify import verify as run_verify
 
+    check_output_location(json_path, directory=False)  # now, not after minutes of verification
     report, gates = run_verify(list(artifacts), reference, overrides=overrides_from(min_cosine, max_abs,
                                                                                     min_rank_agreement),
                                device=device, admit=not no_admit, log=_log)
@@ -160,7 +162,7 @@ def verify(artifacts, reference, device, no_admit, min_cosine, max_abs, min_rank
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     click.echo(f"report: {json_path}")
     if not report["passed"]:
-        sys.exit(2)
+        sys.exit(EXIT_VERIFICATION_FAILED)
 
 
 @main.command()

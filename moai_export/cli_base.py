@@ -7,14 +7,17 @@ import click
 
 from .errors import MoaiError, VerificationFailed
 
-EXIT_BAD_INPUT = 1
-EXIT_VERIFICATION_FAILED = 2
-EXIT_INTERRUPTED = 130
+# One meaning per exit code, in every command of `moai-export` and `moai-bench` (README: "Exit codes").
+EXIT_OK = 0
+EXIT_ERROR = 1  # bad input, or an output that cannot be written: one `error:` line, nothing written
+EXIT_USAGE = 2  # the command line itself (click: unknown option, bad choice, missing argument)
+EXIT_VERIFICATION_FAILED = 3  # a parity gate refused: nothing published (verify: a candidate failed)
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: nothing written
 
 
 class MoaiGroup(click.Group):
-    """Turns MoaiError into a one-line message and exit code 1 (2 for a failed parity gate);
-    Ctrl-C into exit code 130."""
+    """Turns MoaiError, and OS errors on writing, into one `error:` line and exit 1; a failed
+    parity gate into exit 3; Ctrl-C (and SIGTERM during a write) into 130."""
 
     interrupted_message = "interrupted: nothing was written"
 
@@ -26,7 +29,12 @@ class MoaiGroup(click.Group):
             ctx.exit(EXIT_VERIFICATION_FAILED)
         except MoaiError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
-            ctx.exit(EXIT_BAD_INPUT)
+            ctx.exit(EXIT_ERROR)
+        except OSError as exc:
+            from .artifacts import describe_os_error
+
+            click.secho(f"error: {describe_os_error(exc)}", fg="red", err=True)
+            ctx.exit(EXIT_ERROR)
         except KeyboardInterrupt:
             click.secho(self.interrupted_message, fg="yellow", err=True)
             ctx.exit(EXIT_INTERRUPTED)

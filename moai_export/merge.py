@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from .adapter import AdapterInfo, read_adapter
-from .artifacts import PARITY_FILE, atomic_output_dir, check_target, weights_digest, write_json, write_manifest
+from .artifacts import (PARITY_FILE, atomic_output_dir, check_output_location, check_target, size_of, weights_digest,
+                        write_json, write_manifest)
 from .contract import EmbeddingContract
 from .embedders.peft_reference import PeftEmbedder, reference_contract
 from .embedders.sentence_transformers import SentenceTransformerEmbedder
@@ -63,6 +64,8 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
     adapter_dir = resolve_model_dir(adapter, "adapter")
     info = read_adapter(adapter_dir)
     check_model_weights(base_dir)
+    # the saved weights: fp32 doubles a half-precision base; the merge writes them beside the output
+    check_output_location(out, need_bytes=size_of(base_dir) * (2 if options.dtype == "fp32" else 1))
     identity_note = check_base_identity(base, base_dir, info, allow_mismatch=options.allow_base_mismatch)
     if identity_note:
         log(f"note: {identity_note}")

@@ -24,7 +24,7 @@ def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | N
            device: str | None = None, admit: bool = True, log=print) -> tuple[dict, list]:
     """(JSON-ready report, GateReports) of every artifact against the reference."""
     overrides = overrides or GateOverrides()
-    kinds = [parse_spec(spec)[0] for spec in artifacts]  # a bad spec fails before the reference loads
+    kinds = [_check_exists(spec) for spec in artifacts]  # a bad spec fails before the reference loads
     log(f"reference: {reference}")
     with load_embedder(reference, name="reference") as ref:
         figures = ReferenceFigures(ref)
@@ -65,3 +65,14 @@ def _admit(directory, serving, report, reference: str, log) -> bool:
     record_admission(directory, admission_entry(serving, gate=gate, reference=reference, versions=tool_versions()))
     log(f"admitted {directory} for {serving.describe()}")
     return True
+
+
+def _check_exists(spec: str):
+    from pathlib import Path
+
+    from .errors import MoaiError
+
+    kind, location, _ = parse_spec(spec)
+    if kind.local and not kind.url and not Path(location).is_dir():
+        raise MoaiError(f"{spec}: no such directory")
+    return kind

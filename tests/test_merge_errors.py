@@ -169,7 +169,7 @@ def test_failed_verification_exits_2_and_writes_requested_report(example_dir, tm
     assert result.exit_code == 1 and "min-cosine must be in (0, 1]" in result.output
     result = run_merge(example_dir / "base", example_dir / "adapter", out, "--max-abs", "0",
                        "--report", str(report))
-    assert result.exit_code == 2 and "verification FAILED" in result.output
+    assert result.exit_code == 3 and "verification FAILED" in result.output
     assert not out.exists()
     data = json.loads(report.read_text())
     assert data["passed"] is False and data["failures"]

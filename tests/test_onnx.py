@@ -192,7 +192,7 @@ def test_damaged_graph_fails_verification(example_dir, onnx_dirs, tmp_path):
     result = CliRunner().invoke(main, ["verify", str(damaged), "--reference",
                                        f"{example_dir / 'base'}+{example_dir / 'adapter'}",
                                        "--json", str(tmp_path / "v.json")])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 3, result.output
     assert "FAIL" in result.output
 
 
@@ -303,7 +303,7 @@ def test_verify_fails_against_the_base_model(example_dir, onnx_dirs, tmp_path):
     """An artifact of the fine-tune checked against the plain base: exit 2, reasons printed."""
     result = CliRunner().invoke(main, ["verify", str(onnx_dirs[0] / "fp32"), "--reference",
                                        f"torch:{example_dir / 'base'}", "--json", str(tmp_path / "v.json")])
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert "FAIL" in result.output and "cosine" in result.output
     assert json.loads((tmp_path / "v.json").read_text())["passed"] is False
 

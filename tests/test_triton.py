@@ -242,7 +242,7 @@ def test_triton_cli_writes_and_refuses(onnx_dir, tmp_path):
     assert result.exit_code == 1 and "--verify-with" in result.output  # no silent skip of the gate
     (tmp_path / "file").write_text("x")
     result = CliRunner().invoke(main, ["triton", str(onnx_dir), "--repo", str(tmp_path / "file"), "--no-verify"])
-    assert result.exit_code == 1 and "not a directory" in result.output
+    assert result.exit_code == 1 and "exists as a file" in result.output
     result = CliRunner().invoke(main, ["triton", str(tmp_path), "--repo", str(tmp_path / "r3")])
     assert result.exit_code == 1 and "no model.onnx" in result.output
 
@@ -301,7 +301,7 @@ def test_unverified_repository_is_refused_until_verify_admits_it(onnx_dir, examp
     _damage_query_prompt(damaged / "moai_embedding_tokenizer" / "1")
     result = CliRunner().invoke(main, ["verify", str(repo), str(damaged), "--reference", reference,
                                        "--json", str(tmp_path / "v.json")])
-    assert result.exit_code == 2, result.output  # the damaged copy fails; a bare repo dir is run on a real server
+    assert result.exit_code == 3, result.output  # the damaged copy fails; a bare repo dir is run on a real server
     results = json.loads((tmp_path / "v.json").read_text())["results"]
     assert [(r["kind"], r["passed"]) for r in results] == [("triton", True), ("triton", False)]
     assert results[0]["admitted"] is True and "admitted" not in results[1]

@@ -12,7 +12,7 @@ from typing import Callable
 
 import click
 
-from ..cli_base import MoaiGroup
+from ..cli_base import EXIT_VERIFICATION_FAILED, MoaiGroup
 from ..errors import MoaiError
 
 TARGET_HELP = ("[LABEL=]SPEC, repeatable; the first is the baseline the ratios/deltas use. SPEC: "
@@ -81,7 +81,10 @@ def _run(command: str, out: Path | None, target_texts: list[str], tokenizer: Pat
     from .report import write_report
     from .targets import close_all, load_targets
 
+    from ..artifacts import check_output_location
+
     out = out or _default_out(command)
+    check_output_location(out, directory=True)  # in under a second, before any target loads
     data = {"command": command, "date": dt.datetime.now().isoformat(timespec="seconds"),
             "argv": shlex.join(["moai-bench"] + sys.argv[1:]), "machine": machine_description(),
             "settings": settings, "targets": [], "results": results, "interrupted": False}
@@ -101,8 +104,10 @@ def _run(command: str, out: Path | None, target_texts: list[str], tokenizer: Pat
             click.secho("interrupted before anything was measured; nothing written", fg="yellow", err=True)
             sys.exit(130)
         raise MoaiError("nothing was measured")
+    from .report import MARKDOWN
+
+    click.echo(MARKDOWN[data["command"]](data))  # the results first: a failed write must not lose them
     written = write_report(data, out)
-    click.echo(written["markdown"].read_text(encoding="utf-8"))
     click.echo(f"written: {', '.join(str(p) for p in written.values())}", err=True)
     if data["interrupted"]:
         click.secho("interrupted: partial results written", fg="yellow", err=True)
@@ -257,7 +262,7 @@ def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, 
 @click.option("--max-abs", type=float, default=None, help="PASS needs every component within this (default: not checked).")
 @click.option("--min-rank-agreement", type=float, default=0.8, show_default=True,
               help="PASS needs this top-10 overlap on the retrieval probe.")
-@click.option("--strict", is_flag=True, help="Exit 2 when any target does not PASS.")
+@click.option("--strict", is_flag=True, help="Exit 3 (verification failed) when any target does not PASS.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Texts per encode call.")
 @_common
@@ -287,7 +292,7 @@ def parity(reference, targets, dataset, max_texts, min_cosine, max_abs, min_rank
 
     _run("parity", out, [reference] + list(targets), tokenizer, settings, quiet, body, result)
     if strict and any(not r.get("passed", False) for r in result.get("targets", [])):
-        sys.exit(2)
+        sys.exit(EXIT_VERIFICATION_FAILED)
 
 
 if __name__ == "__main__":

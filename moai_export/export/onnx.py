@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import atomic_output_dir, check_target
+from ..artifacts import atomic_output_dir, check_target, size_of
 from ..contract import EmbeddingContract
 from ..embedders.base import Embedder
 from ..embedders.onnx_runtime import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, OnnxEmbedder
@@ -73,7 +73,8 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
     if options.int8_method not in INT8_METHODS:
         raise MoaiError(f"unknown int8 method {options.int8_method!r}: expected one of {', '.join(INT8_METHODS)}")
     source, out = Path(source), Path(out)
-    check_target(out, options.force)
+    # the graph (fp32: twice a half-precision source; int8 also writes an fp32 graph first)
+    check_target(out, options.force, need_bytes=size_of(source) * (1 if options.precision == "fp16" else 2))
     contract = read_contract(source)
     gate = options.overrides.apply("onnx", options.precision)
 

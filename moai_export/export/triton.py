@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..admission import ServingConfig, read_manifest
-from ..artifacts import PARITY_FILE, atomic_output_dir, write_json, write_manifest
+from ..artifacts import PARITY_FILE, atomic_output_dir, check_output_location, write_json, write_manifest
 from ..contract import EmbeddingContract
 from ..embedders.base import Embedder
 from ..embedders.onnx_runtime import ONNX_FILE, OUTPUT_NAME
@@ -172,7 +172,8 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
     if not (artifact / ONNX_FILE).is_file():
         raise MoaiError(f"{artifact}: no {ONNX_FILE}; pass a directory written by `moai-export onnx`")
     if repo.exists() and not repo.is_dir():
-        raise MoaiError(f"--repo {repo} exists and is not a directory")
+        raise MoaiError(f"cannot write {repo}: exists as a file, not a directory")
+    check_output_location(repo)  # graphs are hard-linked when the file system allows
     contract = read_contract(artifact)
     if not (artifact / PARITY_FILE).is_file():
         log(f"warning: {artifact} has no {PARITY_FILE}: it was not admitted by a parity gate")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import atomic_output_dir, check_target, write_json
+from ..artifacts import atomic_output_dir, check_target, size_of, write_json
 from ..contract import EmbeddingContract
 from ..embedders.base import Embedder
 from ..errors import MoaiError
@@ -94,7 +94,7 @@ def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, r
     if options.dtype not in DTYPES:
         raise MoaiError(f"unknown dtype {options.dtype!r}: expected one of {', '.join(DTYPES)}")
     source, out = Path(source), Path(out)
-    check_target(out, options.force)
+    check_target(out, options.force, need_bytes=size_of(source) * (2 if options.dtype == "fp32" else 1))
     contract = read_contract(source)
     if contract.pooling not in POOLING_TYPES:
         raise MoaiError(f"pooling {contract.pooling!r} has no vLLM equivalent")

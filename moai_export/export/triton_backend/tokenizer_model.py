@@ -38,17 +38,17 @@ class TritonPythonModel:
             if len(kinds) != len(text):
                 raise ValueError(f"KIND has {len(kinds)} values for {len(text)} texts")
         texts = []
-        for raw, kind in zip(text.tolist(), kinds):
+        for index, (raw, kind) in enumerate(zip(text.tolist(), kinds)):
             try:
                 value = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
                 kind = kind.decode("utf-8") if isinstance(kind, bytes) else str(kind)
             except UnicodeDecodeError as exc:
-                raise ValueError(f"TEXT is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+                raise ValueError(f"TEXT item {index} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
             kind = kind or "document"
             if kind not in KINDS:
-                raise ValueError(f"unknown KIND {kind!r}: expected one of {', '.join(KINDS)}")
+                raise ValueError(f"item {index}: unknown KIND {kind!r}: expected one of {', '.join(KINDS)}")
             if value == "":
-                raise ValueError("TEXT is empty")
+                raise ValueError(f"TEXT item {index} is empty: empty texts have no embedding")
             texts.append(self.prompts.get(kind, "") + value)
         return texts
 
