@@ -67,13 +67,16 @@ def http_client(server):
     return client.InferenceServerClient(server.http_url)
 
 
-def raw_infer(server, text_values, kind_values=None, dtype="BYTES", model="moai_embedding"):
+def raw_infer(server, text_values, kind_values=None, dtype="BYTES", model="moai_embedding", send=("TEXT", "KIND")):
     import tritonclient.http as client
 
-    inputs = [client.InferInput("TEXT", [len(text_values), 1], dtype)]
-    inputs[0].set_data_from_numpy(np.asarray(text_values, dtype=object if dtype == "BYTES" else np.int32)
-                                  .reshape(len(text_values), 1))
-    if kind_values is not None:
+    kind_values = [b"document"] * len(text_values) if kind_values is None else kind_values
+    inputs = []
+    if "TEXT" in send:
+        inputs.append(client.InferInput("TEXT", [len(text_values), 1], dtype))
+        inputs[0].set_data_from_numpy(np.asarray(text_values, dtype=object if dtype == "BYTES" else np.int32)
+                                      .reshape(len(text_values), 1))
+    if "KIND" in send:
         kinds = client.InferInput("KIND", [len(kind_values), 1], "BYTES")
         kinds.set_data_from_numpy(np.asarray(kind_values, dtype=object).reshape(-1, 1))
         inputs.append(kinds)
@@ -142,8 +145,8 @@ def test_dynamic_batching_really_batches(server):
 @pytest.mark.parametrize(
     "texts, kinds, dtype, message",
     [
-        ([b""], None, "BYTES", "TEXT is empty"),
-        ([b"\xff\xfe broken"], None, "BYTES", "not valid UTF-8"),
+        ([b""], None, "BYTES", "TEXT item 0 is empty"),
+        ([b"ok", b"\xff\xfe broken"], None, "BYTES", "TEXT item 1 is not valid UTF-8"),
         ([b"x"], [b"passage"], "BYTES", "unknown KIND"),
         ([7], None, "INT32", "data-type is 'INT32'"),
         ([b"x"] * (MAX_BATCH + 1), None, "BYTES", "batch"),
@@ -156,6 +159,15 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(server, texts, kin
         raw_infer(server, texts, kinds, dtype)
     assert message.lower() in str(error.value).lower()
     assert raw_infer(server, [b"still serving"]).shape == (1, 64)
+
+
+@pytest.mark.parametrize("send, missing", [(("KIND",), "TEXT"), (("TEXT",), "KIND")])
+def test_a_request_missing_an_input_is_refused_by_name(server, send, missing):
+    """KIND is required too: a client that forgot it would get document vectors for its queries."""
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match=f"missing required input\\(s\\) \\['{missing}'\\]"):
+        raw_infer(server, [b"x"], send=send)
 
 
 def test_text_far_over_max_tokens_is_truncated_not_rejected(server, reference):

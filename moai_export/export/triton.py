@@ -145,7 +145,11 @@ def ensemble_config(options: TritonOptions, contract: EmbeddingContract, precisi
     pb = _model_config()
     names = options.model_names()
     config = pb.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=options.max_batch_size)
-    config.input.extend([_input(pb, "TEXT", "TYPE_STRING", [1]), _input(pb, "KIND", "TYPE_STRING", [1], True)])
+    # Both required: a client that forgets KIND would silently get document vectors for its
+    # queries (no instruction prompt), and with an optional input Triton 2.51 stops checking
+    # required ones (a request without TEXT ended in "unexpected deadlock"); now Triton names
+    # the missing input in a 400.
+    config.input.extend([_input(pb, "TEXT", "TYPE_STRING", [1]), _input(pb, "KIND", "TYPE_STRING", [1])])
     config.output.extend([_output(pb, "EMBEDDING", "TYPE_FP32", [dims])])
     # Clients (the Triton Embedder) read the contract from the model config: no guessing of
     # dims, prompts or max tokens on the client side.

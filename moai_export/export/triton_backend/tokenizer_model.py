@@ -27,7 +27,10 @@ class TritonPythonModel:
 
     def _texts(self, request):
         """The request's prompted texts, or raise ValueError with what is wrong."""
-        text = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+        text_tensor = pb_utils.get_input_tensor_by_name(request, "TEXT")
+        if text_tensor is None:
+            raise ValueError("the request has no TEXT input")
+        text = text_tensor.as_numpy().reshape(-1)
         kind_tensor = pb_utils.get_input_tensor_by_name(request, "KIND")
         if kind_tensor is None:
             kinds = [b"document"] * len(text)
