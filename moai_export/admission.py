@@ -182,3 +182,13 @@ def repository_ensembles(repository: Path) -> list[str]:
     """Models of a repository that `moai-export triton` wrote (their ensembles carry a manifest)."""
     return sorted(p.parent.name for p in Path(repository).glob(f"*/{MANIFEST_FILE}")
                   if (read_manifest(p.parent) or {}).get("stage") == "triton")
+
+
+def repository_id(ensemble_dir: Path) -> str | None:
+    """The id `moai-export triton` writes into an ensemble's config.pbtxt (parameter
+    `moai_repository_id`): it ties a running server to the files it serves."""
+    import re
+
+    text = (Path(ensemble_dir) / "config.pbtxt").read_text(encoding="utf-8")
+    match = re.search(r'key:\s*"moai_repository_id"\s*value\s*\{\s*string_value:\s*"([^"]*)"', text)
+    return match.group(1) if match else None

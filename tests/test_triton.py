@@ -331,3 +331,36 @@ def test_tensorrt_fp16_is_labelled_fp16(onnx_dir, tmp_path):
     assert ensemble.parameters["moai_precision"].string_value == "fp16"
     manifest = json.loads((repo / "moai_embedding" / "moai_manifest.json").read_text())
     assert manifest["options"]["precision"] == "fp16" and manifest["admitted_for"] == []
+
+
+def test_verify_with_a_server_started_on_the_written_repository(onnx_dir, tmp_path):
+    """--verify-with URL: the repository is published, the writer waits until the server at URL
+    serves exactly these files (its repository id), gates it and records the admission; the
+    same server is then checked through `verify ...?repository=` too."""
+    repo = tmp_path / "models"
+    http, grpc, metrics = free_ports(3)
+    outcome = {}
+
+    def write():
+        try:
+            write_repository(onnx_dir, repo, TritonOptions(verify=f"grpc://127.0.0.1:{grpc}", verify_wait_s=240),
+                             log=lambda m: None)
+            outcome["ok"] = True
+        except Exception as exc:  # asserted below
+            outcome["error"] = exc
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    deadline = time.monotonic() + 240
+    while not (repo / "moai_embedding" / "moai_manifest.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with TritonServer(repo, http, grpc, metrics).start(timeout=120):
+        writer.join(300)
+        assert outcome.get("ok"), outcome
+        manifest = json.loads((repo / "moai_embedding" / "moai_manifest.json").read_text())
+        assert [(a["runtime"], a["device"], a["provider"]) for a in manifest["admitted_for"]] == [
+            ("triton", "cpu", "python")]
+        with load_embedder(f"triton-grpc://127.0.0.1:{grpc}/moai_embedding?repository={repo}") as served:
+            assert served.artifact_dir == repo / "moai_embedding" and served.serving.runtime == "triton"
+        with pytest.raises(MoaiError, match="does not serve"):
+            load_embedder(f"triton-grpc://127.0.0.1:{grpc}/moai_embedding?repository={tmp_path / 'other'}")

@@ -191,10 +191,26 @@ def grpc_from_spec(location: str, *, name: str, **options) -> TritonEmbedder:
 
 
 def _remote(location: str, protocol: str, name: str, options: dict) -> TritonEmbedder:
+    """`?repository=DIR`: the repository this server serves (checked by its id), so that `verify`
+    can record the configuration it passed in there (e.g. NVIDIA's container on a GPU)."""
     address, sep, model = location.partition("/")
     if not sep or not model or ":" not in address:
         raise MoaiError(f"triton-{protocol}://{location}: expected triton-{protocol}://HOST:PORT/MODEL")
-    return TritonEmbedder(address, model, protocol=protocol, name=name, **options)
+    repository = options.pop("repository", None)
+    embedder = TritonEmbedder(address, model, protocol=protocol, name=name, **options)
+    if repository:
+        from ..admission import read_manifest, repository_id, repository_serving_config
+
+        ensemble_dir = Path(repository) / model
+        served_here = (ensemble_dir / "config.pbtxt").is_file() and embedder.repository_id == repository_id(ensemble_dir)
+        if not served_here:
+            embedder.close()
+            raise MoaiError(f"the server at {address} does not serve {ensemble_dir} (another repository id)")
+        recorded = (read_manifest(ensemble_dir) or {}).get("options", {})
+        embedder.serving = repository_serving_config(recorded.get("encoder", "python"), embedder.precision,
+                                                     bool(recorded.get("tensorrt")))
+        embedder.artifact_dir = ensemble_dir
+    return embedder
 
 
 def repository_from_spec(location: str, *, name: str, model: str | None = None, dims: int | None = None,

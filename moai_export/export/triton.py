@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..admission import ServingConfig, read_manifest
+from ..admission import ServingConfig, read_manifest, repository_id
 from ..artifacts import PARITY_FILE, atomic_output_dir, check_output_location, write_json, write_manifest
 from ..contract import EmbeddingContract
 from ..embedders.base import Embedder
@@ -56,6 +56,7 @@ class TritonOptions:
     version: int = 1
     force: bool = False
     verify: str = "local"  # local (a tritonserver here) | grpc://HOST:PORT | http://HOST:PORT | none
+    verify_wait_s: float = 600.0  # --verify-with: how long to wait for the server to serve the written files
     overrides: GateOverrides = field(default_factory=GateOverrides)
 
     def model_names(self) -> dict[str, str]:
@@ -236,7 +237,8 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
                 log("warning: --no-verify: the repository was NOT run through a server; run_local.sh refuses it "
                     "until `moai-export verify triton:REPO` admits it (or --allow-unverified)")
     if options.verify.startswith(("grpc://", "http://")):
-        verify_remote(repo, names["ensemble"], options.verify, figures, gate, config, reference_label, log)
+        verify_remote(repo, names["ensemble"], options.verify, figures, gate, config, reference_label, log,
+                      wait_s=options.verify_wait_s)
     log(f"triton repository {repo}: {', '.join(names.values())} (encoder: {options.encoder}, {precision})")
     return {"repository": str(repo), "models": names, "dims": contract.dims, "encoder": options.encoder,
             "precision": precision, "verified": options.verify}
@@ -324,20 +326,42 @@ def _rewrite_manifest_files(staging: Path, names: dict) -> None:
     write_json(path, manifest)
 
 
+def _wait_for_repository(address: str, model: str, protocol: str, wanted: str, wait_s: float, name: str):
+    """A client of the server at `address` once it serves the ensemble with this repository id:
+    a server still loading, or serving an older copy, is waited for, not verified."""
+    import time
+
+    from ..embedders.triton import TritonEmbedder
+
+    deadline = time.monotonic() + wait_s
+    last = "no answer"
+    while True:
+        try:
+            served = TritonEmbedder(address, model, protocol=protocol, ready_timeout=5, name=name)
+        except MoaiError as exc:
+            last = str(exc)
+        else:
+            if served.repository_id == wanted:
+                return served
+            last = f"it serves another {model!r} (repository id {served.repository_id!r})"
+            served.close()
+        if time.monotonic() > deadline:
+            raise MoaiError(f"{protocol}://{address} did not serve this repository within {wait_s:.0f} s: {last}")
+        time.sleep(1.0)
+
+
 def verify_remote(repo: Path, model: str, url: str, figures, gate, config: ServingConfig, reference_label: str,
-                  log) -> None:
+                  log, wait_s: float = 600.0) -> None:
     """Gate a server that serves the published `repo` (e.g. NVIDIA's container on a GPU) and record
     the result in the repository; the server must serve exactly these files."""
     from ..admission import admission_entry, record_admission
     from ..artifacts import tool_versions
-    from ..embedders.triton import TritonEmbedder
 
     protocol, _, address = url.partition("://")
-    log(f"verifying the repository as served by {url}")
-    with TritonEmbedder(address, model, protocol=protocol, name=f"triton {url} ({config.describe()})") as served:
-        if served.repository_id != repository_id(repo / model):
-            raise MoaiError(f"the server at {url} serves another {model!r} (repository id "
-                            f"{served.repository_id!r}); start it on {repo} and run again")
+    log(f"waiting for {url} to serve {repo} (start the server on it now; up to {wait_s:.0f} s)")
+    with _wait_for_repository(address, model, protocol, repository_id(repo / model), wait_s,
+                              name=f"triton {url} ({config.describe()})") as served:
+        log(f"verifying the repository as served by {url}")
         report = figures.gate_with(served, gate)
     log(format_gate_table([report]))
     ensemble_dir = repo / model
@@ -350,12 +374,6 @@ def verify_remote(repo: Path, model: str, url: str, figures, gate, config: Servi
     record_admission(ensemble_dir, admission_entry(config, gate=report.to_dict(), reference=reference_label,
                                                    versions=tool_versions()))
     log(f"admitted for {config.describe()}")
-
-
-def repository_id(ensemble_dir: Path) -> str:
-    """The id written into the ensemble's config (see ensemble_config)."""
-    config = parse_config((Path(ensemble_dir) / "config.pbtxt").read_text(encoding="utf-8"))
-    return config.parameters[REPOSITORY_ID_PARAMETER].string_value
 
 
 def _link_tree(src: Path, dst: Path) -> None:
