@@ -234,7 +234,11 @@ class ReferenceFigures:
         self.name = reference.name
         self.probes = probe_set(reference.contract.max_tokens)
         self.queries, self.documents = retrieval_probe()
+        before = reference.num_truncated
         self.vectors = embed_probes(reference, self.probes)
+        # probes cut to max tokens: the same texts and contract for every candidate, so a server
+        # that cannot report its own count is shown the reference's
+        self.truncated = None if before is None else reference.num_truncated - before
         self.retrieval = self._retrieval_vectors(reference)
 
     def _retrieval_vectors(self, embedder: Embedder) -> tuple[np.ndarray, np.ndarray]:
@@ -247,7 +251,7 @@ class ReferenceFigures:
     def gate(self, candidate: Embedder, thresholds: Thresholds, min_rank_agreement: float) -> GateReport:
         truncated_before = candidate.num_truncated
         vectors = embed_probes(candidate, self.probes)
-        truncated = None if truncated_before is None else candidate.num_truncated - truncated_before
+        truncated = self.truncated if truncated_before is None else candidate.num_truncated - truncated_before
         parity = compare(self.vectors, vectors, self.probes, thresholds,
                          candidate_name=candidate.name, reference_name=self.name)
         agreement = rank_agreement(self.retrieval, self._retrieval_vectors(candidate))
