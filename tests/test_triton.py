@@ -40,11 +40,12 @@ def onnx_dir(onnx_fp32_dir):
 
 
 @pytest.fixture(scope="module")
-def repo(onnx_dir, tmp_path_factory):
+def repo(onnx_dir, reference, tmp_path_factory):
     repo = tmp_path_factory.mktemp("triton") / "models"
     # a long queue delay so concurrent requests are seen to batch
     write_repository(onnx_dir, repo, TritonOptions(max_batch_size=MAX_BATCH, max_queue_delay_us=50_000),
-                     log=lambda m: None)
+                     log=lambda m: None, reference=reference, reference_label="peft")
+    assert reference.encode(["still usable"], "query").shape == (1, 64)  # the caller's reference stays open
     return repo
 
 

@@ -195,9 +195,10 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
 
     figures = None
     if options.verify != "none":
+        owned = reference is None  # the caller's reference stays open for the caller
         reference, reference_label = _triton_reference(artifact, source_manifest, reference, reference_label)
         figures, reference_label = reference_figures(artifact, reference, reference_label, log=log, timings={})
-        if reference is not None:
+        if owned:
             reference.close()
 
     with atomic_output_dir(repo, force=True) as staging:
