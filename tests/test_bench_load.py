@@ -17,7 +17,7 @@ from moai_export.benchmark.targets import Target
 from moai_export.benchmark.throughput import ThroughputSettings, run_throughput
 from moai_export.benchmark.workloads import Workload
 from moai_export.contract import EmbeddingContract
-from moai_export.embedders.base import Embedder
+from moai_export.embedders.base import TextEmbedder
 from moai_export.errors import MoaiError
 
 
@@ -41,7 +41,7 @@ CONTRACT = EmbeddingContract(pooling="mean", normalize=True, dims=4, max_tokens=
                              pad_token="[PAD]", pad_token_id=0, end_token=None, end_token_id=None)
 
 
-class ScriptedEmbedder(Embedder):
+class ScriptedEmbedder(TextEmbedder):
     """Request n takes latencies[n % len] seconds of the fake clock; every `fail_every`-th fails;
     `interrupt_at` sends Ctrl-C to the main thread from inside that request."""
 
@@ -53,7 +53,7 @@ class ScriptedEmbedder(Embedder):
         self.seen: list[str] = []
         self.lock = threading.Lock()
 
-    def _encode_batch(self, texts, kind):
+    def _embed_texts(self, texts, kind, batch_size):
         with self.lock:
             n = self.calls
             self.calls += 1
