@@ -160,7 +160,7 @@ def test_existing_output_needs_force(example_dir, tmp_path):
     assert not (out / "precious.txt").exists() and (out / "model.safetensors").is_file()
 
 
-def test_failed_verification_exits_2_and_writes_requested_report(example_dir, tmp_path):
+def test_failed_verification_exits_3_and_writes_requested_report(example_dir, tmp_path):
     out = tmp_path / "out"
     report = tmp_path / "report.json"
     # A gate no float model can pass: every component exactly equal. An impossible cosine (1.5) is
