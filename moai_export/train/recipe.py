@@ -50,6 +50,12 @@ def prompts(contract: EmbeddingContract) -> dict[str, str]:
     return {column: prompt for column, prompt in out.items() if prompt}
 
 
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def training_arguments(options: TrainOptions, checkpoints: Path, contract: EmbeddingContract, *,
                        similarity: str | None):
     """SentenceTransformerTrainingArguments for the recipe; `similarity` None: no validation."""
@@ -66,7 +72,7 @@ def training_arguments(options: TrainOptions, checkpoints: Path, contract: Embed
         per_device_eval_batch_size=options.eval_batch_size,
         learning_rate=options.learning_rate,
         lr_scheduler_type=options.scheduler,
-        warmup_ratio=options.warmup_ratio,
+        warmup_steps=options.warmup_ratio,  # transformers 5: a float below 1 is a fraction of the run
         weight_decay=options.weight_decay,
         bf16=options.bf16,
         gradient_checkpointing=options.gradient_checkpointing,
@@ -88,6 +94,9 @@ def training_arguments(options: TrainOptions, checkpoints: Path, contract: Embed
         data_seed=options.seed,
         disable_tqdm=not options.progress,
         ddp_find_unused_parameters=False,
+        # Without an accelerator, DDP runs on CPU processes over gloo (accelerate needs to be told).
+        use_cpu=not _has_accelerator(),
+        ddp_backend=None if _has_accelerator() else "gloo",
         dataloader_drop_last=False,
         **options.extra,
     )

@@ -31,10 +31,6 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     """The newest checkpoint-N that was written to the end (an interrupted save lacks the state)."""
     done = [p for p in checkpoints.glob("checkpoint-*") if (p / STATE_FILE).is_file()
@@ -152,8 +148,9 @@ def train(options: TrainOptions, *, callbacks: Sequence = (), log: Callable[[str
         "contract_prompts": contract.prompts,
         "data": pairs.counts,
         "validation": validation.describe() if validation else None,
-        "distributed": {"world_size": world_size(), "per_device_batch": options.batch_size,
-                        "global_batch": options.batch_size * world_size()},
+        # what the trainer really ran with (not the launcher's environment)
+        "distributed": {"world_size": trainer.args.world_size, "per_device_batch": options.batch_size,
+                        "global_batch": options.batch_size * trainer.args.world_size},
         "resumed_from": str(resume_from) if resume_from else None,
         "global_step": state.global_step,
         "epochs_run": state.epoch,
@@ -170,6 +167,8 @@ def train(options: TrainOptions, *, callbacks: Sequence = (), log: Callable[[str
     if main:
         save_adapter(model, out / ADAPTER, options.base_name or options.base, best_checkpoint)
         write_outputs(out, report)
+        if (out / CHECKPOINTS).is_dir() and not any((out / CHECKPOINTS).iterdir()):
+            (out / CHECKPOINTS).rmdir()  # a run without validation saves no checkpoint
         log(f"adapter written to {out / ADAPTER} (step {report['best_step']}"
             + (f", validation {PRIMARY} {base_metrics[PRIMARY]:.4f} -> {best_metrics[PRIMARY]:.4f}"
                if evaluator else "") + ")")
