@@ -56,6 +56,13 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
+def _launched_distributed() -> bool:
+    """Started by torchrun (or another launcher) with more than one process."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def training_arguments(options: TrainOptions, checkpoints: Path, contract: EmbeddingContract, *,
                        similarity: str | None):
     """SentenceTransformerTrainingArguments for the recipe; `similarity` None: no validation."""
@@ -96,7 +103,8 @@ def training_arguments(options: TrainOptions, checkpoints: Path, contract: Embed
         ddp_find_unused_parameters=False,
         # Without an accelerator, DDP runs on CPU processes over gloo (accelerate needs to be told).
         use_cpu=not _has_accelerator(),
-        ddp_backend=None if _has_accelerator() else "gloo",
+        ddp_backend="gloo" if not _has_accelerator() and _launched_distributed() else None,
+        dataloader_pin_memory=_has_accelerator(),
         dataloader_drop_last=False,
         **options.extra,
     )
