@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--mini-batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--eval-steps", type=float, default=0.1)
+    parser.add_argument("--eval-steps", type=float, default=4, help="every epoch of 57 pairs at batch 16")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = args.out or default_results_dir("train-minilm")

@@ -31,6 +31,7 @@ def main() -> None:
       moai-export vllm build/merged --out build/vllm              # then serve/vllm/run.sh build/vllm
       moai-export verify triton-grpc://127.0.0.1:8001/moai_embedding --reference build/example/base+build/example/adapter
     Or all of it on the built-in example: moai-export demo
+    Retrain the adapter with MoAI's recipe: moai-export train --help
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -179,3 +179,12 @@ def test_ddp_on_two_cpu_processes_trains_and_only_rank_zero_writes(base, tmp_pat
     assert proc.stderr.count("adapter written to") == 1  # rank 0 alone writes (and says so)
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints", "model_card.md",
                                                      "training_curves.png", "training_report.json"]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorboard") is not None, reason="tensorboard installed")
+def test_report_to_a_missing_integration_is_refused_before_loading(base, tmp_path):
+    write_pairs(tmp_path / "pairs.jsonl")
+    result = CliRunner().invoke(main, ["train", "--base", str(base), "--train", str(tmp_path / "pairs.jsonl"),
+                                       "--eval-split", "0.5", "--out", str(tmp_path / "run"),
+                                       "--report-to", "tensorboard"])
+    assert result.exit_code == 1 and "pip install tensorboard" in result.output

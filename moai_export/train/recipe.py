@@ -20,7 +20,7 @@ def lora_config(options: TrainOptions):
                       target_modules=list(options.lora_targets), bias="none")
 
 
-def ir_evaluator(validation: Validation, contract: EmbeddingContract, batch_size: int):
+def ir_evaluator(validation: Validation, contract: EmbeddingContract, batch_size: int, *, progress: bool = False):
     """Binary-relevance IR metrics (the ones `moai-bench retrieval` reports), with the contract's
     prompts: queries carry the instruction, as they will when served."""
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
@@ -29,7 +29,7 @@ def ir_evaluator(validation: Validation, contract: EmbeddingContract, batch_size
         validation.queries, validation.corpus, validation.relevant, name=EVAL_NAME,
         mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1], precision_recall_at_k=[1, 10], map_at_k=[10],
         query_prompt=contract.prompt_for("query") or None, corpus_prompt=contract.prompt_for("document") or None,
-        batch_size=batch_size, show_progress_bar=False, write_csv=False)
+        batch_size=batch_size, show_progress_bar=progress, write_csv=False)
 
 
 def metric_key(similarity: str, metric: str = PRIMARY) -> str:
@@ -61,6 +61,17 @@ def _launched_distributed() -> bool:
     import os
 
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def check_report_to(report_to: str) -> None:
+    """Fail now, not after loading the model, when the logging integration is not installed."""
+    import importlib.util
+
+    from ..errors import MoaiError
+
+    modules = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}.get(report_to, ())
+    if modules and not any(importlib.util.find_spec(m) for m in modules):
+        raise MoaiError(f"--report-to {report_to} needs the {modules[0]} package: pip install {modules[0]}")
 
 
 def training_arguments(options: TrainOptions, checkpoints: Path, contract: EmbeddingContract, *,

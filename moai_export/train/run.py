@@ -20,7 +20,7 @@ from ..sources import resolve_model_dir
 from .data import TrainingPairs, Validation, beir_validation, read_pairs, split_validation
 from .options import TrainOptions
 from .outputs import write_outputs
-from .recipe import ir_evaluator, lora_config, metric_key, pick_metrics, training_arguments
+from .recipe import check_report_to, ir_evaluator, lora_config, metric_key, pick_metrics, training_arguments
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
@@ -109,6 +109,7 @@ def train(options: TrainOptions, *, callbacks: Sequence = (), log: Callable[[str
     from transformers import EarlyStoppingCallback
 
     out = Path(options.out).absolute()
+    check_report_to(options.report_to)
     resume_from = _prepare_out(options)
     base_dir = resolve_model_dir(options.base, "base model")
     contract = read_contract(base_dir, max_tokens=options.max_tokens)
@@ -124,7 +125,8 @@ def train(options: TrainOptions, *, callbacks: Sequence = (), log: Callable[[str
 
     model = _load_model(base_dir, options, contract.max_tokens)
     similarity = model.similarity_fn_name
-    evaluator = ir_evaluator(validation, contract, options.eval_batch_size) if validation else None
+    evaluator = (ir_evaluator(validation, contract, options.eval_batch_size, progress=options.progress and main)
+                 if validation else None)
     args = training_arguments(options, out / CHECKPOINTS, contract, similarity=similarity if evaluator else None)
     loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=options.mini_batch_size,
                                               show_progress_bar=False)
@@ -141,7 +143,6 @@ def train(options: TrainOptions, *, callbacks: Sequence = (), log: Callable[[str
 
     state = trainer.state
     best_checkpoint = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
-    best_metrics = pick_metrics(evaluator(model), similarity) if evaluator else {}
     report = {
         "settings": options.settings(),
         "base_dir": str(base_dir),
@@ -161,9 +162,12 @@ def train(options: TrainOptions, *, callbacks: Sequence = (), log: Callable[[str
         "best_checkpoint": str(best_checkpoint) if best_checkpoint else None,
         "best_metric": state.best_metric,
         "base_metrics": base_metrics,
-        "best_metrics": best_metrics,
         "history": _history(state.log_history, similarity),
     }
+    # The best checkpoint's evaluation (the model now holds its weights: save_adapter proves it).
+    best_eval = [e for e in report["history"]["eval"] if e["step"] == report["best_step"]]
+    report["best_metrics"] = {m: v for m, v in best_eval[-1].items() if m not in ("step", "epoch")} if best_eval else {}
+    best_metrics = report["best_metrics"]
     if main:
         save_adapter(model, out / ADAPTER, options.base_name or options.base, best_checkpoint)
         write_outputs(out, report)
