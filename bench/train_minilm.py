@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--mini-batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-steps", type=float, default=4, help="every epoch of 57 pairs at batch 16")
+    parser.add_argument("--max-tokens", type=int, default=128,
+                        help="truncation (MiniLM's contract says 256; 128 halves the CPU time of every evaluation)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = args.out or default_results_dir("train-minilm")
@@ -78,6 +80,7 @@ def main() -> None:
                                lora_targets=("query", "key", "value", "dense"), epochs=args.epochs,
                                batch_size=args.batch_size, mini_batch_size=args.mini_batch_size,
                                learning_rate=args.lr, eval_steps=args.eval_steps, bf16=False,
+                               max_tokens=args.max_tokens,
                                base_name="sentence-transformers/all-MiniLM-L6-v2", seed=args.seed)
         started = time.perf_counter()
         report = train(options)
