@@ -31,6 +31,7 @@ def main() -> None:
       moai-export vllm build/merged --out build/vllm              # then serve/vllm/run.sh build/vllm
       moai-export verify triton-grpc://127.0.0.1:8001/moai_embedding --reference build/example/base+build/example/adapter
     Or all of it on the built-in example: moai-export demo
+    Retrain the adapter with MoAI's recipe: moai-export train --help
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -257,6 +258,74 @@ def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, 
                           overrides=overrides_from(min_cosine, max_abs, min_rank_agreement))
     export_vllm(source, out, reference=_reference(reference), reference_label=reference, options=options)
     click.echo(f"vLLM directory written to {out} (verified; serve: serve/vllm/run.sh {out})")
+
+
+@main.command()
+@click.option("--base", required=True, help="Base model: sentence-transformers directory or hub id.")
+@click.option("--train", "train_file", type=click.Path(path_type=Path), required=True,
+              help="Training pairs: JSON lines or .parquet with query, positive and optional negative.")
+@click.option("--eval", "eval_dir", type=click.Path(path_type=Path), default=None,
+              help="Validation: a BEIR directory (corpus.jsonl, queries.jsonl, qrels.tsv), as moai-bench retrieval reads.")
+@click.option("--eval-split", type=float, default=None, help="Validation: hold out this fraction of the training queries.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Run directory: adapter/, checkpoints/, training_report.json, training_curves.png, model_card.md.")
+@click.option("--lora-r", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lora-alpha", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lora-dropout", type=click.FloatRange(0, 1), default=0.05, show_default=True)
+@click.option("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", show_default=True,
+              help="Comma-separated module names.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=256, show_default=True,
+              help="Per device: each query's in-batch negatives are the other documents of the global batch.")
+@click.option("--mini-batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Cached loss: texts through the model at once (bounds memory, not the negatives).")
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--scheduler", default="cosine", show_default=True, help="transformers' lr_scheduler_type.")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
+@click.option("--max-steps", type=int, default=-1, show_default=True, help="> 0: stop after this many steps.")
+@click.option("--eval-steps", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="Evaluate and save every this many steps (< 1: a fraction of the whole run).")
+@click.option("--early-stopping-patience", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Stop after this many evaluations without a better NDCG@10 (0: never).")
+@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bfloat16 mixed precision.")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=2), default=None, help="Default: the base's contract (1024).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--report-to", type=click.Choice(["none", "tensorboard", "wandb"]), default="none", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue OUT's run from its last complete checkpoint.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def train(base, train_file, eval_dir, eval_split, out, lora_r, lora_alpha, lora_dropout, lora_targets, batch_size,
+          mini_batch_size, lr, scheduler, warmup_ratio, weight_decay, epochs, max_steps, eval_steps,
+          early_stopping_patience, bf16, gradient_checkpointing, max_tokens, seed, report_to, resume, force):
+    """Train a LoRA adapter on BASE with MoAI's recipe (every default is the recipe's) and keep
+    the checkpoint with the best validation NDCG@10 (queries carry the contract's query prompt).
+
+    \b
+    One GPU:    moai-export train --base Qwen/Qwen3-Embedding-0.6B --train pairs.jsonl --eval BEIR_DIR --out run
+    6 GPUs:     torchrun --nproc-per-node 6 -m moai_export.train --base ... --out run   (DDP; rank 0 writes)
+    Continue:   the same command with --resume (after Ctrl-C the last complete checkpoint is kept)
+    Then:       moai-export merge --base BASE --adapter run/adapter --out merged
+    """
+    from .train import TrainOptions
+    from .train import train as run_training
+
+    if eval_dir is None and eval_split is None:
+        raise click.UsageError("give --eval BEIR_DIR or --eval-split FRACTION (the best checkpoint is chosen on it)")
+    options = TrainOptions(
+        base=base, train=train_file, out=out, eval_dir=eval_dir, eval_split=eval_split, lora_r=lora_r,
+        lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()), batch_size=batch_size,
+        mini_batch_size=mini_batch_size, learning_rate=lr, scheduler=scheduler, warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay, epochs=epochs, max_steps=max_steps, eval_steps=eval_steps,
+        early_stopping_patience=early_stopping_patience, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
+        max_tokens=max_tokens, seed=seed, report_to=report_to, resume=resume, force=force)
+    try:
+        run_training(options, log=_log)
+    except KeyboardInterrupt:
+        click.secho(f"interrupted: the last complete checkpoint under {out / 'checkpoints'} is kept; "
+                    "continue with --resume", fg="yellow", err=True)
+        sys.exit(130)
 
 
 def _log(message: str) -> None:

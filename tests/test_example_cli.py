@@ -32,7 +32,7 @@ def test_example_is_deterministic(example_dir, tmp_path):
         assert sha256_file(tmp_path / "again" / name) == sha256_file(example_dir / name)
 
 
-@pytest.mark.parametrize("command", [[], ["example"], ["merge"], ["onnx"], ["verify"], ["triton"], ["vllm"], ["demo"], ["contract"]])
+@pytest.mark.parametrize("command", [[], ["example"], ["merge"], ["onnx"], ["verify"], ["triton"], ["vllm"], ["demo"], ["contract"], ["train"]])
 def test_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output

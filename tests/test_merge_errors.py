@@ -64,12 +64,15 @@ def test_adapter_trained_on_another_base(example_dir, tmp_path):
     from peft import get_peft_model
     from transformers import Qwen3Config, Qwen3Model
 
-    from moai_export.example.train import lora_config
+    from moai_export.train import TrainOptions
+    from moai_export.train.recipe import lora_config
 
     other = Qwen3Model(Qwen3Config(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, head_dim=32, intermediate_size=256))
     with pytest.warns(UserWarning):  # PEFT notes the unnamed base
-        get_peft_model(other, lora_config("someone/other-base")).save_pretrained(str(tmp_path / "other"))
+        config = lora_config(TrainOptions(base="someone/other-base", train=tmp_path / "-", out=tmp_path / "-"))
+        config.base_model_name_or_path = "someone/other-base"
+        get_peft_model(other, config).save_pretrained(str(tmp_path / "other"))
     out = tmp_path / "out"
     assert_clean_failure(run_merge(example_dir / "base", tmp_path / "other", out), out,
                          "trained on another base")

@@ -18,15 +18,16 @@ LEARNING_RATES = {"tiny": 2e-3, "small": 1e-3, "full": 2e-4}
 
 def build_example(out: Path, *, size: str = "tiny", seed: int = 0, steps: int = 8, force: bool = False,
                   progress: bool = True) -> dict:
-    """Write `out/base` (sentence-transformers model) and `out/adapter` (PEFT LoRA adapter)."""
+    """Write `out/base` (sentence-transformers model), `out/adapter` (PEFT LoRA adapter) and
+    `out/training` (the run's report, curves and model card, as `moai-export train` writes them)."""
     out = Path(out).absolute()
     with atomic_output_dir(out, force=force) as tmp:
-        base_dir, adapter_dir = tmp / "base", tmp / "adapter"
+        base_dir = tmp / "base"
         base_dir.mkdir()
-        contract = build_base(base_dir, size, seed)
+        build_base(base_dir, size, seed)
         # The adapter records where its base will live once published, as PEFT would record a hub id.
-        losses = train_adapter(base_dir, adapter_dir, contract, steps=steps, seed=seed,
-                               base_name=str(out / "base"), learning_rate=LEARNING_RATES[size], progress=progress)
+        losses = train_adapter(base_dir, tmp, steps=steps, seed=seed, base_name=str(out / "base"),
+                               learning_rate=LEARNING_RATES[size], progress=progress)
         summary = {"size": size, "seed": seed, "steps": steps, "losses": losses}
         (tmp / "example.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         write_manifest(tmp, stage="example", inputs={}, options={"size": size, "seed": seed, "steps": steps})

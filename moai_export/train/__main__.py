@@ -1,0 +1,8 @@
+"""`python -m moai_export.train ...` (e.g. under torchrun): the same command as `moai-export train`."""
+
+import sys
+
+from ..cli import main
+
+if __name__ == "__main__":
+    main(["train", *sys.argv[1:]], prog_name="python -m moai_export.train")
