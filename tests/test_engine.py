@@ -166,3 +166,14 @@ def test_unknown_option_and_architecture(merged_dir, minilm):
         load_embedder(f"engine:{merged_dir}?batch=3")
     with pytest.raises(MoaiError, match="Qwen3-architecture"):
         load_embedder(f"engine:{minilm}", admission="skip")
+
+
+def test_shape_buckets_are_few_and_cover_every_size():
+    """What bounds torch.compile's recompiles: every total maps to a bucket at least as large,
+    and 1..32768 tokens need a few dozen shapes, not thousands."""
+    buckets = {total: token_bucket(total) for total in range(1, 32769)}
+    assert all(bucket >= total for total, bucket in buckets.items())
+    assert len(set(buckets.values())) <= 40
+    small = pack([np.arange(5), np.arange(9)], pad_id=0, bucket=True, slots=4)
+    assert small.max_len == small.input_ids.shape[0] == 16  # small batches: one shape per bucket (CUDA graphs)
+    assert small.cu_seqlens.tolist() == [0, 5, 14, 16, 16]  # filler document, then zero-length slots

@@ -79,7 +79,11 @@ def pack(rows: Sequence[np.ndarray], *, pad_id: int, bucket: bool = False, slots
     if slots is not None:
         bounds = np.concatenate([bounds, np.full(max(0, slots + 1 - len(bounds)), size, dtype=np.int32)])
     longest = max(lengths + [filler])
-    max_len = length_bucket(longest) if bucket else longest
+    max_len = longest
+    if bucket:
+        # Small buckets replay CUDA graphs, one per shape: their bound is the bucket itself, so a
+        # batch's shape is its token bucket alone (an overestimate only launches idle blocks).
+        max_len = size if size <= SMALL_BUCKETS_UP_TO else length_bucket(longest)
 
     def tensor(array):
         t = torch.from_numpy(array)
