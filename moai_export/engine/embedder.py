@@ -87,7 +87,10 @@ class EngineEmbedder(TokenEmbedder):
         (one per token bucket, recorded at their first run)."""
         if self.options.compile_cache_dir:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(self.options.compile_cache_dir).absolute())
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        config = torch._dynamo.config  # one compiled variant per bucket: allow them all
+        for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch releases
+            if hasattr(config, name):
+                setattr(config, name, max(getattr(config, name), 64))
         self._large = torch.compile(self.model, dynamic=True)
         if self.on_gpu and self.options.cuda_graphs:
             self._small = torch.compile(self.model, dynamic=False, mode="reduce-overhead")
