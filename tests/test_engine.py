@@ -99,7 +99,7 @@ def test_long_input_stream_uses_the_producer_thread(engine, padded, monkeypatch)
     import moai_export.engine.embedder as module
 
     monkeypatch.setattr(module, "TEXTS_PER_CHUNK", 4)
-    texts = [f"문서 {i} " * (1 + i % 9) for i in range(300)]
+    texts = [f"문서 {i} " * (1 + i % 9) for i in range(40)]
     assert cosines(engine.encode(texts), padded.encode(texts)).min() >= 0.99999
 
 
