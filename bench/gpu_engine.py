@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/moai-gpu-engine"))
     parser.add_argument("--deadline", type=float, default=540.0, help="Seconds for the whole run.")
     parser.add_argument("--limit", type=int, default=None, help="Only the first N documents.")
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--max-batch-tokens", type=int, default=32768)
     parser.add_argument("--compile", default="true", choices=["true", "false"])
     args = parser.parse_args(argv)
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     documents = dataset.documents()[:args.limit]
     merged, example = args.work / "merged", args.work / "example"
     run.step("build", 150, lambda: build(args.work, args.size))
-    run.step("attention", 120, lambda: attention_backends(merged, args.device, dtype, documents[:256]))
+    run.step("attention", 120, lambda: attention_backends(merged, args.device, dtype, documents[:128]))
     fastest = (run.data["steps"].get("attention") or {}).get("fastest")
     compile_ = args.compile == "true"
     attention = "auto" if not fastest or (compile_ and fastest in ("sdpa",)) else fastest

@@ -39,7 +39,7 @@ QUEUE_DEPTH = 4  # packed batches waiting for the GPU
 @dataclass(frozen=True)
 class EngineOptions:
     device: str = "cpu"
-    dtype: str = "bf16"  # fp32 is forced on CPU unless asked for explicitly (bf16 on CPU is slow and imprecise)
+    dtype: str = "bf16"  # from_spec picks fp32 on CPU unless given (bf16 on CPU is slow and imprecise)
     max_batch_tokens: int = 16384  # real tokens per forward pass
     max_batch_size: int = 256  # documents per forward pass
     attention: str = "auto"  # auto | varlen | flex | sdpa (attention.py)
@@ -84,7 +84,7 @@ class EngineEmbedder(TokenEmbedder):
 
     def _compile(self) -> None:
         """One dynamic-shape graph for large batches; on a GPU, small ones replay CUDA graphs
-        (one per token bucket, recorded at their first run)."""
+        (one per token bucket, recorded at the warm-up)."""
         if self.options.compile_cache_dir:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(self.options.compile_cache_dir).absolute())
         config = torch._dynamo.config  # one compiled variant per bucket: allow them all
@@ -93,7 +93,9 @@ class EngineEmbedder(TokenEmbedder):
                 setattr(config, name, max(getattr(config, name), 64))
         self._large = torch.compile(self.model, dynamic=True)
         if self.on_gpu and self.options.cuda_graphs:
-            self._small = torch.compile(self.model, dynamic=False, mode="reduce-overhead")
+            # dynamic too: ONE compile; CUDA graph trees then record one graph per token bucket
+            # (cheap), instead of one inductor compile per bucket (tens of seconds each)
+            self._small = torch.compile(self.model, dynamic=True, mode="reduce-overhead")
         else:
             self._small = self._large
 
