@@ -133,7 +133,7 @@ def test_verify_admits_the_engine_and_fails_a_wrong_reference(example_dir, merge
     load_embedder(f"engine:{artifact}").close()
     # the gate can fail: the same engine against the plain base model (no adapter)
     result = CliRunner().invoke(main, ["verify", f"engine:{artifact}", "--reference", f"torch:{example_dir / 'base'}",
-                                       "--no-admit"])
+                                       "--no-admit", "--json", str(json_path)])
     assert result.exit_code == 3 and "FAIL" in result.output
 
 
@@ -143,11 +143,12 @@ def test_unverified_configuration_is_refused(merged_dir):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_cuda_absent_is_a_clear_error(example_dir, merged_dir):
+def test_cuda_absent_is_a_clear_error(example_dir, merged_dir, tmp_path):
     with pytest.raises(MoaiError, match="torch sees no CUDA GPU"):
         load_embedder(f"engine:{merged_dir}?device=cuda", admission="skip")
     result = CliRunner().invoke(main, ["verify", f"engine:{merged_dir}?device=cuda", "--reference",
-                                       f"{example_dir / 'base'}+{example_dir / 'adapter'}"])
+                                       f"{example_dir / 'base'}+{example_dir / 'adapter'}",
+                                       "--json", str(tmp_path / "v.json")])
     assert result.exit_code != 0 and "no CUDA GPU" in result.output and "Traceback" not in result.output
 
 
