@@ -159,11 +159,12 @@ def require_admitted(directory: Path, config: ServingConfig, *, mode: str = "req
     print(f"WARNING: SERVING UNVERIFIED: {message}", file=sys.stderr, flush=True)
 
 
-def repository_serving_config(encoder: str, precision: str, tensorrt: bool) -> ServingConfig:
+def repository_serving_config(encoder: str, precision: str, tensorrt: bool, engine_device: str = "cpu") -> ServingConfig:
     """A Triton repository's configuration. python encoder: onnxruntime on CPU inside the python
-    backend; onnxruntime encoder: Triton's ONNX Runtime backend on a GPU, optionally TensorRT."""
-    return ServingConfig("triton", "cpu" if encoder == "python" else "cuda", precision,
-                         encoder + ("+tensorrt" if tensorrt else ""))
+    backend; onnxruntime encoder: Triton's ONNX Runtime backend on a GPU, optionally TensorRT;
+    engine encoder: the packed engine in the python backend on its device."""
+    device = {"python": "cpu", "engine": engine_device}.get(encoder, "cuda")
+    return ServingConfig("triton", device, precision, encoder + ("+tensorrt" if tensorrt else ""))
 
 
 def check_repository_admitted(repository: Path, model: str, *, mode: str = "require") -> None:
@@ -174,7 +175,7 @@ def check_repository_admitted(repository: Path, model: str, *, mode: str = "requ
         raise NotAdmitted(f"{repository}: no model {model!r}")
     options = (read_manifest(ensemble_dir) or {}).get("options", {})
     config = repository_serving_config(options.get("encoder", "python"), options.get("precision", "fp32"),
-                                       bool(options.get("tensorrt")))
+                                       bool(options.get("tensorrt")), (options.get("engine") or {}).get("device", "cpu"))
     require_admitted(ensemble_dir, config, mode=mode, spec=f"triton:{repository}?model={model}")
 
 

@@ -7,7 +7,9 @@ back at those positions, so the caller always gets vectors in input order.
   FixedCount(n)                       input order, n texts a batch (the classic behaviour)
   TokenBudget(max_batch_tokens, cap)  longest first, each batch's padded size
                                       (rows x longest row) under the budget: padding is
-                                      minimal and the memory a batch needs is bounded
+                                      minimal and the memory a batch needs is bounded;
+                                      packed=True counts real tokens (sequences laid end to
+                                      end without padding, the engine's packing)
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ class FixedCount:
 class TokenBudget:
     """Sort by length (longest first, so the first batch shows the peak memory at once), then
     fill each batch while rows x longest row stays within `max_batch_tokens` and the row count
-    within `max_batch_size`. A single text longer than the budget gets a batch of its own."""
+    within `max_batch_size`. A single text longer than the budget gets a batch of its own.
+    `packed`: the batch costs the sum of its rows (no padding), not rows x longest row."""
 
     max_batch_tokens: int = 16384
     max_batch_size: int = 128
+    packed: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_tokens < 1 or self.max_batch_size < 1:
@@ -55,17 +59,18 @@ class TokenBudget:
         order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
         out: list[list[int]] = []
         current: list[int] = []
-        longest = 0
+        longest = total = 0
         for position in order.tolist():
             length = int(lengths[position])
             # sorted longest first: the batch's longest row is its first one
             rows_after = len(current) + 1
-            if current and (rows_after * max(longest, length) > self.max_batch_tokens
-                            or rows_after > self.max_batch_size):
+            cost = total + length if self.packed else rows_after * max(longest, length)
+            if current and (cost > self.max_batch_tokens or rows_after > self.max_batch_size):
                 out.append(current)
-                current, longest = [], 0
+                current, longest, total = [], 0, 0
             current.append(position)
             longest = max(longest, length)
+            total += length
         if current:
             out.append(current)
         return out

@@ -172,9 +172,23 @@ def verify(artifacts, reference, device, no_admit, min_cosine, max_abs, min_rank
               help="Model repository to write into (other models there are kept).")
 @click.option("--name", default="moai_embedding", show_default=True,
               help="Ensemble name; the tokenizer and encoder models get _tokenizer / _encoder suffixes.")
-@click.option("--encoder", type=click.Choice(["python", "onnxruntime"]), default="python", show_default=True,
+@click.option("--encoder", type=click.Choice(["python", "onnxruntime", "engine"]), default="python", show_default=True,
               help="python: onnxruntime inside the python backend (runs anywhere, incl. the local CPU server); "
-                   "onnxruntime: Triton's ONNX Runtime backend (NVIDIA's container, GPU).")
+                   "onnxruntime: Triton's ONNX Runtime backend (NVIDIA's container, GPU); "
+                   "engine: ARTIFACT is a merged model, run by the packed engine in the python backend "
+                   "(GPU with --engine-device cuda; no TensorRT or onnxruntime-gpu needed).")
+@click.option("--engine-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="engine encoder: KIND_CPU or KIND_GPU instances.")
+@click.option("--engine-dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+              help="engine encoder: compute dtype (default: bf16 on cuda, fp32 on cpu).")
+@click.option("--engine-max-batch-tokens", type=click.IntRange(min=16), default=16384, show_default=True,
+              help="engine encoder: real tokens per forward pass (Triton's batches are cut under it).")
+@click.option("--engine-compile", is_flag=True, help="engine encoder: torch.compile (warm-up at model load).")
+@click.option("--engine-env", default=None, metavar="DIR",
+              help="engine encoder: the Python environment (venv or unpacked conda env) with torch and transformers "
+                   "that Triton activates for the encoder (EXECUTION_ENV_PATH; the Triton runtime env has no torch). "
+                   "Default: the environment running this command; name the serving machine's when the repository "
+                   "moves there.")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Dynamic batching: how long a request may wait for others to join its batch.")
@@ -197,10 +211,12 @@ def verify(artifacts, reference, device, no_admit, min_cosine, max_abs, min_rank
                    "until `moai-export verify triton:REPO` (or --allow-unverified).")
 @gate_options
 @click.option("--force", is_flag=True, help="Replace these models' version folder if it exists.")
-def triton(artifact, repo, name, encoder, max_batch_size, max_queue_delay_us, preferred_batch_sizes, instances,
+def triton(artifact, repo, name, encoder, engine_device, engine_dtype, engine_max_batch_tokens, engine_compile,
+           engine_env, max_batch_size, max_queue_delay_us, preferred_batch_sizes, instances,
            intra_op_threads, tensorrt, tensorrt_precision, model_version, reference, verify_with, no_verify,
            min_cosine, max_abs, min_rank_agreement, force):
-    """Write a Triton model repository for the ONNX ARTIFACT: a tokenizer model (query prompt,
+    """Write a Triton model repository for the ONNX ARTIFACT (a merged model with --encoder
+    engine): a tokenizer model (query prompt,
     truncation, end token, padding server-side), an encoder model and an ensemble taking raw
     TEXT and optional KIND ("query" | "document") and returning EMBEDDING.
 
@@ -222,7 +238,10 @@ def triton(artifact, repo, name, encoder, max_batch_size, max_queue_delay_us, pr
                             instances=instances, intra_op_threads=intra_op_threads, tensorrt=tensorrt,
                             tensorrt_precision=tensorrt_precision, version=model_version, force=force,
                             verify="none" if no_verify else (verify_with or "local"),
-                            overrides=overrides_from(min_cosine, max_abs, min_rank_agreement))
+                            overrides=overrides_from(min_cosine, max_abs, min_rank_agreement),
+                            engine_device=engine_device, engine_dtype=engine_dtype,
+                            engine_max_batch_tokens=engine_max_batch_tokens, engine_compile=engine_compile,
+                            engine_env=engine_env)
     write_repository(artifact, repo, options, log=_log, reference=_reference(reference), reference_label=reference)
     click.echo(f"wrote {name}, {name}_tokenizer, {name}_encoder to {repo}")
 

@@ -42,6 +42,7 @@ GATES: dict[tuple[str, str], Gate] = {
     **{("vllm", p): g for p, g in _MERGED.items()},  # the same weights in vLLM's kernels
     **{("onnx", p): g for p, g in _ONNX.items()},  # graph in onnxruntime
     **{("triton", p): g for p, g in _ONNX.items()},  # the ensemble serves an ONNX graph
+    ("triton", "bf16"): Gate(0.999, None, 0.95),  # ... or the engine (--encoder engine), whose gate it keeps
     # The GPU engine runs the merged weights with its own kernels and packing: its bf16 gate is the
     # issue's figure (cosine 0.999, top-10 0.95), stricter than a bf16 checkpoint's.
     ("engine", "fp32"): Gate(0.99999, 1e-4, 1.0),

@@ -61,6 +61,10 @@ KINDS: tuple[Kind, ...] = (
          "moai_export.embedders.triton:repository_from_spec", "triton", recognise=_is_triton_repository),
     Kind("torch", "DIR: merged / sentence-transformers directory in transformers (?device=, ?dtype=fp32|bf16|fp16)",
          "moai_export.embedders.torch_model:from_spec", "torch", recognise=_has("config.json")),
+    Kind("engine", "DIR: merged Qwen3 directory in the packed, length-sorted engine (?device=cpu|cuda, "
+                   "?dtype=bf16|fp16|fp32, ?max_batch_tokens=, ?max_batch_size=, ?attention=auto|varlen|flex|sdpa, "
+                   "?compile=true, ?cuda_graphs=, ?compile_cache_dir=)",
+         "moai_export.engine:from_spec", "engine"),
     Kind("st", "DIR: the same directory through plain sentence-transformers (?device=)",
          "moai_export.embedders.sentence_transformers:from_spec", "torch"),
     Kind("triton-http", "HOST:PORT/MODEL: a running Triton server's ensemble over HTTP",

@@ -17,7 +17,7 @@ from .kinds import load_embedder, parse_spec
 from .parity import ReferenceFigures
 
 # Kinds that take a device option; onnx maps device=cuda to its CUDA provider.
-DEVICE_KINDS = ("torch", "st", "onnx", "vllm", "peft")
+DEVICE_KINDS = ("torch", "st", "onnx", "vllm", "peft", "engine")
 
 
 def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | None = None,

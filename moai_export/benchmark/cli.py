@@ -36,6 +36,7 @@ def main() -> None:
     moai-bench throughput  sentences/s, real tokens/s, latency percentiles (closed / open loop)
     moai-bench parity      cosine / max abs / top-10 agreement of every target vs --reference
     moai-bench retrieval   NDCG@10, MRR@10, Recall@1/10, Accuracy@1, MAP@10 on a BEIR dataset
+    moai-bench corpus      a whole BEIR corpus in one call per target: docs/s, tokens/s, MFU, GPU memory
 
     Each run writes OUT/results.json (every figure and the machine), OUT/summary.md and PNG
     plots; an interrupted run (Ctrl-C) writes what it measured and exits 130.
@@ -249,6 +250,43 @@ def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, 
                       max_queries=max_queries, progress=not quiet, log=_log(quiet))
 
     _run("retrieval", out, ([reference] if reference else []) + list(targets), tokenizer, settings, quiet, body, result)
+
+
+@main.command()
+@click.option("--dataset", type=click.Path(path_type=Path), required=True,
+              help="BEIR directory (corpus.jsonl, queries.jsonl, qrels.tsv, here or under beir/).")
+@click.option("--target", "targets", multiple=True, required=True, help=TARGET_HELP)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Passed to every target's encode call (e.g. 128 for sentence-transformers). Default: none, "
+                   "each target batches by itself (the engine's token budget, a torch target's policy).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N documents.")
+@click.option("--queries", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Batch-1 queries timed after the corpus (p50/p99); the dataset's queries, repeated if needed.")
+@click.option("--with-title", is_flag=True, help="Documents as title + newline + text.")
+@_common
+def corpus(dataset, targets, batch_size, limit, queries, with_title, out, tokenizer, quiet):
+    """Index a whole corpus: every document in ONE encode call per target, as an indexing job
+    does, then batch-1 query latency. Reports docs/s, real tokens/s, an MFU estimate (on a
+    GPU), peak GPU memory, warm-up (compile) and load time, side by side with ratios to the
+    first target.
+
+    \b
+    moai-bench corpus --dataset ../shared/data/datasets/autorag-ko \\
+        --target st=st:build/merged?device=cuda --target engine=engine:build/merged?device=cuda&compile=true
+    """
+    from .corpus import run_corpus
+    from .workloads import load_beir
+
+    data_set = load_beir(dataset)
+    result: dict = {}
+    settings = {"dataset": str(dataset), "batch_size": batch_size, "limit": limit, "queries": queries,
+                "with_title": with_title}
+
+    def body(loaded, data):
+        run_corpus(loaded, data_set, result, batch_size=batch_size, with_title=with_title, limit=limit,
+                   queries=queries, log=_log(quiet))
+
+    _run("corpus", out, list(targets), tokenizer, settings, quiet, body, result)
 
 
 @main.command()

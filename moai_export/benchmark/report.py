@@ -175,7 +175,26 @@ def parity_markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-MARKDOWN = {"throughput": throughput_markdown, "retrieval": retrieval_markdown, "parity": parity_markdown}
+def corpus_markdown(data: dict) -> str:
+    res = data["results"]
+    ds = res.get("dataset", {})
+    lines = _header(data)
+    calls = "one encode call per target" + (f" (batch_size={res['batch_size']})" if res.get("batch_size") else
+                                             " (each target batches by itself)")
+    lines += [f"{ds.get('documents')} documents of `{ds.get('name')}` in {calls}; then {res.get('queries')} "
+              f"batch-1 queries. MFU: model FLOPs x real tokens/s over {res.get('peak_tflops') or '-'} TFLOP/s "
+              f"({res.get('peak_source')}). {NOISE_NOTE}", ""]
+    head = ["target", "precision", "docs/s", "x first", "real tokens/s", "MFU", "peak GPU GiB", "warm-up s", "load s",
+            "query p50 ms", "query p99 ms"]
+    rows = [[r["target"], r.get("precision") or "-", _f(r["docs_per_s"]), _f(r.get("docs_per_s_vs_first"), 2),
+             _f(r["real_tokens_per_s"], 0), _f(100 * r["mfu"], 1, "%") if r.get("mfu") else "-",
+             _f(r.get("peak_gpu_gib"), 2), _f(r.get("warmup_s"), 1), _f(r.get("load_s"), 1),
+             _f(r["query_p50_ms"], 2), _f(r["query_p99_ms"], 2)] for r in res.get("targets", [])]
+    return "\n".join(lines + _table(head, rows)) + "\n"
+
+
+MARKDOWN = {"throughput": throughput_markdown, "retrieval": retrieval_markdown, "parity": parity_markdown,
+            "corpus": corpus_markdown}
 
 
 def make_plots(data: dict, out: Path) -> list[Path]:

@@ -164,7 +164,8 @@ class TritonRepositoryEmbedder(TritonEmbedder):
 
         options = (read_manifest(repository / model) or {}).get("options", {})
         self.serving = repository_serving_config(options.get("encoder", "python"), self.precision,
-                                                 bool(options.get("tensorrt")))
+                                                 bool(options.get("tensorrt")),
+                                                 (options.get("engine") or {}).get("device", "cpu"))
         self.artifact_dir = repository / model
 
     def close(self) -> None:
@@ -208,7 +209,8 @@ def _remote(location: str, protocol: str, name: str, options: dict) -> TritonEmb
             raise MoaiError(f"the server at {address} does not serve {ensemble_dir} (another repository id)")
         recorded = (read_manifest(ensemble_dir) or {}).get("options", {})
         embedder.serving = repository_serving_config(recorded.get("encoder", "python"), embedder.precision,
-                                                     bool(recorded.get("tensorrt")))
+                                                     bool(recorded.get("tensorrt")),
+                                                     (recorded.get("engine") or {}).get("device", "cpu"))
         embedder.artifact_dir = ensemble_dir
     return embedder
 

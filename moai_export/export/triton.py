@@ -1,4 +1,5 @@
-"""`moai-export triton`: a Triton model repository for an ONNX artifact.
+"""`moai-export triton`: a Triton model repository for an ONNX artifact (or, with
+`--encoder engine`, for a merged model run by the packed engine).
 
 Three models, Triton's conventions:
   <name>_tokenizer  python backend: TEXT (+ optional KIND) -> input_ids, attention_mask, by the
@@ -6,6 +7,8 @@ Three models, Triton's conventions:
   <name>_encoder    the ONNX graph (pooling inside): "onnxruntime" platform for NVIDIA's
                     container (GPU, optional TensorRT), or a python-backend model running the
                     same file with onnxruntime (runs anywhere, including the CPU server here);
+                    or "engine": the merged model in moai_export.engine inside the python
+                    backend, on a GPU instance (KIND_GPU) or on CPU (KIND_CPU);
   <name>            ensemble: TEXT, KIND -> EMBEDDING [dims] float32.
 Configs are built as ModelConfig protobuf messages, so they parse by construction.
 """
@@ -17,12 +20,13 @@ import os
 import re
 import shutil
 import struct
+import sys
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..admission import ServingConfig, read_manifest, repository_id
+from ..admission import MANIFEST_FILE, ServingConfig, read_manifest, repository_id
 from ..artifacts import PARITY_FILE, atomic_output_dir, check_output_location, write_json, write_manifest
 from ..contract import EmbeddingContract
 from ..embedders.base import Embedder
@@ -34,7 +38,7 @@ from ..model_dir import read_contract
 from .gate import Verified, admit, format_gate_table, load_candidate, reference_figures
 from .onnx import ONNX_DATA
 
-ENCODERS = ("python", "onnxruntime")
+ENCODERS = ("python", "onnxruntime", "engine")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CONTRACT_PARAMETER = "moai_contract"
 PRECISION_PARAMETER = "moai_precision"  # what the encoder computes in: picks the parity gate
@@ -57,6 +61,11 @@ class TritonOptions:
     force: bool = False
     verify: str = "local"  # local (a tritonserver here) | grpc://HOST:PORT | http://HOST:PORT | none
     verify_wait_s: float = 600.0  # --verify-with: how long to wait for the server to serve the written files
+    engine_device: str = "cpu"  # engine encoder: cpu | cuda (KIND_CPU | KIND_GPU)
+    engine_dtype: str | None = None  # engine encoder: bf16 | fp16 | fp32 (default: bf16 on cuda, fp32 on cpu)
+    engine_max_batch_tokens: int = 16384
+    engine_compile: bool = False
+    engine_env: str | None = None  # the Python environment with torch for the encoder's stub (default: this one's)
     overrides: GateOverrides = field(default_factory=GateOverrides)
 
     def model_names(self) -> dict[str, str]:
@@ -121,6 +130,15 @@ def encoder_config(options: TritonOptions, dims: int):
         config = pb.ModelConfig(name=name, backend="python")
         config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=options.instances)
         config.parameters["intra_op_threads"].string_value = str(options.intra_op_threads)
+    elif options.encoder == "engine":
+        config = pb.ModelConfig(name=name, backend="python")
+        kind = pb.ModelInstanceGroup.KIND_GPU if options.engine_device == "cuda" else pb.ModelInstanceGroup.KIND_CPU
+        config.instance_group.add(kind=kind, count=options.instances)
+        # Triton's own way to give one python model another environment: the stub runs with this
+        # environment activated (its torch, transformers, numpy), the tokenizer's stub keeps its own.
+        config.parameters["EXECUTION_ENV_PATH"].string_value = options.engine_env or sys.prefix
+        config.parameters["python_path"].string_value = moai_source_root()
+        config.parameters["engine_options"].string_value = json.dumps(engine_options(options))
     else:
         config = pb.ModelConfig(name=name, platform="onnxruntime_onnx", default_model_filename=ONNX_FILE)
         config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_GPU, count=options.instances)
@@ -139,6 +157,24 @@ def encoder_config(options: TritonOptions, dims: int):
     warmup.inputs["attention_mask"].dims.append(8)
     warmup.inputs["attention_mask"].input_data_file = "ones"
     return config
+
+
+def engine_dtype(options: TritonOptions) -> str:
+    return options.engine_dtype or ("bf16" if options.engine_device == "cuda" else "fp32")
+
+
+def engine_options(options: TritonOptions) -> dict:
+    """moai_export.engine.EngineOptions of the encoder (the instance's GPU is set at load)."""
+    return {"device": "cpu", "dtype": engine_dtype(options), "max_batch_tokens": options.engine_max_batch_tokens,
+            "max_batch_size": max(options.max_batch_size, 1), "compile": options.engine_compile}
+
+
+def moai_source_root() -> str:
+    """Where this moai_export is imported from: the encoder's stub imports the same code (a source
+    checkout need not be installed in the environment)."""
+    import moai_export
+
+    return str(Path(moai_export.__file__).resolve().parents[1])
 
 
 def ensemble_config(options: TritonOptions, contract: EmbeddingContract, precision: str = "fp32"):
@@ -174,7 +210,9 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
     options = options or TritonOptions()
     artifact, repo = Path(artifact), Path(repo).absolute()
     _check_options(options)
-    if not (artifact / ONNX_FILE).is_file():
+    if options.encoder == "engine" and not (artifact / "config.json").is_file():
+        raise MoaiError(f"{artifact}: no config.json; --encoder engine takes a merged model (`moai-export merge`)")
+    if options.encoder != "engine" and not (artifact / ONNX_FILE).is_file():
         raise MoaiError(f"{artifact}: no {ONNX_FILE}; pass a directory written by `moai-export onnx`")
     if repo.exists() and not repo.is_dir():
         raise MoaiError(f"cannot write {repo}: exists as a file, not a directory")
@@ -189,7 +227,11 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
             raise MoaiError(f"{repo / model / version} exists; pass --force to replace it, or --version N for a new version")
     source_manifest = read_manifest(artifact) or {}
     precision = served_precision(options, source_manifest.get("options", {}).get("precision", "fp32"))
-    if options.verify == "local" and options.encoder != "python":
+    if options.verify == "local" and options.encoder == "engine" and options.engine_device == "cuda":
+        from ..embedders.torch_model import check_device
+
+        check_device("cuda")  # a GPU instance on a machine without one would never load
+    elif options.verify == "local" and options.encoder == "onnxruntime":
         raise MoaiError("the local tritonserver has the python backend only: verify an --encoder onnxruntime "
                         "repository on the server that will run it (--verify-with grpc://HOST:PORT), or --no-verify")
 
@@ -215,6 +257,9 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
                             "instances": options.instances, "tensorrt": options.tensorrt,
                             "tensorrt_precision": options.tensorrt_precision if options.tensorrt else None,
                             "version": options.version, "models": names}
+        if options.encoder == "engine":
+            manifest_options["engine"] = {**engine_options(options), "device": options.engine_device,
+                                          "env": options.engine_env or sys.prefix}
         ensemble_dir = staging / names["ensemble"]
         config = serving_config(options, precision)
         gate = options.overrides.apply("triton", precision)
@@ -246,7 +291,10 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
 
 
 def served_precision(options: TritonOptions, artifact_precision: str) -> str:
-    """What the encoder really computes in: TensorRT FP16 turns any graph into fp16."""
+    """What the encoder really computes in: TensorRT FP16 turns any graph into fp16; the engine
+    computes in its dtype."""
+    if options.encoder == "engine":
+        return engine_dtype(options)
     if options.tensorrt and options.tensorrt_precision == "FP16":
         return "fp16"
     return artifact_precision
@@ -255,7 +303,7 @@ def served_precision(options: TritonOptions, artifact_precision: str) -> str:
 def serving_config(options: TritonOptions, precision: str) -> ServingConfig:
     from ..admission import repository_serving_config
 
-    return repository_serving_config(options.encoder, precision, options.tensorrt)
+    return repository_serving_config(options.encoder, precision, options.tensorrt, options.engine_device)
 
 
 def _triton_reference(artifact: Path, manifest: dict, reference, label):
@@ -265,6 +313,13 @@ def _triton_reference(artifact: Path, manifest: dict, reference, label):
         return reference, label
     from ..embedders import load_embedder
 
+    if not (artifact / ONNX_FILE).is_file():  # the engine's merged model: gated against itself in torch
+        recorded = (manifest.get("inputs") or {}).get("reference")
+        fallback = f"torch:{artifact}"
+        try:
+            return load_embedder(recorded or fallback, name="reference", admission="skip"), recorded or fallback
+        except MoaiError:
+            return load_embedder(fallback, name="reference", admission="skip"), fallback
     recorded = (manifest.get("inputs") or {}).get("reference")
     if recorded:
         try:
@@ -292,6 +347,11 @@ def _write_models(staging: Path, artifact: Path, contract: EmbeddingContract, op
     # encoder
     enc_dir = staging / names["encoder"] / version
     enc_dir.mkdir(parents=True)
+    if options.encoder == "engine":  # the merged model's files as they are (weights hard-linked)
+        for path in sorted(artifact.iterdir()):
+            if path.is_file() and path.name not in (MANIFEST_FILE, PARITY_FILE):
+                _link_or_copy(path, enc_dir / path.name)
+        _copy_source("engine_model.py", enc_dir / "model.py")
     for name in (ONNX_FILE, ONNX_DATA):
         if (artifact / name).is_file():
             _link_or_copy(artifact / name, enc_dir / name)
@@ -397,6 +457,8 @@ def _check_options(options: TritonOptions) -> None:
         raise MoaiError("max batch size must be at least 1")
     if options.instances < 1:
         raise MoaiError("instances must be at least 1")
+    if options.engine_device not in ("cpu", "cuda"):
+        raise MoaiError(f"--engine-device {options.engine_device!r}: expected cpu or cuda")
     if options.tensorrt and options.encoder != "onnxruntime":
         raise MoaiError("--tensorrt needs --encoder onnxruntime (the GPU path in NVIDIA's container)")
     if not (options.verify in ("local", "none") or options.verify.startswith(("grpc://", "http://"))):

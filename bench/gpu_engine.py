@@ -1,0 +1,344 @@
+"""The one device script of issue 10: the packed engine against its peers on a GPU, in one run.
+
+    python bench/gpu_engine.py --dataset .carry/autorag-ko --out "$OUT"              # H200, full size
+    python bench/gpu_engine.py --size tiny --device cpu --dataset DIR --out /tmp/x    # proof that it runs
+
+Steps (each recorded, and the report rewritten, as soon as it ends; a step that fails is recorded
+with its error and the run goes on; steps that would pass --deadline are skipped, named):
+  1. build the example (`moai-export example --size full`) and merge it (fp32 checkpoint);
+  2. attention backends of the engine, eager, on a slice of the corpus (keep the fastest);
+  3. the engine in bf16 as it serves (compile + CUDA graphs), warm-up timed, and its parity gate
+     against the float32 PEFT reference (min cosine >= 0.999, top-10 >= 0.95) + batch independence;
+  4. corpus: every document in one call per target: sentence-transformers fp32 and bf16 at batch
+     128, `torch:` bf16 at batch 128, the engine; then batch-1 query p50/p99 of each;
+  5. Triton on the GPU when a tritonserver is importable here (else the reason is recorded).
+Writes OUT/gpu_engine.json and OUT/gpu_engine.md. Needs only torch, transformers, peft,
+sentence-transformers and the source tree (no click, no matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+ISSUE_TARGETS = {"engine_docs_per_s": 800.0, "engine_vs_st_bf16": 4.0, "engine_query_p50_ms": 3.0}
+
+
+class Run:
+    """Steps with a shared deadline; the report is rewritten after every step."""
+
+    def __init__(self, out: Path, deadline_s: float, settings: dict):
+        self.out, self.start, self.deadline_s = out, time.monotonic(), deadline_s
+        self.data = {"settings": settings, "machine": machine(), "steps": {}, "errors": {}, "skipped": []}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def left(self) -> float:
+        return self.deadline_s - (time.monotonic() - self.start)
+
+    def step(self, name: str, needs_s: float, fn):
+        if self.left() < needs_s:
+            self.data["skipped"].append(f"{name} (needs ~{needs_s:.0f} s, {self.left():.0f} s left)")
+            print(f"SKIP {name}: {self.left():.0f} s left", flush=True)
+            self.save()
+            return None
+        print(f"== {name} ({self.left():.0f} s left)", flush=True)
+        t0 = time.monotonic()
+        try:
+            result = fn()
+            self.data["steps"][name] = {"seconds": round(time.monotonic() - t0, 1), **(result or {})}
+            return result
+        except Exception as exc:  # recorded; the run goes on with what it has
+            self.data["errors"][name] = f"{type(exc).__name__}: {exc}"[:2000]
+            traceback.print_exc()
+            return None
+        finally:
+            self.save()
+
+    def save(self) -> None:
+        (self.out / "gpu_engine.json").write_text(json.dumps(clean(self.data), indent=2, ensure_ascii=False) + "\n")
+        try:
+            text = markdown(self.data)
+        except Exception as exc:  # the JSON holds every figure; a table bug must not end the run
+            text = f"markdown failed ({type(exc).__name__}: {exc}); see gpu_engine.json\n"
+        (self.out / "gpu_engine.md").write_text(text)
+
+
+def clean(value):
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()}
+    for name in ("transformers", "peft", "sentence_transformers"):
+        try:
+            info[name] = __import__(name).__version__
+        except Exception as exc:  # recorded, not fatal
+            info[name] = f"missing ({exc})"
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def build(work: Path, size: str) -> dict:
+    from moai_export.example import build_example
+    from moai_export.merge import MergeOptions, merge
+
+    t0 = time.monotonic()
+    if not (work / "example" / "adapter").is_dir():
+        build_example(work / "example", size=size, seed=0, progress=False, force=True)
+    built = time.monotonic() - t0
+    if not (work / "merged" / "config.json").is_file():
+        merge(str(work / "example" / "base"), str(work / "example" / "adapter"), work / "merged",
+              MergeOptions(log=lambda m: print(m, flush=True), force=True))
+    return {"example_s": round(built, 1), "merge_s": round(time.monotonic() - t0 - built, 1)}
+
+
+def target(label: str, spec: str, embedder, load_s: float):
+    from moai_export.benchmark.targets import Target, _own_counter
+
+    counter, source = _own_counter(embedder, spec)
+    return Target(label, spec, embedder, counter, source, load_s)
+
+
+def load(spec: str):
+    from moai_export.embedders import load_embedder
+
+    t0 = time.monotonic()
+    embedder = load_embedder(spec, admission="skip")
+    return embedder, time.monotonic() - t0
+
+
+def attention_backends(merged: Path, device: str, dtype: str, documents: list[str]) -> dict:
+    """Eager engine per attention backend on the same slice: docs/s (the fastest is kept).
+    FlexAttention is left out: uncompiled it materializes every score (its compiled form is
+    what `attention=flex&compile=true` measures)."""
+    from moai_export.engine.attention import resolve_backend
+    from moai_export.engine.embedder import DTYPES
+
+    rows = {}
+    for backend in ("varlen", "sdpa", "masked"):
+        try:
+            resolve_backend(backend, device, DTYPES[dtype])
+        except Exception as exc:
+            rows[backend] = {"error": str(exc)}
+            continue
+        spec = f"engine:{merged}?device={device}&dtype={dtype}&attention={backend}&max_batch_tokens=8192"
+        try:
+            embedder, _ = load(spec)
+            with embedder:
+                embedder.encode(documents[:8])
+                sync()
+                t0 = time.perf_counter()
+                embedder.encode(documents)
+                sync()
+                rows[backend] = {"docs_per_s": len(documents) / (time.perf_counter() - t0)}
+        except Exception as exc:
+            rows[backend] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    ok = {k: v["docs_per_s"] for k, v in rows.items() if "docs_per_s" in v}
+    return {"documents": len(documents), "backends": rows, "fastest": max(ok, key=ok.get) if ok else None}
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def engine_and_parity(run: Run, merged: Path, example: Path, device: str, spec: str) -> dict:
+    """Load the engine as it serves (warm-up timed), gate it against the fp32 PEFT reference,
+    and check that a text's vector does not depend on its batch."""
+    from moai_export.embedders import load_embedder
+    from moai_export.gates import gate_for
+    from moai_export.parity import ReferenceFigures
+
+    embedder, load_s = load(spec)
+    run.engine = target("engine", spec, embedder, load_s)
+    result = {"spec": spec, "load_s": load_s, "warmup_s": embedder.warmup_s, "attention": embedder.attention}
+    with load_embedder(f"peft:{example / 'base'}+{example / 'adapter'}?device={device}", name="reference") as ref:
+        figures = ReferenceFigures(ref)
+    gate = gate_for("engine", embedder.precision)
+    report = figures.gate_with(embedder, gate)
+    result["parity"] = {k: v for k, v in report.to_dict().items() if k != "probes"}
+    texts = ["짧은 질문", "BC카드 연회비는 어떻게 되나요? " * 40, "a", "retrieval " * 300, "모아이 " * 7]
+    together = embedder.encode(texts)
+    alone = np.concatenate([embedder.encode([t]) for t in texts])
+    result["batch_independence_min_cosine"] = float((together * alone).sum(1).min())
+    return result
+
+
+def corpus(run: Run, merged: Path, device: str, dataset, documents_limit: int | None, queries: int) -> dict:
+    """Each peer in one call over the whole corpus (st and torch at batch 128, the engine by its
+    own budget), then batch-1 queries."""
+    import torch
+
+    from moai_export.benchmark.corpus import run_corpus
+    from moai_export.embedders.sentence_transformers import SentenceTransformerEmbedder
+
+    result: dict = {}
+    rows = result.setdefault("targets", [])
+
+    def measure(make, batch_size):
+        t0 = time.monotonic()
+        label, spec, embedder = make()
+        tgt = target(label, spec, embedder, time.monotonic() - t0)
+        part: dict = {}
+        try:
+            run_corpus([tgt], dataset, part, batch_size=batch_size, limit=documents_limit, queries=queries,
+                       log=lambda m: print(m, flush=True))
+        finally:
+            if tgt is not run.engine:
+                embedder.close()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        rows.extend(part["targets"])
+        result.update({k: v for k, v in part.items() if k != "targets"})
+        run.save()
+
+    def st(dtype):
+        embedder = SentenceTransformerEmbedder(merged, device=device, name=f"st-{dtype}", admission="skip")
+        if dtype == "bf16":
+            embedder.model.to(torch.bfloat16)
+            embedder.precision = "bf16"
+        return f"st-{dtype}", f"st:{merged}?device={device}", embedder
+
+    peers = [("st-fp32", lambda: st("fp32"), 128), ("st-bf16", lambda: st("bf16"), 128),
+             ("torch-bf16", lambda: ("torch-bf16", f"torch:{merged}?device={device}&dtype=bf16",
+                                     load(f"torch:{merged}?device={device}&dtype=bf16")[0]), 128)]
+    if device == "cpu":  # the CPU side-by-side: fp32 only
+        peers = [("torch-fp32", lambda: ("torch-fp32", f"torch:{merged}", load(f"torch:{merged}")[0]), 32)]
+    for label, make, batch_size in peers:
+        try:
+            measure(make, batch_size)
+        except Exception as exc:
+            run.data["errors"][f"corpus {label}"] = f"{type(exc).__name__}: {exc}"[:1000]
+            traceback.print_exc()
+    if run.engine is not None:
+        measure(lambda: ("engine", run.engine.spec, run.engine.embedder), None)
+    by = {r["target"]: r for r in rows}
+    engine, st_bf16 = by.get("engine"), by.get("st-bf16")
+    result["issue_targets"] = {
+        "engine_docs_per_s": engine and engine["docs_per_s"],
+        "engine_vs_st_bf16": engine and st_bf16 and engine["docs_per_s"] / st_bf16["docs_per_s"],
+        "engine_query_p50_ms": engine and engine["query_p50_ms"],
+        "wanted": ISSUE_TARGETS,
+    }
+    return result
+
+
+def triton_on_gpu() -> dict:
+    """Only when a tritonserver (nvidia-pytriton) is installed here; else say why not."""
+    try:
+        import pytriton  # noqa: F401
+    except Exception as exc:
+        return {"measured": False, "reason": f"no tritonserver on this machine ({type(exc).__name__}: {exc})"}
+    return {"measured": False, "reason": "pytriton is importable: run `moai-export triton --encoder engine "
+                                         "--engine-device cuda` and `moai-bench throughput` against it"}
+
+
+def markdown(data: dict) -> str:
+    lines = ["# GPU engine run (bench/gpu_engine.py)", "", f"- machine: `{json.dumps(data['machine'])}`",
+             f"- settings: `{json.dumps(data['settings'])}`", ""]
+    steps = data["steps"]
+    if "attention" in steps:
+        lines += ["## Attention backends (eager engine, same slice)", "", "| backend | docs/s | note |", "|---|---|---|"]
+        for name, row in steps["attention"]["backends"].items():
+            lines.append(f"| {name} | {row.get('docs_per_s', 0):.1f} | {row.get('error', '')[:120]} |")
+        lines += [f"\nfastest: {steps['attention']['fastest']}", ""]
+    if "engine" in steps:
+        e = steps["engine"]
+        p = e["parity"]
+        lines += ["## Engine parity vs float32 PEFT reference", "",
+                  f"- spec `{e['spec']}`, attention {e['attention']}, load {e['load_s']:.1f} s, "
+                  f"warm-up (compile) {e['warmup_s']:.1f} s",
+                  f"- gate {'PASS' if p['passed'] else 'FAIL'}: min cosine {p.get('min_cosine')}, "
+                  f"top-10 {p.get('rank_agreement_top10')}; failures: {p['failures'][:3]}",
+                  f"- batch independence (alone vs packed): min cosine {e['batch_independence_min_cosine']:.6f}", ""]
+    if "corpus" in steps and steps["corpus"].get("targets"):
+        c = steps["corpus"]
+        lines += ["## Corpus: every document in one call per target, then batch-1 queries", "",
+                  f"{c.get('dataset')}; MFU over {c.get('peak_tflops')} TFLOP/s ({c.get('peak_source')})", "",
+                  "| target | precision | batch | docs/s | real tokens/s | MFU | peak GPU GiB | warm-up s | "
+                  "query p50 ms | query p99 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in c["targets"]:
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+            gib = f"{r['peak_gpu_gib']:.2f}" if r.get("peak_gpu_gib") is not None else "-"
+            warm = f"{r['warmup_s']:.1f}" if r.get("warmup_s") is not None else "-"
+            lines.append(f"| {r['target']} | {r['precision']} | {r.get('batch_size') or 'own'} | {r['docs_per_s']:.1f} | "
+                         f"{r['real_tokens_per_s']:.0f} | {mfu} | {gib} | {warm} | {r['query_p50_ms']:.2f} | "
+                         f"{r['query_p99_ms']:.2f} |")
+        lines += ["", f"issue targets: `{json.dumps(clean(c.get('issue_targets', {})))}`", ""]
+    if "triton" in steps:
+        lines += ["## Triton on the GPU", "", f"{steps['triton']}", ""]
+    if data["errors"]:
+        lines += ["## Errors", ""] + [f"- {k}: {v.splitlines()[0][:300]}" for k, v in data["errors"].items()] + [""]
+    if data["skipped"]:
+        lines += ["## Skipped (deadline)", ""] + [f"- {s}" for s in data["skipped"]] + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="full", choices=["tiny", "small", "full"])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dataset", type=Path, required=True, help="BEIR directory (autorag-ko).")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/moai-gpu-engine"))
+    parser.add_argument("--deadline", type=float, default=540.0, help="Seconds for the whole run.")
+    parser.add_argument("--limit", type=int, default=None, help="Only the first N documents.")
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--max-batch-tokens", type=int, default=32768)
+    parser.add_argument("--compile", default="true", choices=["true", "false"])
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from moai_export.benchmark.workloads import load_beir
+
+    on_gpu = args.device.startswith("cuda")
+    dtype = "bf16" if on_gpu else "fp32"
+    run = Run(args.out, args.deadline, vars(args) | {"dataset": str(args.dataset), "out": str(args.out),
+                                                     "work": str(args.work)})
+    run.engine = None
+    dataset = load_beir(args.dataset)
+    documents = dataset.documents()[:args.limit]
+    merged, example = args.work / "merged", args.work / "example"
+    run.step("build", 150, lambda: build(args.work, args.size))
+    run.step("attention", 120, lambda: attention_backends(merged, args.device, dtype, documents[:128]))
+    fastest = (run.data["steps"].get("attention") or {}).get("fastest")
+    compile_ = args.compile == "true"
+    attention = "auto" if not fastest or (compile_ and fastest in ("sdpa",)) else fastest
+    spec = (f"engine:{merged}?device={args.device}&dtype={dtype}&max_batch_tokens={args.max_batch_tokens}"
+            f"&attention={attention}&compile={args.compile}&compile_cache_dir={args.work / 'inductor'}")
+    if run.step("engine", 200, lambda: engine_and_parity(run, merged, example, args.device, spec)) is None and compile_:
+        # compiled engine failed: the eager engine still measures the packing and the budget
+        spec = spec.replace("compile=true", "compile=false")
+        run.step("engine_eager", 120, lambda: engine_and_parity(run, merged, example, args.device, spec))
+    run.step("corpus", 60, lambda: corpus(run, merged, args.device, dataset, args.limit, args.queries))
+    run.step("triton", 5, triton_on_gpu)
+    print(markdown(run.data), flush=True)
+    return 0 if not run.data["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

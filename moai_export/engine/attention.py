@@ -1,0 +1,147 @@
+"""Padding-free causal attention over packed documents.
+
+Every backend takes q [T, Hq, D], k/v [T, Hkv, D] (the documents of a batch laid end to end) and
+`Packing` (where each document starts) and returns [T, Hq, D]: each token attends to the earlier
+tokens of its own document only, as if the document had been run alone.
+
+  varlen  torch.nn.attention.varlen.varlen_attn (flash attention over cu_seqlens; CUDA, bf16/fp16)
+  flex    FlexAttention with a document-causal BlockMask (fast under torch.compile; any device, dtype)
+  sdpa    scaled_dot_product_attention per document (any device and dtype; the CPU path)
+  masked  one scaled_dot_product_attention over the whole row with a block-diagonal causal mask
+          (T x T booleans: for compiled CPU runs and modest budgets, where flex does not lower)
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import MoaiError
+
+BACKENDS = ("auto", "varlen", "flex", "sdpa", "masked")
+
+
+@dataclass
+class Packing:
+    """Where the documents of a packed batch lie. `cu_seqlens` [n + 1] int32 may end with
+    zero-length documents (a fixed size keeps compiled shapes stable); `doc_ids` [T] says which
+    document each token belongs to (bucket padding is a document of its own, never read)."""
+
+    cu_seqlens: torch.Tensor
+    doc_ids: torch.Tensor
+    max_len: int  # an upper bound on any document's length
+    lengths: list[int] | None = None  # real documents' lengths, for the per-document loop
+    block_mask: object = None  # flex: built once per batch, shared by every layer
+
+
+def varlen_available() -> bool:
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(name: str, device: str, dtype: torch.dtype, *, compiled: bool = False) -> str:
+    """The backend a name means here. `auto`: varlen on a GPU in half precision (flash
+    attention), else flex when compiled on a GPU, masked when compiled on CPU (inductor's CPU
+    flex template fails on these shapes in torch 2.13), else sdpa. A choice that cannot run
+    here is refused."""
+    if name not in BACKENDS:
+        raise MoaiError(f"unknown attention {name!r}: expected one of {', '.join(BACKENDS)}")
+    on_gpu = device.startswith("cuda")
+    half = dtype in (torch.bfloat16, torch.float16)
+    if name == "auto":
+        if on_gpu and half and varlen_available():
+            return "varlen"
+        if compiled:
+            return "flex" if on_gpu and flex_available() else "masked"
+        return "sdpa"
+    if name == "varlen" and not (on_gpu and half and varlen_available()):
+        raise MoaiError("attention=varlen needs torch.nn.attention.varlen, a CUDA device and dtype bf16 or fp16")
+    if name == "flex" and not flex_available():
+        raise MoaiError("attention=flex needs torch.nn.attention.flex_attention (torch >= 2.5)")
+    if name == "sdpa" and compiled:
+        raise MoaiError("attention=sdpa loops over documents in Python, which torch.compile would recompile for "
+                        "every batch: with compile=true use varlen, flex or masked")
+    return name
+
+
+@lru_cache(maxsize=1)
+def _varlen_causal_kwargs() -> dict:
+    """torch 2.10/2.11 take is_causal=; later releases express it as window_size=(-1, 0)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    parameters = inspect.signature(varlen_attn).parameters
+    return {"is_causal": True} if "is_causal" in parameters else {"window_size": (-1, 0)}
+
+
+def varlen(q, k, v, packing: Packing, scale: float) -> torch.Tensor:
+    from torch.nn.attention.varlen import varlen_attn
+
+    if k.shape[1] != q.shape[1]:  # grouped-query attention: expand once (enable_gqa is not in every release)
+        repeat = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+    cu = packing.cu_seqlens
+    return varlen_attn(q, k, v, cu, cu, packing.max_len, packing.max_len, scale=scale,
+                       **_varlen_causal_kwargs())
+
+
+def document_block_mask(doc_ids: torch.Tensor):
+    """FlexAttention mask: causal within a document, nothing across documents."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def document_causal(b, h, q_idx, kv_idx):
+        return (doc_ids[q_idx] == doc_ids[kv_idx]) & (q_idx >= kv_idx)
+
+    total = doc_ids.shape[0]
+    return create_block_mask(document_causal, None, None, total, total, device=doc_ids.device)
+
+
+def flex(q, k, v, packing: Packing, scale: float) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    out = flex_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                         block_mask=packing.block_mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+    return out[0].transpose(0, 1)
+
+
+def sdpa(q, k, v, packing: Packing, scale: float) -> torch.Tensor:
+    """One causal SDPA call per document: no token ever sees padding or another document."""
+    out = torch.empty_like(q)
+    gqa = k.shape[1] != q.shape[1]
+    start = 0
+    for length in packing.lengths:
+        span = slice(start, start + length)
+        # [1, H, L, D]; enable_gqa shares each key/value head with its group of query heads
+        out[span] = F.scaled_dot_product_attention(
+            q[span].transpose(0, 1)[None], k[span].transpose(0, 1)[None], v[span].transpose(0, 1)[None],
+            is_causal=True, scale=scale, enable_gqa=gqa)[0].transpose(0, 1)
+        start += length
+    return out
+
+
+def masked(q, k, v, packing: Packing, scale: float) -> torch.Tensor:
+    """One SDPA call; the mask lets a token see the earlier tokens of its own document only."""
+    doc = packing.doc_ids
+    position = torch.arange(doc.shape[0], device=doc.device)
+    allowed = (doc[:, None] == doc[None, :]) & (position[:, None] >= position[None, :])
+    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                         attn_mask=allowed[None, None], scale=scale,
+                                         enable_gqa=k.shape[1] != q.shape[1])
+    return out[0].transpose(0, 1)
+
+
+ATTENTION = {"varlen": varlen, "flex": flex, "sdpa": sdpa, "masked": masked}
