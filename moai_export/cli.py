@@ -287,6 +287,58 @@ def demo(out: Path, size: str, force: bool) -> None:
 
 
 @main.command()
+@click.option("--triton", "triton_url", required=True, metavar="grpc://HOST:PORT",
+              help="Triton's gRPC endpoint serving the ensemble written by `moai-export triton`.")
+@click.option("--model", required=True, help="The ensemble's name in Triton (e.g. moai_embedding).")
+@click.option("--tokenizer", type=click.Path(exists=True, path_type=Path), required=True,
+              help="tokenizer.json, or the Triton repository / artifact directory holding it: usage tokens are "
+                   "counted with it and the served contract.")
+@click.option("--served-model-name", default=None, help="The name clients send as `model` (default: --model).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
+              help="Accept this Bearer key (repeatable). Also read from $MOAI_GATEWAY_API_KEYS (comma-separated) "
+                   "and --api-key-file. No key anywhere: the gateway is open.")
+@click.option("--api-key-file", type=click.Path(path_type=Path), default=None,
+              help="File of accepted keys, one a line (# comments).")
+@click.option("--max-texts", type=click.IntRange(min=1), default=256, show_default=True, help="Texts per request (400 above).")
+@click.option("--max-chars", type=click.IntRange(min=1), default=32768, show_default=True,
+              help="Characters per text (400 above).")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=4 * 1024 * 1024, show_default=True,
+              help="Request body size (413 above).")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Requests sent to Triton at once; more wait in a queue.")
+@click.option("--max-queue", type=click.IntRange(min=0), default=512, show_default=True,
+              help="Waiting requests beyond --max-in-flight; more are refused with 429 and Retry-After.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds for one Triton call (and the longest wait in the queue); then 503.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+def gateway(triton_url, model, tokenizer, served_model_name, host, port, api_keys, api_key_file, max_texts, max_chars,
+            max_body_bytes, max_in_flight, max_queue, timeout, log_level):
+    """Serve OpenAI's embeddings API in front of a Triton ensemble: POST /v1/embeddings (input,
+    model, encoding_format float|base64, dimensions, user, input_type query|document), GET
+    /v1/models, /health (ready only when Triton is) and /metrics (Prometheus).
+
+    \b
+      moai-export gateway --triton grpc://127.0.0.1:8001 --model moai_embedding --tokenizer triton_models
+      curl -s localhost:8080/v1/embeddings -H 'Content-Type: application/json' \\
+          -d '{"model": "moai_embedding", "input": ["a question"], "input_type": "query"}'
+    Every error is OpenAI's error JSON; Triton down gives 503 with Retry-After.
+    """
+    from .gateway.config import GatewayConfig, load_api_keys, parse_triton_url
+    from .gateway.server import serve
+
+    config = GatewayConfig(parse_triton_url(triton_url), model, tokenizer, served_model_name=served_model_name,
+                           host=host, port=port, api_keys=load_api_keys(api_keys, api_key_file),
+                           max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes,
+                           max_in_flight=max_in_flight, max_queue=max_queue, upstream_timeout=timeout)
+    _log(f"gateway: http://{host}:{port}/v1/embeddings -> Triton grpc://{config.triton}/{model} "
+         f"({'API keys: ' + str(len(config.api_keys)) if config.api_keys else 'no API key: open'})")
+    serve(config, log_level=log_level)
+
+
+@main.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--max-tokens", type=click.IntRange(min=2), default=None, help="Override the maximum sequence length.")
 def contract(model_dir: Path, max_tokens: int | None) -> None:
