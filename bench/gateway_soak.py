@@ -268,6 +268,10 @@ async def run(args, stack: Stack, pool: list[str]) -> dict:
 
         # 1. saturation, gateway and Triton direct in the same run (alternating, best of each)
         client = grpc_aio.InferenceServerClient(stack.triton.grpc_url)
+        log("warm-up: 5 s each way")
+        await closed_loop(via_gateway(Recorder(expected)), 4, 5, len(pool))
+        warm = Recorder(expected)
+        await closed_loop(lambda i, kind, t0: triton_request(client, pool, i, kind, warm, t0), 4, 5, len(pool))
         for clients in args.clients:
             for target in ("triton-grpc", "gateway"):
                 recorder = Recorder(expected)

@@ -127,10 +127,13 @@ def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_
               help="Load local artifacts on this device (onnx: its CUDA provider; vllm: the server on the GPU, "
                    "bfloat16). A passing run admits that configuration in the artifact's manifest.")
 @click.option("--no-admit", is_flag=True, help="Do not record a passing configuration in the artifact's manifest.")
+@click.option("--dims", type=click.IntRange(min=1), default=None,
+              help="Compare Matryoshka-truncated vectors (first DIMS components, renormalized, 32..dims) on both "
+                   "sides, as `dimensions` serves them. Admits nothing.")
 @gate_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=Path("moai-verify.json"),
               show_default=True, help="Where to write the JSON report.")
-def verify(artifacts, reference, device, no_admit, min_cosine, max_abs, min_rank_agreement, json_path):
+def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, min_rank_agreement, json_path):
     """Compare ARTIFACTS with a reference on the built-in probe set, each loaded as it serves;
     print a table, write JSON, exit 2 if any fails its gate.
 
@@ -154,7 +157,7 @@ def verify(artifacts, reference, device, no_admit, min_cosine, max_abs, min_rank
     check_output_location(json_path, directory=False)  # now, not after minutes of verification
     report, gates = run_verify(list(artifacts), reference, overrides=overrides_from(min_cosine, max_abs,
                                                                                     min_rank_agreement),
-                               device=device, admit=not no_admit, log=_log)
+                               device=device, admit=not no_admit, log=_log, dims=dims)
     click.echo(format_gate_table(gates))
     for gate in gates:
         for reason in gate.reasons():

@@ -92,9 +92,9 @@ def call(url: str, method: str, path: str, payload=None, *, key: str | None = KE
     request = urllib.request.Request(url + path, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read())
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, json.loads(exc.read())
 
 
 def embed(url, texts, **fields):
@@ -251,8 +251,12 @@ def test_verify_and_bench_drive_the_gateway_as_a_variant(gateway, example_dir, t
                                        "--json", str(tmp_path / "v.json")])
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output
+    result = CliRunner().invoke(main, ["verify", spec, "--reference", f"{example_dir / 'base'}+{example_dir / 'adapter'}",
+                                       "--dims", "32", "--json", str(tmp_path / "v32.json")])
+    assert result.exit_code == 0 and json.loads((tmp_path / "v32.json").read_text())["dims"] == 32, result.output
     with load_embedder(spec, dims=32) as embedder:
         assert embedder.encode(["x"], "query").shape == (1, 32)
+        assert embedder.encode(["y"] * 40, "document", batch_size=64).shape == (40, 32)  # split under --max-texts
 
 
 def test_triton_down_gives_503_and_the_gateway_recovers(gateway, triton):
@@ -262,7 +266,7 @@ def test_triton_down_gives_503_and_the_gateway_recovers(gateway, triton):
     started = time.monotonic()
     status, headers, body = call(url, "POST", "/v1/embeddings", {"model": MODEL, "input": ["while down"]})
     assert_openai_error(status, headers, body, 503)
-    assert headers.get("Retry-After") == "1" and time.monotonic() - started < 10  # no hang
+    assert headers.get("retry-after") == "1" and time.monotonic() - started < 10  # no hang
     assert call(url, "GET", "/health")[0] == 503
     triton.start(timeout=180)
     deadline = time.monotonic() + 30

@@ -40,6 +40,7 @@ class OpenAIHttpEmbedder(TextEmbedder):
                             "(is its Triton ready? see /health)")
         super().__init__(EmbeddingContract.from_dict(card["moai_contract"]), dims=dims)
         self.precision = card.get("moai_precision", "fp32")
+        self.max_texts = int(card.get("moai_max_texts", self.default_batch_size))  # the gateway's limit
         self.name = name or f"openai-http://{address}/{model}"
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -73,6 +74,9 @@ class OpenAIHttpEmbedder(TextEmbedder):
             message = (answer.get("error") or {}).get("message", data[:300]) if isinstance(answer, dict) else data[:300]
             raise MoaiError(f"gateway {path}: HTTP {response.status}: {message}")
         return answer
+
+    def _embed(self, texts: list[str], kind: str, batch_size: int | None) -> np.ndarray:
+        return super()._embed(texts, kind, min(batch_size or self.default_batch_size, self.max_texts))
 
     def _embed_texts(self, texts: list[str], kind: str, batch_size: int) -> np.ndarray:
         answer = self._request("POST", "/v1/embeddings", {"model": self.model, "input": texts, "input_type": kind,

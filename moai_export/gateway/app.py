@@ -176,7 +176,8 @@ class Gateway:
         card = {"id": self.config.name, "object": "model", "created": 0, "owned_by": "moai-export"}
         try:  # what clients of this toolkit need to check parity (openai-http:// Embedder)
             contract = await self.upstream.connect()
-            card.update(moai_contract=contract.to_dict(), moai_precision=self.upstream.precision)
+            card.update(moai_contract=contract.to_dict(), moai_precision=self.upstream.precision,
+                        moai_max_texts=self.config.max_texts)
         except ApiError:
             pass  # Triton down: the card without them
         if "model" in request.path_params:

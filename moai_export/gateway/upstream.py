@@ -94,7 +94,9 @@ class TritonUpstream:
             raise
         except Exception as exc:
             status = str(getattr(exc, "status", lambda: "")() or "")
-            if any(word in status for word in RETRYABLE) or "not ready" in str(exc) or "unavailable" in str(exc).lower():
+            # A server shutting down or restarting answers with all sorts of errors (model not
+            # found, stub unhealthy): whatever it says, while it is not ready the client may retry.
+            if any(word in status for word in RETRYABLE) or not await self.ready():
                 raise unavailable(f"Triton at {self.url} is unavailable ({_first_line(exc)})") from None
             raise ApiError(502, f"Triton at {self.url}: {_first_line(exc)}", code="upstream_error") from None
         vectors = result.as_numpy("EMBEDDING")
