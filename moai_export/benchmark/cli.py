@@ -17,7 +17,8 @@ from ..errors import MoaiError
 
 TARGET_HELP = ("[LABEL=]SPEC, repeatable; the first is the baseline the ratios/deltas use. SPEC: "
                "peft:BASE+ADAPTER, torch:DIR, st:DIR, onnx:DIR, or any other kind load_embedder knows "
-               "(e.g. triton-http://..., vllm:...). LABEL names it in tables, e.g. int8=onnx:build/onnx-int8.")
+               "(e.g. triton-http://..., vllm:..., openai-http://HOST:PORT/MODEL for the gateway). "
+               "LABEL names it in tables, e.g. int8=onnx:build/onnx-int8.")
 
 
 class BenchGroup(MoaiGroup):
