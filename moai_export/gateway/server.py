@@ -44,6 +44,8 @@ def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
 
     app = build_app(config)
     logging.getLogger("moai_export.gateway").info("serving %s", config.name)
-    # access log off: request lines are in /metrics; headers (keys) are never logged
+    # access log off: request lines are in /metrics; headers (keys) are never logged.
+    # Keep-alive longer than clients' own idle timeouts (aiohttp 15 s, httpx 5 s): a server that
+    # closes an idle connection first races a client sending on it (a request lost in transit).
     uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=10, backlog=2048)
+                timeout_graceful_shutdown=10, timeout_keep_alive=75, backlog=2048)
