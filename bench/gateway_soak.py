@@ -379,8 +379,8 @@ def write_report(results: dict, out: Path) -> None:
         "| target@clients | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|",
         *[f"| {k} | {v['rps']} | {v['p50_ms']} | {v['p99_ms']} | {v['requests'] - v['ok']} |"
           for k, v in results["saturation"].items()],
-        "", f"Gateway overhead at saturation vs Triton gRPC direct: {results['gateway_overhead_pct']} % "
-            "(lower throughput through the gateway).", "",
+        "", f"Gateway overhead at saturation vs Triton gRPC direct (1 - gateway / direct, best client count "
+            f"of each): {results['gateway_overhead_pct']} % (negative: the gateway was faster).", "",
         f"## Soak: {soak['seconds']} s open loop at {soak['rate_rps']} req/s", "",
         f"requests {soak['requests']}, ok {soak['ok']}, failed {soak['requests'] - soak['ok']}, "
         f"wrong vectors {soak['wrong_vectors']}, lost {soak['lost']}; p50 {soak['p50_ms']} ms, p99 {soak['p99_ms']} ms", "",
