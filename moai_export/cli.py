@@ -128,10 +128,13 @@ def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_
               help="Load local artifacts on this device (onnx: its CUDA provider; vllm: the server on the GPU, "
                    "bfloat16). A passing run admits that configuration in the artifact's manifest.")
 @click.option("--no-admit", is_flag=True, help="Do not record a passing configuration in the artifact's manifest.")
+@click.option("--dims", type=click.IntRange(min=1), default=None,
+              help="Compare Matryoshka-truncated vectors (first DIMS components, renormalized, 32..dims) on both "
+                   "sides, as `dimensions` serves them. Admits nothing.")
 @gate_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=Path("moai-verify.json"),
               show_default=True, help="Where to write the JSON report.")
-def verify(artifacts, reference, device, no_admit, min_cosine, max_abs, min_rank_agreement, json_path):
+def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, min_rank_agreement, json_path):
     """Compare ARTIFACTS with a reference on the built-in probe set, each loaded as it serves;
     print a table, write JSON, exit 2 if any fails its gate.
 
@@ -155,7 +158,7 @@ def verify(artifacts, reference, device, no_admit, min_cosine, max_abs, min_rank
     check_output_location(json_path, directory=False)  # now, not after minutes of verification
     report, gates = run_verify(list(artifacts), reference, overrides=overrides_from(min_cosine, max_abs,
                                                                                     min_rank_agreement),
-                               device=device, admit=not no_admit, log=_log)
+                               device=device, admit=not no_admit, log=_log, dims=dims)
     click.echo(format_gate_table(gates))
     for gate in gates:
         for reason in gate.reasons():
@@ -372,6 +375,58 @@ def demo(out: Path, size: str, force: bool) -> None:
     from .demo import run_demo
 
     click.echo(run_demo(out, size=size, force=force, log=lambda m: click.echo(m, err=True)))
+
+
+@main.command()
+@click.option("--triton", "triton_url", required=True, metavar="grpc://HOST:PORT",
+              help="Triton's gRPC endpoint serving the ensemble written by `moai-export triton`.")
+@click.option("--model", required=True, help="The ensemble's name in Triton (e.g. moai_embedding).")
+@click.option("--tokenizer", type=click.Path(exists=True, path_type=Path), required=True,
+              help="tokenizer.json, or the Triton repository / artifact directory holding it: usage tokens are "
+                   "counted with it and the served contract.")
+@click.option("--served-model-name", default=None, help="The name clients send as `model` (default: --model).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
+              help="Accept this Bearer key (repeatable). Also read from $MOAI_GATEWAY_API_KEYS (comma-separated) "
+                   "and --api-key-file. No key anywhere: the gateway is open.")
+@click.option("--api-key-file", type=click.Path(path_type=Path), default=None,
+              help="File of accepted keys, one a line (# comments).")
+@click.option("--max-texts", type=click.IntRange(min=1), default=256, show_default=True, help="Texts per request (400 above).")
+@click.option("--max-chars", type=click.IntRange(min=1), default=32768, show_default=True,
+              help="Characters per text (400 above).")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=4 * 1024 * 1024, show_default=True,
+              help="Request body size (413 above).")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Requests sent to Triton at once; more wait in a queue.")
+@click.option("--max-queue", type=click.IntRange(min=0), default=512, show_default=True,
+              help="Waiting requests beyond --max-in-flight; more are refused with 429 and Retry-After.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds for one Triton call (and the longest wait in the queue); then 503.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+def gateway(triton_url, model, tokenizer, served_model_name, host, port, api_keys, api_key_file, max_texts, max_chars,
+            max_body_bytes, max_in_flight, max_queue, timeout, log_level):
+    """Serve OpenAI's embeddings API in front of a Triton ensemble: POST /v1/embeddings (input,
+    model, encoding_format float|base64, dimensions, user, input_type query|document), GET
+    /v1/models, /health (ready only when Triton is) and /metrics (Prometheus).
+
+    \b
+      moai-export gateway --triton grpc://127.0.0.1:8001 --model moai_embedding --tokenizer triton_models
+      curl -s localhost:8080/v1/embeddings -H 'Content-Type: application/json' \\
+          -d '{"model": "moai_embedding", "input": ["a question"], "input_type": "query"}'
+    Every error is OpenAI's error JSON; Triton down gives 503 with Retry-After.
+    """
+    from .gateway.config import GatewayConfig, load_api_keys, parse_triton_url
+    from .gateway.server import serve
+
+    config = GatewayConfig(parse_triton_url(triton_url), model, tokenizer, served_model_name=served_model_name,
+                           host=host, port=port, api_keys=load_api_keys(api_keys, api_key_file),
+                           max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes,
+                           max_in_flight=max_in_flight, max_queue=max_queue, upstream_timeout=timeout)
+    _log(f"gateway: http://{host}:{port}/v1/embeddings -> Triton grpc://{config.triton}/{model} "
+         f"({'API keys: ' + str(len(config.api_keys)) if config.api_keys else 'no API key: open'})")
+    serve(config, log_level=log_level)
 
 
 @main.command()

@@ -1,7 +1,7 @@
 """`moai-export demo`: the main job end to end on the built-in example, one table at the end.
 
 example -> merge (verified) -> ONNX fp32 and int8 (each gated) -> Triton repository served by a
-real local tritonserver -> vLLM directory (gated on a real engine) served by vLLM's server ->
+real local tritonserver (and the OpenAI-compatible gateway in front of it) -> vLLM directory (gated on a real engine) served by vLLM's server ->
 every variant compared with the PEFT reference on the probe set (parity) and timed side by side
 on the example's texts.
 """
@@ -71,12 +71,30 @@ def _start_triton(out: Path, reference, force: bool, log, running: ExitStack) ->
         log(f"warning: Triton skipped: {exc}")
         return []
     log(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}")
-    return [
+    return _start_gateway(out, server, repo, log, running) + [
         (TritonEmbedder(server.http_url, "moai_embedding", protocol="http", name="triton http (onnx int8)"),
          gate_for("triton", "int8").thresholds),
         (TritonEmbedder(server.grpc_url, "moai_embedding", protocol="grpc", name="triton grpc (onnx int8)"),
          gate_for("triton", "int8").thresholds),
     ]
+
+
+def _start_gateway(out: Path, triton, repo: Path, log, running: ExitStack) -> list:
+    """The OpenAI-compatible gateway in front of that Triton, driven over HTTP like any client."""
+    from .embedders.openai_http import OpenAIHttpEmbedder
+    from .serving.gateway_server import GatewayServer
+    from .serving.triton_server import TritonLaunchError, free_ports
+
+    (port,) = free_ports(1)
+    try:
+        gateway = running.enter_context(GatewayServer(triton.grpc_url, "moai_embedding", repo, port=port,
+                                                      log_path=out / "gateway.log").start())
+    except TritonLaunchError as exc:  # the launchers' LaunchError
+        log(f"warning: gateway skipped: {exc}")
+        return []
+    log(f"gateway ready: {gateway.base_url}/v1/embeddings (OpenAI API) -> Triton gRPC {triton.grpc_url}")
+    return [(OpenAIHttpEmbedder(f"127.0.0.1:{port}", "moai_embedding", name="gateway /v1/embeddings (onnx int8)"),
+             gate_for("triton", "int8").thresholds)]
 
 
 def run_demo(out: Path, *, size: str = "tiny", force: bool = False, log=print) -> str:

@@ -73,6 +73,10 @@ KINDS: tuple[Kind, ...] = (
          "moai_export.embedders.triton:grpc_from_spec", "triton", url=True, local=False),
     Kind("vllm-http", "HOST:PORT/MODEL: a running vLLM server (?route=v2|v1, ?contract=DIR)",
          "moai_export.embedders.vllm:http_from_spec", "vllm", url=True, local=False),
+    # the gateway serves the Triton ensemble: the same graph, the same gate
+    Kind("openai-http", "HOST:PORT/MODEL: an OpenAI-compatible /v1/embeddings (`moai-export gateway`; "
+                        "?api_key= or $MOAI_GATEWAY_API_KEY)",
+         "moai_export.embedders.openai_http:from_spec", "triton", url=True, local=False),
 )
 
 BY_NAME = {kind.name: kind for kind in KINDS}

@@ -128,7 +128,7 @@ def compare(
 
 def embed_probes(embedder: Embedder, probes: Sequence[Probe], *, batch_size: int = 8) -> np.ndarray:
     """Embed probes in their given order, queries and documents each in mixed-length batches."""
-    out = np.empty((len(probes), embedder.contract.dims), dtype=np.float32)
+    out = np.empty((len(probes), embedder.dims), dtype=np.float32)
     for kind in ("query", "document"):
         index = [i for i, p in enumerate(probes) if p.kind == kind]
         if index:

@@ -21,17 +21,22 @@ DEVICE_KINDS = ("torch", "st", "onnx", "vllm", "peft", "engine")
 
 
 def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | None = None,
-           device: str | None = None, admit: bool = True, log=print) -> tuple[dict, list]:
-    """(JSON-ready report, GateReports) of every artifact against the reference."""
+           device: str | None = None, admit: bool = True, log=print, dims: int | None = None) -> tuple[dict, list]:
+    """(JSON-ready report, GateReports) of every artifact against the reference. `dims`: compare
+    Matryoshka-truncated vectors (the first `dims` components, renormalized, on both sides); such a
+    run admits nothing (admission is for the full vectors an artifact serves)."""
     overrides = overrides or GateOverrides()
+    sized = {"dims": dims} if dims is not None else {}
+    admit = admit and dims is None
     kinds = [_check_exists(spec) for spec in artifacts]  # a bad spec fails before the reference loads
     log(f"reference: {reference}")
-    with load_embedder(reference, name="reference") as ref:
+    with load_embedder(reference, name="reference", **sized) as ref:
         figures = ReferenceFigures(ref)
     gates, results = [], []
     for spec, kind in zip(artifacts, kinds):
         log(f"checking {spec}")
         options = {"device": device} if device and kind.name in DEVICE_KINDS else {}
+        options.update(sized)
         with load_embedder(spec, admission="skip", **options) as candidate:
             gate = overrides.apply(kind.family, candidate.precision)
             report = figures.gate_with(candidate, gate)
@@ -45,6 +50,7 @@ def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | N
     report = {
         "stage": "verify",
         "reference": reference,
+        "dims": dims,
         "passed": all(g.passed for g in gates),
         "results": results,
     }

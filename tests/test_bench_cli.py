@@ -104,6 +104,22 @@ def test_retrieval_run_with_deltas_domains_and_plots(merged_dir, onnx_dir, datas
     assert_png(out / "parity.png")
 
 
+def test_retrieval_dimension_sweep(merged_dir, dataset, tmp_path):
+    out = tmp_path / "dims"
+    result = invoke("retrieval", "--dataset", dataset, "--target", f"torch:{merged_dir}", "--dimensions", "64,32,48",
+                    "--batch-size", "4", "--quiet", "--out", out)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((out / "results.json").read_text())["results"]["targets"]
+    sweep = row["dimension_sweep"]
+    assert [s["dims"] for s in sweep] == [32, 48, 64]
+    assert sweep[-1]["ndcg@10"] == pytest.approx(row["metrics"]["ndcg@10"])  # full width = the plain run
+    assert "per Matryoshka size" in (out / "summary.md").read_text()
+    assert_png(out / "dimensions.png")
+    result = invoke("retrieval", "--dataset", dataset, "--target", f"torch:{merged_dir}", "--dimensions", "16",
+                    "--quiet", "--out", tmp_path / "bad")
+    assert result.exit_code != 0 and "dimensions must be an integer from 32 to 64" in result.output
+
+
 def test_parity_run_table_and_plot(merged_dir, onnx_dir, dataset, tmp_path):
     out = tmp_path / "par"
     result = invoke("parity", "--reference", f"torch:{merged_dir}", "--target", f"onnx=onnx:{onnx_dir}",

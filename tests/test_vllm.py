@@ -150,6 +150,18 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(server, path, payl
     assert len(answer["data"][0]["embedding"]) == 64
 
 
+@pytest.mark.parametrize("route", ["v1", "v2"])
+def test_empty_text_policy_on_the_server_paths(server, route):
+    """The one empty-text policy: "" is an error naming its position, never sent. The raw server
+    embeds "" as the end token alone (the example's end-token row is zero): that zero vector must
+    never come back with success either."""
+    with load_embedder(f"vllm-http://{server.host}:{server.port}/moai-embedding?route={route}") as served:
+        with pytest.raises(MoaiError, match="text 1 is empty"):
+            served.encode(["ok", ""], "query")
+        with pytest.raises(MoaiError, match="zero vector"):
+            served._embed(["ok", ""], "document", None)  # past the text check, as a raw client would send it
+
+
 def test_client_errors_are_clear(server):
     (dead,) = free_ports(1)
     with pytest.raises(MoaiError, match="not reachable"):

@@ -17,7 +17,8 @@ from ..errors import MoaiError
 
 TARGET_HELP = ("[LABEL=]SPEC, repeatable; the first is the baseline the ratios/deltas use. SPEC: "
                "peft:BASE+ADAPTER, torch:DIR, st:DIR, onnx:DIR, or any other kind load_embedder knows "
-               "(e.g. triton-http://..., vllm:...). LABEL names it in tables, e.g. int8=onnx:build/onnx-int8.")
+               "(e.g. triton-http://..., vllm:..., openai-http://HOST:PORT/MODEL for the gateway). "
+               "LABEL names it in tables, e.g. int8=onnx:build/onnx-int8.")
 
 
 class BenchGroup(MoaiGroup):
@@ -225,8 +226,11 @@ def throughput(targets, workloads, token_lengths, text_count, kind, with_title, 
 @click.option("--max-queries", type=click.IntRange(min=1), default=None,
               help="Evaluate only the first N queries that have qrels (the whole corpus is still searched).")
 @click.option("--with-title", is_flag=True, help="Documents as title + newline + text.")
+@click.option("--dimensions", default=None, metavar="K,K,...",
+              help="Matryoshka sweep: also score each target's vectors cut to these widths (first K components, "
+                   "renormalized), e.g. 128,256,512,1024: NDCG@10 per size, one plot.")
 @_common
-def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, out, tokenizer, quiet):
+def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, dimensions, out, tokenizer, quiet):
     """NDCG@10 (primary), MRR@10, Recall@1, Recall@10, Accuracy@1 and MAP@10 of every target on
     a BEIR dataset (binary relevance; queries get the prompt, documents do not), per domain
     when queries carry a `domain` field, with deltas, vector cosines and top-10 agreement
@@ -237,19 +241,36 @@ def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, 
         --reference peft:build/example/base+build/example/adapter \\
         --target torch:build/merged --target int8=onnx:build/onnx-int8
     """
+    from ..contract import check_dimensions
     from .retrieval import run_retrieval
     from .workloads import load_beir
 
+    sizes = _dimension_list(dimensions)
     data_set = load_beir(dataset)
     result: dict = {}
     settings = {"dataset": str(dataset), "batch_size": batch_size, "max_queries": max_queries,
-                "with_title": with_title}
+                "with_title": with_title, "dimensions": sizes}
 
     def body(loaded, data):
+        for target in loaded:
+            for size in sizes:
+                check_dimensions(size, target.embedder.contract)  # before minutes of encoding
         run_retrieval(loaded, data_set, result, batch_size=batch_size, with_title=with_title,
-                      max_queries=max_queries, progress=not quiet, log=_log(quiet))
+                      max_queries=max_queries, progress=not quiet, log=_log(quiet), dimensions=sizes)
 
     _run("retrieval", out, ([reference] if reference else []) + list(targets), tokenizer, settings, quiet, body, result)
+
+
+def _dimension_list(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint="--dimensions") from None
+    if not sizes or sizes[0] < 1:
+        raise click.BadParameter(f"expected positive widths, got {text!r}", param_hint="--dimensions")
+    return sizes
 
 
 @main.command()

@@ -162,3 +162,21 @@ def retrieval_plot(rows: Sequence[dict], metrics: Sequence[str], path: Path) -> 
     ax.set_title("retrieval quality per target", fontsize=10)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def dimension_plot(rows: Sequence[dict], metric: str, path: Path) -> Path | None:
+    """The Matryoshka sweep: `metric` against the kept width, one line per target."""
+    rows = [r for r in rows if r.get("dimension_sweep")]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        sweep = r["dimension_sweep"]
+        ax.plot([s["dims"] for s in sweep], [s[metric] for s in sweep], marker="o", label=r["target"])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([s["dims"] for s in rows[0]["dimension_sweep"]], [str(s["dims"]) for s in rows[0]["dimension_sweep"]])
+    ax.set_xlabel("dimensions kept (first k, renormalized)")
+    ax.set_ylabel(metric.upper())
+    ax.set_title(f"{metric.upper()} per Matryoshka size", fontsize=10)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -143,6 +143,13 @@ def retrieval_markdown(data: dict) -> str:
         lines += _table(["domain", "queries"] + [r["target"] for r in rows],
                         [[d, rows[0]["per_domain"].get(d, {}).get("queries", "-")]
                          + [_f(r["per_domain"].get(d, {}).get(PRIMARY), 4) for r in rows] for d in domains])
+    swept = [r for r in rows if r.get("dimension_sweep")]
+    if swept:
+        sizes = sorted({s["dims"] for r in swept for s in r["dimension_sweep"]})
+        lines += ["", f"## {PRIMARY.upper()} per Matryoshka size (first k components, renormalized)", ""]
+        lines += _table(["target"] + [str(k) for k in sizes],
+                        [[r["target"]] + [_f({s["dims"]: s[PRIMARY] for s in r["dimension_sweep"]}.get(k), 4)
+                                          for k in sizes] for r in swept])
     return "\n".join(lines) + "\n"
 
 
@@ -206,6 +213,7 @@ def make_plots(data: dict, out: Path) -> list[Path]:
     elif data["command"] == "retrieval":
         rows = res.get("targets", [])
         made.append(plots.retrieval_plot(rows, METRICS, out / "retrieval.png"))
+        made.append(plots.dimension_plot(rows, PRIMARY, out / "dimensions.png"))
         cos = {r["target"]: r["parity_vs_reference"]["_cosines"] for r in rows
                if (r.get("parity_vs_reference") or {}).get("comparable")}
         made.append(plots.parity_plot(cos, out / "parity.png", "query and document vectors vs the reference"))

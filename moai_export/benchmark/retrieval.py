@@ -41,7 +41,7 @@ def vector_parity(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.
 
 def run_retrieval(targets: Sequence[Target], dataset: BeirDataset, result: dict, *, batch_size: int = 16,
                   with_title: bool = False, max_queries: int | None = None, progress: bool = True,
-                  log: Callable[[str], None] = lambda m: None) -> None:
+                  log: Callable[[str], None] = lambda m: None, dimensions: Sequence[int] = ()) -> None:
     """Fill `result` as targets finish (an interrupted run keeps the finished ones)."""
     qids, queries, domains = dataset.evaluated_queries(max_queries)
     documents = dataset.documents(with_title=with_title)
@@ -69,6 +69,9 @@ def run_retrieval(targets: Sequence[Target], dataset: BeirDataset, result: dict,
                           "document_tokens": length_stats(doc_tokens) if any(doc_tokens) else {}},
                "truncated_texts": target.embedder.num_truncated,
                "_per_query": figures["per_query"]}
+        if dimensions:
+            row["dimension_sweep"] = dimension_sweep(q, d, dimensions, target.embedder.contract, dataset.corpus_ids,
+                                                     qids, relevant, domains)
         if rows:
             ref = rows[0]
             row["delta"] = {m: row["metrics"][m] - ref["metrics"][m] for m in METRICS}
@@ -80,3 +83,19 @@ def run_retrieval(targets: Sequence[Target], dataset: BeirDataset, result: dict,
                 if abs(f[PRIMARY] - ref["_per_query"][qid][PRIMARY]) > 1e-12)
             row["parity_vs_reference"] = vector_parity(vectors[ref["target"]], (q, d))
         rows.append(row)
+
+
+def dimension_sweep(queries: np.ndarray, documents: np.ndarray, dimensions: Sequence[int], contract,
+                    corpus_ids, qids, relevant, domains) -> list[dict]:
+    """Metrics of the same vectors cut to each Matryoshka width (the first k components,
+    renormalized: what `dims=k` / the gateway's `dimensions` return), one encoding for all."""
+    from ..contract import truncate_dimensions
+
+    sweep = []
+    for dims in dimensions:
+        if dims > queries.shape[1]:
+            continue  # wider than this target's vectors
+        q, d = (truncate_dimensions(v, dims, contract.normalize) for v in (queries, documents))
+        rankings = dict(zip(qids, rank(similarity_scores(q, d, contract.similarity), corpus_ids, MAX_K)))
+        sweep.append({"dims": dims, **evaluate(rankings, relevant, dict(zip(qids, domains)))["mean"]})
+    return sweep

@@ -1,46 +1,227 @@
-"""What every launcher needs: a server process in its own session, a readiness deadline (a
-server stuck "loading" is killed, not waited on forever), and a clean stop (SIGINT, then
-SIGKILL after a grace period). Standard library only."""
+"""What every launcher needs: a server process in its own session (process group), a readiness
+deadline (a server stuck "loading" is killed, not waited on forever), and a launcher that owns
+everything it started:
+
+  - SIGTERM / SIGHUP (kill, systemd, docker stop, Kubernetes, a closed terminal) stop the server
+    like Ctrl-C does, and the launcher exits 143 / 129 (130 for Ctrl-C);
+  - a stop signals the whole process group, then SIGKILLs whatever is left of it after the grace
+    period, also when the server itself already died (vLLM's EngineCore / Worker children, Triton's
+    python-backend stubs would otherwise live on with parent pid 1);
+  - each launch has a work directory `<tmp>/<prefix>XXXX` holding `launcher.json` (launcher pid,
+    server process group, their start times); it is removed with anything else the server left
+    (e.g. Triton's /dev/shm regions) on every exit path the launcher sees;
+  - a launcher killed with SIGKILL sees nothing: the next launch finds its work directory, stops
+    the server group it left running, removes its files and says so.
+
+Standard library only (Linux /proc).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+
+STATE_FILE = "launcher.json"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class LaunchError(RuntimeError):
     pass
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so `finally` blocks stop servers."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextmanager
+def stop_signals_raise():
+    """Within the block, SIGTERM / SIGHUP raise Terminated in the main thread (Python's default
+    for them is to die at once, skipping every cleanup)."""
+
+    def raise_terminated(signum, frame):
+        raise Terminated(signum)
+
+    previous = {sig: signal.signal(sig, raise_terminated) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def signals_ignored():
+    """While a server is being stopped: a second signal must not interrupt the stop half-way."""
+    sigs = (signal.SIGINT, *STOP_SIGNALS)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# -- processes, read from /proc ---------------------------------------------------------------
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state is [0], ppid [1], pgrp [2],
+    start time [19]); None when the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def start_time(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def alive(pid: int, started: int | None = None) -> bool:
+    """Running (not a zombie), and the same process when its start time is given (pids are reused)."""
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z" and (started is None or int(fields[19]) == started)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (zombies do not count: they hold no port or memory)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields and fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while group_members(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def kill_group(pgid: int, grace: float) -> None:
+    """SIGTERM what is left of a group, SIGKILL it after `grace`, return once it is gone."""
+    if not group_members(pgid):
+        return
+    _signal_group(pgid, signal.SIGTERM)
+    if not wait_group_gone(pgid, grace):
+        _signal_group(pgid, signal.SIGKILL)
+        wait_group_gone(pgid, 10.0)
+
+
+# -- leftovers of killed launchers ------------------------------------------------------------
+
+def remove_leftovers(prefix: str, extra_cleanup=None, log=None) -> list[str]:
+    """Work directories `<tmp>/<prefix>*` whose launcher is dead: stop the server group it left,
+    remove the directory and what `extra_cleanup(workdir)` names. Returns what was removed.
+    Directories without a state file (or of a live launcher) are left alone."""
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    removed = []
+    for workdir in sorted(Path(tempfile.gettempdir()).glob(f"{prefix}*")):
+        try:
+            state = json.loads((workdir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if alive(state["launcher_pid"], state.get("launcher_started")):
+            continue
+        what = []
+        pgid = state.get("server_pgid")
+        if pgid:
+            members = group_members(pgid)
+            # While a group has members its id cannot be reused: these are the server's. If the
+            # leader still runs, its start time must match too.
+            if members and (not alive(pgid) or alive(pgid, state.get("server_started"))):
+                kill_group(pgid, grace=5.0)
+                what.append(f"server process group {pgid} ({len(members)} processes)")
+        if extra_cleanup:
+            what += extra_cleanup(workdir)
+        _remove_tree(workdir)
+        what.append(str(workdir))
+        log(f"removed what an earlier launcher (pid {state['launcher_pid']}, killed) left behind: {', '.join(what)}")
+        removed += what
+    return removed
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -- the launcher base --------------------------------------------------------------------------
+
 class ManagedServer:
-    """Subclasses define `label`, `health_url`, `command()` and optionally `cleanup()`."""
+    """Subclasses define `label`, `workdir_prefix`, `health_url`, `command()` and optionally
+    `cleanup_workdir(workdir)` (what else the server leaves, named for the log)."""
 
     label = "server"
+    workdir_prefix = "moai-server-"
     log_path: Path | None = None
     process: subprocess.Popen | None = None
+    _workdir: Path | None = None
+    stop_grace: float = 20.0
 
     @property
     def health_url(self) -> str:
         raise NotImplementedError
 
+    @property
+    def workdir(self) -> Path:
+        """This launch's work directory (created by the first use, recorded in launcher.json)."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix=self.workdir_prefix))
+        return self._workdir
+
     def command(self) -> tuple[list[str], dict[str, str] | None]:
         raise NotImplementedError
 
-    def cleanup(self) -> None:
-        """Remove whatever command() prepared."""
+    def cleanup_workdir(self, workdir: Path) -> list[str]:
+        """Remove what the server left outside its work directory; returns what was removed."""
+        return []
+
+    def _spawn(self, log) -> None:
+        remove_leftovers(self.workdir_prefix, self.cleanup_workdir)
+        command, env = self.command()
+        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
+                                        start_new_session=True)
+        state = {"launcher_pid": os.getpid(), "launcher_started": start_time(os.getpid()),
+                 "server_pgid": self.process.pid, "server_started": start_time(self.process.pid),
+                 "label": self.label}
+        (self.workdir / STATE_FILE).write_text(json.dumps(state))
 
     def start(self, timeout: float) -> "ManagedServer":
-        command, env = self.command()
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
         try:
+            self._spawn(log)
             self.wait_ready(timeout)
         except BaseException:
             self.stop()
@@ -49,20 +230,27 @@ class ManagedServer:
 
     def run_foreground(self, timeout: float, banner) -> int:
         """For the shell launchers: the server logs to the terminal, `banner()` is printed once
-        it is ready; returns the exit code (130 on Ctrl-C)."""
-        try:
-            command, env = self.command()
-            self.process = subprocess.Popen(command, env=env, start_new_session=True)
-            self.wait_ready(timeout)
-            print(banner(), flush=True)
-            return self.process.wait()
-        except LaunchError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
-        finally:
-            self.stop()
+        it is ready. Returns the exit code: the server's own when it exits (stopping what it
+        left), 130 on Ctrl-C, 143 on SIGTERM, 129 on SIGHUP, 1 when it never got ready."""
+        with stop_signals_raise():
+            try:
+                self._spawn(None)
+                self.wait_ready(timeout)
+                print(banner(), flush=True)
+                code = self.process.wait()
+                print(f"error: {self.label} exited with code {code}", file=sys.stderr, flush=True)
+                return code if code > 0 else 1
+            except LaunchError as exc:
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                return 1
+            except KeyboardInterrupt:
+                return 130
+            except Terminated as stop:
+                print(f"{stop}: stopping {self.label}", file=sys.stderr, flush=True)
+                return stop.exit_code
+            finally:
+                with signals_ignored():
+                    self.stop()
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -79,15 +267,24 @@ class ManagedServer:
             time.sleep(0.2)
         raise LaunchError(f"{self.label} not ready after {timeout:.0f} s (killed){hint}")
 
-    def stop(self, grace: float = 20.0) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.cleanup()
+    def stop(self, grace: float | None = None) -> None:
+        """SIGINT to the group (what Ctrl-C sends), SIGKILL after `grace`; then whatever is left of
+        the group (children of a server that died), then the work directory and leftovers."""
+        grace = self.stop_grace if grace is None else grace
+        if self.process is not None:
+            pgid = self.process.pid
+            if self.process.poll() is None:
+                _signal_group(pgid, signal.SIGINT)
+                try:
+                    self.process.wait(grace)
+                except subprocess.TimeoutExpired:
+                    _signal_group(pgid, signal.SIGKILL)
+                    self.process.wait()
+            kill_group(pgid, grace=5.0)
+        if self._workdir is not None:
+            self.cleanup_workdir(self._workdir)
+            _remove_tree(self._workdir)
+            self._workdir = None
 
     def __enter__(self):
         return self if self.process is not None else self.start(timeout=300)

@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 import sysconfig
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +57,7 @@ class TritonServer(ManagedServer):
     process: object = None
     _workdir: Path | None = None
     label = "tritonserver"
+    workdir_prefix = "moai-triton-"
 
     @property
     def health_url(self) -> str:
@@ -77,8 +77,7 @@ class TritonServer(ManagedServer):
         stub = server_dir / "python_backend_stubs" / python_tag / "triton_python_backend_stub"
         if not stub.is_file():
             raise TritonLaunchError(f"no python backend stub for Python {python_tag} in {server_dir}")
-        self._workdir = Path(tempfile.mkdtemp(prefix="moai-triton-"))
-        backends = self._workdir / "backends"
+        backends = self.workdir / "backends"
         shutil.copytree(server_dir / "backends", backends)
         shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
         libs = [sysconfig.get_config_var("LIBDIR"), str(server_dir.parents[1] / "nvidia_pytriton.libs")]
@@ -97,6 +96,8 @@ class TritonServer(ManagedServer):
             "--exit-on-error=true",
             "--strict-readiness=true",
             "--exit-timeout-secs=5",  # do not wait 30 s for idle keep-alive clients on shutdown
+            # python-backend shared memory named after this launch: removable if the server is killed
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix(self.workdir)}",
             *self.extra_args,
         ]
         return command, env
@@ -104,10 +105,18 @@ class TritonServer(ManagedServer):
     def start(self, timeout: float = 120.0) -> "TritonServer":
         return super().start(timeout)
 
-    def cleanup(self) -> None:
-        if self._workdir:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+    def cleanup_workdir(self, workdir: Path) -> list[str]:
+        regions = list(SHM_DIR.glob(f"{shm_prefix(workdir)}*"))
+        for region in regions:
+            region.unlink(missing_ok=True)
+        return [f"{len(regions)} shared-memory regions in {SHM_DIR}"] if regions else []
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def shm_prefix(workdir: Path) -> str:
+    return f"{workdir.name}-shm-"
 
 
 def main(argv: list[str] | None = None) -> int:

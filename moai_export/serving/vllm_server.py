@@ -51,6 +51,7 @@ class VllmServer(ManagedServer):
     log_path: Path | None = None
     process: object = None
     label = "vLLM server"
+    workdir_prefix = "moai-vllm-"  # holds only launcher.json: finds the engine group of a killed launcher
 
     @property
     def base_url(self) -> str:

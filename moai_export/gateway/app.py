@@ -1,0 +1,250 @@
+"""The gateway's Starlette app: OpenAI's `/v1/embeddings` and `/v1/models`, `/health` (ready
+only when Triton is) and `/metrics`.
+
+Overload: at most `max_in_flight` requests go to Triton at once, up to `max_queue` more wait
+(each for at most the upstream timeout, then 503); beyond that a request is refused at once
+with 429 and Retry-After. Every request gets an answer: a vector for each of its texts, or an
+error in OpenAI's shape; never a lost request, never a vector for another text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from contextlib import asynccontextmanager
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..contract import KINDS, check_dimensions, truncate_dimensions
+from ..embedders.base import check_vectors
+from ..errors import MoaiError
+from .auth import KeyChecker
+from .config import GatewayConfig
+from .errors import ApiError, unavailable
+from .metrics import GatewayMetrics
+from .upstream import TritonUpstream
+
+ENCODING_FORMATS = ("float", "base64")
+
+
+class Gateway:
+    """State shared by the routes: the upstream, limits, keys, metrics and the overload gate."""
+
+    def __init__(self, config: GatewayConfig, tokenizer_factory):
+        self.config = config
+        self.upstream = TritonUpstream(config.triton, config.model, timeout=config.upstream_timeout,
+                                       ready_timeout=config.ready_timeout)
+        self.keys = KeyChecker(config.api_keys)
+        self.metrics = GatewayMetrics()
+        self._tokenizer_factory = tokenizer_factory  # contract -> ContractTokenizer
+        self._tokenizer = None
+        self._slots: asyncio.Semaphore | None = None
+        self.waiting = 0
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.config.max_in_flight)
+        return self._slots
+
+    async def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = self._tokenizer_factory(await self.upstream.connect())
+        return self._tokenizer
+
+    # -- request parsing ------------------------------------------------------------------------
+
+    async def read_json(self, request: Request) -> dict:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"Request body is {declared} bytes; the limit is {limit}.", code="request_too_large")
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > limit:
+                raise ApiError(413, f"Request body is over the limit of {limit} bytes.", code="request_too_large")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "The request body is not valid JSON.", code="invalid_json") from None
+        if not isinstance(payload, dict):
+            raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+        return payload
+
+    def parse(self, payload: dict) -> tuple[list[str], str, str, int | None]:
+        """(texts, kind, encoding_format, dimensions) of a valid request, else a 400 naming the field."""
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError(400, "'model' is required (see GET /v1/models).", param="model", code="missing_model")
+        if model != self.config.name:
+            raise ApiError(404, f"The model '{model}' does not exist; this gateway serves '{self.config.name}'.",
+                           param="model", code="model_not_found")
+        texts = payload.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts:
+            raise ApiError(400, "'input' must be a string or a non-empty list of strings.", param="input",
+                           code="invalid_input")
+        if len(texts) > self.config.max_texts:
+            raise ApiError(400, f"'input' has {len(texts)} texts; the limit is {self.config.max_texts} per request.",
+                           param="input", code="too_many_inputs")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ApiError(400, f"input[{i}] is {type(text).__name__}: only strings are accepted (no token "
+                                    "arrays; this gateway tokenizes with the model's contract).",
+                               param="input", code="invalid_input")
+            if text == "":
+                # the one empty-text policy of every variant (moai_export.embedders.base.check_texts)
+                raise ApiError(400, f"input[{i}] is empty: empty texts have no embedding.", param="input",
+                               code="empty_input")
+            if len(text) > self.config.max_chars:
+                raise ApiError(400, f"input[{i}] has {len(text)} characters; the limit is {self.config.max_chars}.",
+                               param="input", code="input_too_long")
+        kind = payload.get("input_type", "document")
+        if kind not in KINDS:
+            raise ApiError(400, f"'input_type' must be one of {', '.join(KINDS)}, not {kind!r}.",
+                           param="input_type", code="invalid_input_type")
+        encoding = payload.get("encoding_format") or "float"
+        if encoding not in ENCODING_FORMATS:
+            raise ApiError(400, f"'encoding_format' must be float or base64, not {encoding!r}.",
+                           param="encoding_format", code="invalid_encoding_format")
+        dims = payload.get("dimensions")
+        user = payload.get("user")
+        if user is not None and not isinstance(user, str):
+            raise ApiError(400, "'user' must be a string.", param="user", code="invalid_user")
+        return texts, kind, encoding, dims
+
+    # -- the overload gate ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def slot(self):
+        if self.slots.locked() and self.waiting >= self.config.max_queue:
+            raise ApiError(429, "The gateway is at capacity; retry shortly.", code="overloaded", retry_after=1)
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.config.upstream_timeout)
+        except asyncio.TimeoutError:
+            raise unavailable("No capacity within the timeout; retry shortly.") from None
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self.slots.release()
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    async def embeddings(self, request: Request) -> Response:
+        self.keys.check(request.headers.get("authorization"))
+        texts, kind, encoding, dims = self.parse(await self.read_json(request))
+        async with self.slot():
+            contract = await self.upstream.connect()
+            if dims is not None:
+                try:
+                    dims = check_dimensions(dims, contract)
+                except MoaiError as exc:
+                    raise ApiError(400, str(exc), param="dimensions", code="invalid_dimensions") from None
+            tokenizer = await self.tokenizer()
+            if sum(map(len, texts)) > 20_000:  # long inputs: keep the event loop free meanwhile
+                tokens = await asyncio.to_thread(tokenizer.encode, texts, kind)
+            else:
+                tokens = tokenizer.encode(texts, kind)
+            vectors = await self.upstream.embed(texts, kind, self.config.chunk)
+        try:
+            vectors = check_vectors(vectors, (len(texts), contract.dims), f"Triton {self.config.model}")
+        except MoaiError as exc:  # a zero vector is never an answer
+            raise ApiError(502, str(exc), code="upstream_error") from None
+        vectors = truncate_dimensions(vectors, dims or contract.dims, contract.normalize)
+        prompt_tokens = int(sum(len(ids) for ids in tokens.ids))
+        self.metrics.tokens.inc(prompt_tokens)
+        self.metrics.texts.inc(len(texts))
+        data = [{"object": "embedding", "index": i, "embedding": _encode(vector, encoding)}
+                for i, vector in enumerate(vectors)]
+        return JSONResponse({"object": "list", "data": data, "model": self.config.name,
+                             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}})
+
+    async def models(self, request: Request) -> Response:
+        self.keys.check(request.headers.get("authorization"))
+        card = {"id": self.config.name, "object": "model", "created": 0, "owned_by": "moai-export"}
+        try:  # what clients of this toolkit need to check parity (openai-http:// Embedder)
+            contract = await self.upstream.connect()
+            card.update(moai_contract=contract.to_dict(), moai_precision=self.upstream.precision,
+                        moai_max_texts=self.config.max_texts)
+        except ApiError:
+            pass  # Triton down: the card without them
+        if "model" in request.path_params:
+            if request.path_params["model"] != self.config.name:
+                raise ApiError(404, f"The model '{request.path_params['model']}' does not exist.",
+                               param="model", code="model_not_found")
+            return JSONResponse(card)
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def health(self, request: Request) -> Response:
+        if await self.upstream.ready():
+            return JSONResponse({"status": "ready", "upstream": self.config.triton, "model": self.config.model})
+        raise unavailable(f"Triton at {self.config.triton} is not ready to serve {self.config.model!r}")
+
+    async def metrics_page(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _encode(vector: np.ndarray, encoding: str):
+    if encoding == "base64":  # what the openai client asks for by default: little-endian float32
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+def create_app(config: GatewayConfig, tokenizer_factory) -> Starlette:
+    gateway = Gateway(config, tokenizer_factory)
+
+    def measured(route: str, handler):
+        async def endpoint(request: Request) -> Response:
+            started = time.perf_counter()
+            gateway.metrics.in_flight.inc()
+            try:
+                response = await handler(request)
+            except ApiError as error:
+                response = error.response()
+                gateway.metrics.errors.labels(route, error.code or str(error.status)).inc()
+            except ClientDisconnect:  # the client left mid-request: nobody to answer
+                response = Response(status_code=499)
+                gateway.metrics.errors.labels(route, "client_disconnect").inc()
+            finally:
+                gateway.metrics.in_flight.dec()
+            gateway.metrics.requests.labels(route, str(response.status_code)).inc()
+            gateway.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            return response
+
+        return endpoint
+
+    async def not_found(request: Request, exc: HTTPException) -> Response:
+        return ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                        code="not_found" if exc.status_code == 404 else None).response()
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return ApiError(500, f"Internal error ({type(exc).__name__}).", code="internal_error").response()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await gateway.upstream.close()
+
+    routes = [
+        Route("/v1/embeddings", measured("embeddings", gateway.embeddings), methods=["POST"]),
+        Route("/v1/models", measured("models", gateway.models), methods=["GET"]),
+        Route("/v1/models/{model:path}", measured("models", gateway.models), methods=["GET"]),
+        Route("/health", measured("health", gateway.health), methods=["GET"]),
+        Route("/metrics", gateway.metrics_page, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: server_error},
+                    lifespan=lifespan)
+    app.state.gateway = gateway
+    return app

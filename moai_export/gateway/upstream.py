@@ -1,0 +1,116 @@
+"""Triton's ensemble over async gRPC, as the gateway needs it: many requests in flight on one
+channel, a timeout on every call, and Triton down / restarting reported as `unavailable` (503)
+instead of a hang. The channel reconnects by itself (short backoff), so the gateway recovers
+when Triton is back without a restart of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+
+from ..contract import EmbeddingContract
+from .errors import ApiError, unavailable
+
+# Retry reconnecting quickly: gRPC's default backoff grows to 2 minutes, which would keep the
+# gateway answering 503 long after Triton is back.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED")
+
+
+class TritonUpstream:
+    def __init__(self, url: str, model: str, *, timeout: float, ready_timeout: float):
+        self.url, self.model = url, model
+        self.timeout, self.ready_timeout = timeout, ready_timeout
+        self.contract: EmbeddingContract | None = None
+        self.max_batch_size = 1
+        self.precision = "fp32"
+        self._client = None
+        self._connect_lock = asyncio.Lock()
+
+    @property
+    def client(self):
+        if self._client is None:  # created inside the running event loop
+            import tritonclient.grpc.aio as grpc_aio
+
+            self._client = grpc_aio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+        return self._client
+
+    async def ready(self) -> bool:
+        """Triton answers and the model is ready (each check bounded by ready_timeout)."""
+        try:
+            return bool(await self.client.is_server_ready(client_timeout=self.ready_timeout)
+                        and await self.client.is_model_ready(self.model, client_timeout=self.ready_timeout))
+        except Exception:  # connection refused, deadline, model unknown: not ready
+            return False
+
+    async def connect(self) -> EmbeddingContract:
+        """The served contract and batch size, read once from the ensemble's config."""
+        if self.contract is not None:
+            return self.contract
+        async with self._connect_lock:
+            if self.contract is None:
+                if not await self.ready():
+                    raise unavailable(f"Triton at {self.url} has no ready model {self.model!r}")
+                try:
+                    config = (await self.client.get_model_config(self.model, as_json=True,
+                                                                 client_timeout=self.ready_timeout))["config"]
+                except Exception as exc:
+                    raise unavailable(f"Triton at {self.url}: cannot read the config of {self.model!r} ({_first_line(exc)})")
+                try:
+                    raw = config["parameters"]["moai_contract"]["string_value"]
+                except KeyError:
+                    raise ApiError(500, f"model {self.model!r} carries no moai contract; was it written by "
+                                        "`moai-export triton`?", code="bad_upstream_model") from None
+                self.max_batch_size = int(config.get("max_batch_size") or 1)
+                self.precision = config["parameters"].get("moai_precision", {}).get("string_value", "fp32")
+                self.contract = EmbeddingContract.from_dict(json.loads(raw))
+        return self.contract
+
+    async def embed(self, texts: list[str], kind: str, chunk: int | None = None) -> np.ndarray:
+        """Full-width vectors in input order: requests of at most the model's batch size, in flight together."""
+        await self.connect()
+        size = min(chunk or self.max_batch_size, self.max_batch_size)
+        parts = await asyncio.gather(*(self._infer(texts[i:i + size], kind) for i in range(0, len(texts), size)))
+        return np.concatenate(parts)
+
+    async def _infer(self, texts: list[str], kind: str) -> np.ndarray:
+        import tritonclient.grpc.aio as grpc_aio
+
+        text = grpc_aio.InferInput("TEXT", [len(texts), 1], "BYTES")
+        text.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in texts], dtype=object))
+        kinds = grpc_aio.InferInput("KIND", [len(texts), 1], "BYTES")
+        kinds.set_data_from_numpy(np.array([[kind.encode("utf-8")]] * len(texts), dtype=object))
+        try:
+            result = await self.client.infer(self.model, [text, kinds], client_timeout=self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            status = str(getattr(exc, "status", lambda: "")() or "")
+            # A server shutting down or restarting answers with all sorts of errors (model not
+            # found, stub unhealthy): whatever it says, while it is not ready the client may retry.
+            if any(word in status for word in RETRYABLE) or not await self.ready():
+                raise unavailable(f"Triton at {self.url} is unavailable ({_first_line(exc)})") from None
+            raise ApiError(502, f"Triton at {self.url}: {_first_line(exc)}", code="upstream_error") from None
+        vectors = result.as_numpy("EMBEDDING")
+        if vectors is None or vectors.shape[0] != len(texts):
+            raise ApiError(502, f"Triton returned {None if vectors is None else vectors.shape[0]} vectors for "
+                                f"{len(texts)} texts", code="upstream_error")
+        return vectors
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,45 @@
+"""Start `moai-export gateway` as a managed process (the demo, benchmarks): the same launcher
+base as Triton and vLLM, so it is stopped with its process group and ready means /health is
+200, i.e. the gateway reaches a ready Triton."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .process import ManagedServer
+
+
+@dataclass
+class GatewayServer(ManagedServer):
+    triton_grpc: str  # HOST:PORT
+    model: str
+    tokenizer: Path  # tokenizer.json or the Triton repository holding it
+    port: int = 8080
+    host: str = "127.0.0.1"
+    extra_args: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+    process: object = None
+    label = "gateway"
+    workdir_prefix = "moai-gateway-"
+    stop_grace = 15.0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.base_url}/health"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        return [sys.executable, "-m", "moai_export.cli", "gateway", "--triton", f"grpc://{self.triton_grpc}",
+                "--model", self.model, "--tokenizer", str(self.tokenizer), "--host", self.host,
+                "--port", str(self.port), "--log-level", "warning", *self.extra_args], env
+
+    def start(self, timeout: float = 60.0) -> "GatewayServer":
+        return super().start(timeout)

@@ -1,0 +1,276 @@
+"""The OpenAI-compatible gateway (`moai-export gateway`) against a REAL tritonserver serving the
+fp32 ONNX artifact, over loopback, driven by the official `openai` client and raw HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from moai_export.cli import main
+from moai_export.embedders import load_embedder
+from moai_export.gateway.config import load_api_keys
+from moai_export.parity import cosine_rows
+from moai_export.probes import long_text
+from moai_export.serving.triton_server import TritonServer, free_ports, runtime_venv
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("CI") and not list(runtime_venv().glob("lib/python3*/site-packages/pytriton/tritonserver")),
+    reason="Triton runtime environment missing: run serve/triton/setup_env.sh (make test does)",
+)
+
+KEYS = ("sk-first-key-0123456789", "sk-second-key-9876543210")
+MODEL = "moai_embedding"
+TEXTS = ["BC카드 연회비는 어떻게 되나요?", "a", "해외 결제 수수료 " * 30, long_text(1024)]
+
+
+@pytest.fixture(scope="module")
+def reference(example_dir):
+    return load_embedder(f"peft:{example_dir / 'base'}+{example_dir / 'adapter'}")
+
+
+@pytest.fixture(scope="module")
+def repo(onnx_fp32_dir, tmp_path_factory):
+    from moai_export.export.triton import TritonOptions, write_repository
+
+    repo = tmp_path_factory.mktemp("gateway") / "models"
+    write_repository(onnx_fp32_dir, repo, TritonOptions(max_batch_size=8, verify="none"), log=lambda m: None)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def triton(repo, tmp_path_factory):
+    server = TritonServer(repo, *free_ports(3), log_path=tmp_path_factory.mktemp("gw-triton") / "server.log")
+    server.start(timeout=180)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(triton, repo, tmp_path_factory):
+    """`moai-export gateway` in its own process; yields (base URL, log path)."""
+    (port,) = free_ports(1)
+    log = tmp_path_factory.mktemp("gw") / "gateway.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moai_export.cli", "gateway", "--triton", f"grpc://{triton.grpc_url}",
+         "--model", MODEL, "--tokenizer", str(repo), "--port", str(port), "--max-texts", "16",
+         "--max-chars", "20000", "--max-body-bytes", "200000", "--timeout", "5"],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, "MOAI_GATEWAY_API_KEYS": ",".join(KEYS), "PYTHONPATH": str(Path(__file__).parents[1])})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            if call(url, "GET", "/health")[0] == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    yield url, log
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a graceful stop
+
+
+def call(url: str, method: str, path: str, payload=None, *, key: str | None = KEYS[0], raw: bytes | None = None):
+    """(status, headers, JSON body) of one request."""
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else None)
+    request = urllib.request.Request(url + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, json.loads(exc.read())
+
+
+def embed(url, texts, **fields):
+    status, _, body = call(url, "POST", "/v1/embeddings", {"model": MODEL, "input": texts, **fields})
+    assert status == 200, body
+    return np.asarray([item["embedding"] for item in body["data"]], dtype=np.float32), body
+
+
+def openai_client(url, key=KEYS[1]):
+    import openai
+
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def test_openai_client_embeds_queries_and_documents_like_the_reference(gateway, reference):
+    url, _ = gateway
+    client = openai_client(url)
+    for kind in ("query", "document"):
+        answer = client.embeddings.create(model=MODEL, input=TEXTS, extra_body={"input_type": kind})
+        served = np.asarray([item.embedding for item in answer.data], dtype=np.float32)
+        assert cosine_rows(served, reference.encode(TEXTS, kind)).min() >= 0.99999
+    default = client.embeddings.create(model=MODEL, input=TEXTS[:2])  # no input_type: document
+    assert cosine_rows(np.asarray([d.embedding for d in default.data]), reference.encode(TEXTS[:2], "document")).min() >= 0.99999
+    query = client.embeddings.create(model=MODEL, input=TEXTS[:2], extra_body={"input_type": "query"})
+    assert cosine_rows(np.asarray([d.embedding for d in query.data]), np.asarray([d.embedding for d in default.data])).max() < 0.999
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_float_and_base64_batch_and_single_agree(gateway):
+    url, _ = gateway
+    batch, body = embed(url, TEXTS, input_type="query", encoding_format="float")
+    assert [item["index"] for item in body["data"]] == list(range(len(TEXTS))) and body["model"] == MODEL
+    status, _, encoded = call(url, "POST", "/v1/embeddings", {"model": MODEL, "input": TEXTS, "input_type": "query",
+                                                             "encoding_format": "base64"})
+    assert status == 200, encoded
+    decoded = np.stack([np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in encoded["data"]])
+    np.testing.assert_array_equal(decoded, batch)
+    for i, text in enumerate(TEXTS):
+        single, _ = embed(url, text, input_type="query")  # a bare string is one input
+        assert cosine_rows(single, batch[i:i + 1])[0] >= 0.99999
+
+
+def test_usage_counts_contract_tokens(gateway, reference):
+    url, _ = gateway
+    _, body = embed(url, TEXTS, input_type="query")
+    tokens = reference.tokenizer.encode(TEXTS, "query")
+    expected = sum(len(ids) for ids in tokens.ids)
+    assert body["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
+
+
+def test_dimensions_truncate_and_renormalize(gateway):
+    url, _ = gateway
+    full, _ = embed(url, TEXTS, input_type="document")
+    short, _ = embed(url, TEXTS, input_type="document", dimensions=32)
+    assert short.shape == (len(TEXTS), 32)
+    np.testing.assert_allclose(np.linalg.norm(short, axis=1), 1.0, atol=1e-5)
+    assert cosine_rows(short, full[:, :32]).min() >= 0.99999
+    for bad in (16, 65, "32", 0):
+        status, _, body = call(url, "POST", "/v1/embeddings", {"model": MODEL, "input": "x", "dimensions": bad})
+        assert status == 400 and body["error"]["param"] == "dimensions", body
+
+
+def assert_openai_error(status, headers, body, expected_status, param=None):
+    assert status == expected_status, body
+    assert set(body["error"]) == {"message", "type", "param", "code"} and body["error"]["message"]
+    if param:
+        assert body["error"]["param"] == param
+
+
+def test_api_keys(gateway):
+    url, log = gateway
+    import openai
+
+    assert_openai_error(*call(url, "POST", "/v1/embeddings", {"model": MODEL, "input": "x"}, key=None), 401)
+    assert_openai_error(*call(url, "GET", "/v1/models", key="sk-wrong"), 401)
+    with pytest.raises(openai.AuthenticationError):
+        openai_client(url, key="sk-first-key-0123456788").embeddings.create(model=MODEL, input="x")
+    assert call(url, "GET", "/v1/models", key=KEYS[1])[0] == 200
+    assert call(url, "GET", "/health", key=None)[0] == 200  # probes need no key
+    assert not any(key in log.read_text() for key in KEYS)  # no key material in logs
+
+
+def test_api_keys_come_from_flag_environment_and_file(tmp_path):
+    (tmp_path / "keys").write_text("# team keys\nk-file-1\n\n k-file-2 \n")
+    keys = load_api_keys(("k-flag",), tmp_path / "keys", environ={"MOAI_GATEWAY_API_KEYS": "k-env-1, k-env-2,"})
+    assert keys == ("k-flag", "k-env-1", "k-env-2", "k-file-1", "k-file-2")
+
+
+@pytest.mark.parametrize("payload, status, param", [
+    ({"model": MODEL, "input": ["x"] * 17}, 400, "input"),  # texts per request
+    ({"model": MODEL, "input": ["ok", "y" * 20001]}, 400, "input"),  # characters per text
+    ({"model": MODEL, "input": ["ok", ""]}, 400, "input"),  # the empty-text policy
+    ({"model": MODEL, "input": []}, 400, "input"),
+    ({"model": MODEL, "input": [[1, 2, 3]]}, 400, "input"),  # token arrays
+    ({"model": MODEL, "input": "x", "input_type": "passage"}, 400, "input_type"),
+    ({"model": MODEL, "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
+    ({"input": "x"}, 400, "model"),
+    ({"model": "other-model", "input": "x"}, 404, "model"),
+])
+def test_bad_requests_get_openai_errors(gateway, payload, status, param):
+    url, _ = gateway
+    assert_openai_error(*call(url, "POST", "/v1/embeddings", payload), status, param)
+
+
+def test_body_size_json_and_routes(gateway):
+    url, _ = gateway
+    big = json.dumps({"model": MODEL, "input": ["z" * 15000] * 15}).encode()
+    assert_openai_error(*call(url, "POST", "/v1/embeddings", raw=big), 413)
+    assert_openai_error(*call(url, "POST", "/v1/embeddings", raw=b"{not json"), 400)
+    assert_openai_error(*call(url, "GET", "/v1/nothing"), 404)
+    assert_openai_error(*call(url, "GET", "/v1/embeddings"), 405)
+    assert "".join("x" for _ in range(3)) and embed(url, ["still serving"])[0].shape == (1, 64)
+
+
+def test_empty_text_is_an_error_in_every_variant(gateway, triton, reference):
+    """One policy: the in-process Embedder, the Triton ensemble and the gateway all refuse ""
+    (naming its position) instead of embedding the end token alone."""
+    from moai_export.errors import MoaiError
+
+    url, _ = gateway
+    with pytest.raises(MoaiError, match="text 1 is empty"):
+        reference.encode(["ok", ""], "query")
+    status, _, body = call(url, "POST", "/v1/embeddings", {"model": MODEL, "input": ["ok", ""]})
+    assert status == 400 and "input[1] is empty" in body["error"]["message"]
+    import tritonclient.grpc as grpc_client
+    from tritonclient.utils import InferenceServerException
+
+    client = grpc_client.InferenceServerClient(triton.grpc_url)
+    text = grpc_client.InferInput("TEXT", [2, 1], "BYTES")
+    text.set_data_from_numpy(np.asarray([[b"ok"], [b""]], dtype=object))
+    kind = grpc_client.InferInput("KIND", [2, 1], "BYTES")
+    kind.set_data_from_numpy(np.asarray([[b"query"], [b"query"]], dtype=object))
+    with pytest.raises(InferenceServerException, match="TEXT item 1 is empty"):
+        client.infer(MODEL, [text, kind])
+
+
+def test_metrics_and_models(gateway):
+    url, _ = gateway
+    embed(url, ["metrics"])
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        page = response.read().decode()
+    for name in ("moai_gateway_requests_total", "moai_gateway_errors_total", "moai_gateway_request_seconds_bucket",
+                 "moai_gateway_prompt_tokens_total"):
+        assert name in page
+    status, _, card = call(url, "GET", f"/v1/models/{MODEL}")
+    assert status == 200 and card["moai_contract"]["dims"] == 64
+
+
+def test_verify_and_bench_drive_the_gateway_as_a_variant(gateway, example_dir, tmp_path, monkeypatch):
+    url, _ = gateway
+    monkeypatch.setenv("MOAI_GATEWAY_API_KEY", KEYS[0])
+    spec = f"openai-http://{url.removeprefix('http://')}/{MODEL}"
+    result = CliRunner().invoke(main, ["verify", spec, "--reference", f"{example_dir / 'base'}+{example_dir / 'adapter'}",
+                                       "--json", str(tmp_path / "v.json")])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
+    result = CliRunner().invoke(main, ["verify", spec, "--reference", f"{example_dir / 'base'}+{example_dir / 'adapter'}",
+                                       "--dims", "32", "--json", str(tmp_path / "v32.json")])
+    assert result.exit_code == 0 and json.loads((tmp_path / "v32.json").read_text())["dims"] == 32, result.output
+    with load_embedder(spec, dims=32) as embedder:
+        assert embedder.encode(["x"], "query").shape == (1, 32)
+        assert embedder.encode(["y"] * 40, "document", batch_size=64).shape == (40, 32)  # split under --max-texts
+
+
+def test_triton_down_gives_503_and_the_gateway_recovers(gateway, triton):
+    """Last in this module: stops and restarts the module's tritonserver on the same ports."""
+    url, _ = gateway
+    triton.stop()
+    started = time.monotonic()
+    status, headers, body = call(url, "POST", "/v1/embeddings", {"model": MODEL, "input": ["while down"]})
+    assert_openai_error(status, headers, body, 503)
+    assert headers.get("retry-after") == "1" and time.monotonic() - started < 10  # no hang
+    assert call(url, "GET", "/health")[0] == 503
+    triton.start(timeout=180)
+    deadline = time.monotonic() + 30
+    while call(url, "GET", "/health")[0] != 200:
+        assert time.monotonic() < deadline, "the gateway did not see Triton come back"
+        time.sleep(0.3)
+    assert embed(url, ["after the restart"])[0].shape == (1, 64)
