@@ -9,11 +9,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .process import ManagedServer
+from .process import HttpHealthServer
 
 
 @dataclass
-class GatewayServer(ManagedServer):
+class GatewayServer(HttpHealthServer):
     triton_grpc: str  # HOST:PORT
     model: str
     tokenizer: Path  # tokenizer.json or the Triton repository holding it
@@ -25,14 +25,6 @@ class GatewayServer(ManagedServer):
     label = "gateway"
     workdir_prefix = "moai-gateway-"
     stop_grace = 15.0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def health_url(self) -> str:
-        return f"{self.base_url}/health"
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         root = str(Path(__file__).resolve().parents[2])

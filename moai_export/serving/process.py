@@ -293,6 +293,21 @@ class ManagedServer:
         self.stop()
 
 
+class HttpHealthServer(ManagedServer):
+    """A server reached at http://host:port that reports ready at /health (vLLM, the gateway)."""
+
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.base_url}/health"
+
+
 def free_ports(count: int) -> list[int]:
     """Ports free on 127.0.0.1 right now (for servers that must not collide with others)."""
     import socket

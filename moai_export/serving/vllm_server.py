@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .process import LaunchError, ManagedServer
+from .process import LaunchError, HttpHealthServer
 
 SERVE_FILE = "vllm_serve.json"
 VLLM_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # vLLM's words -> ours
@@ -39,7 +39,7 @@ def has_gpu() -> bool:
 
 
 @dataclass
-class VllmServer(ManagedServer):
+class VllmServer(HttpHealthServer):
     model_dir: Path
     host: str = "127.0.0.1"
     port: int = 8000
@@ -52,14 +52,6 @@ class VllmServer(ManagedServer):
     process: object = None
     label = "vLLM server"
     workdir_prefix = "moai-vllm-"  # holds only launcher.json: finds the engine group of a killed launcher
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def health_url(self) -> str:
-        return f"{self.base_url}/health"
 
     def serve_args(self) -> dict:
         path = Path(self.model_dir) / SERVE_FILE
