@@ -26,6 +26,7 @@ def test_corpus_run_side_by_side(merged_dir, tmp_path):
         assert row["documents"] == 40 and row["docs_per_s"] > 0 and row["real_tokens_per_s"] > 0
         assert row["query_p99_ms"] >= row["query_p50_ms"] > 0
         assert row["mfu"] is None and row["peak_gpu_gib"] is None  # no GPU here: not invented
+        assert row["gflop_per_token"] > 0  # the model config was found through the spec
     assert rows[0]["real_tokens"] == rows[1]["real_tokens"]  # the same tokens, counted the same way
     assert "| engine | fp32 |" in (out / "summary.md").read_text()
 

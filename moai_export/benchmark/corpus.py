@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..errors import MoaiError
+from ..kinds import parse_spec
 from .stats import percentile
 from .targets import Target
 from .workloads import BeirDataset, length_stats
@@ -44,9 +46,13 @@ def gpu_peak_tflops() -> tuple[float | None, str]:
 
 def model_config_for(spec: str) -> dict | None:
     """config.json of the model a spec runs (kind:DIR?..., BASE+ADAPTER -> BASE), if local."""
-    location = spec.split(":", 1)[1] if ":" in spec.split("/", 1)[0] else spec
-    location = location.partition("?")[0].partition("+")[0]
-    path = Path(location) / "config.json"
+    try:
+        kind, location, _ = parse_spec(spec)  # the registry's parser, so both read a spec alike
+    except MoaiError:
+        return None
+    if kind.url:
+        return None
+    path = Path(location.partition("+")[0]) / "config.json"
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, ValueError):
