@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +20,37 @@ from ..errors import MoaiError
 from .base import TextEmbedder
 
 PROTOCOLS = ("http", "grpc")
+
+
+@dataclass(frozen=True)
+class ServedEnsemble:
+    """What an ensemble written by `moai-export triton` declares in its config parameters: read
+    the same way by this Embedder and by the gateway's async upstream."""
+
+    contract: EmbeddingContract
+    precision: str
+    max_batch_size: int
+    repository_id: str | None
+
+    @classmethod
+    def from_config(cls, config: dict, where: str) -> "ServedEnsemble":
+        parameters = config.get("parameters", {})
+        try:
+            contract = EmbeddingContract.from_dict(json.loads(parameters["moai_contract"]["string_value"]))
+        except (KeyError, ValueError):
+            raise MoaiError(f"{where} carries no moai contract; was it written by `moai-export triton`?") from None
+        return cls(contract, parameters.get("moai_precision", {}).get("string_value", "fp32"),
+                   int(config.get("max_batch_size") or 1),
+                   parameters.get("moai_repository_id", {}).get("string_value"))
+
+
+def ensemble_inputs(client, texts: list[str], kind: str) -> list:
+    """The ensemble's TEXT and KIND inputs; `client` is tritonclient.http, .grpc or .grpc.aio."""
+    text = client.InferInput("TEXT", [len(texts), 1], "BYTES")
+    text.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in texts], dtype=object))
+    kinds = client.InferInput("KIND", [len(texts), 1], "BYTES")
+    kinds.set_data_from_numpy(np.array([[kind.encode("utf-8")]] * len(texts), dtype=object))
+    return [text, kinds]
 
 
 class TritonEmbedder(TextEmbedder):
@@ -34,15 +66,11 @@ class TritonEmbedder(TextEmbedder):
         self._local = threading.local()
         self._clients: list = []
         self._wait_ready(ready_timeout)
-        config = self._model_config()
-        try:
-            contract = EmbeddingContract.from_dict(json.loads(config["parameters"]["moai_contract"]["string_value"]))
-        except (KeyError, ValueError):
-            raise MoaiError(f"model {model!r} at {url} carries no moai contract; was it written by `moai-export triton`?") from None
-        super().__init__(contract, dims=dims)
-        self.precision = config["parameters"].get("moai_precision", {}).get("string_value", "fp32")
-        self.repository_id = config["parameters"].get("moai_repository_id", {}).get("string_value")
-        self.max_batch_size = int(config.get("max_batch_size") or 1)
+        served = ServedEnsemble.from_config(self._model_config(), f"model {model!r} at {url}")
+        super().__init__(served.contract, dims=dims)
+        self.precision = served.precision
+        self.repository_id = served.repository_id
+        self.max_batch_size = served.max_batch_size
         self.default_batch_size = self.max_batch_size
         self.name = name or f"triton-{protocol}://{url}/{model}"
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="triton-client")
@@ -94,15 +122,12 @@ class TritonEmbedder(TextEmbedder):
             import tritonclient.http as client
         else:
             import tritonclient.grpc as client
-        text = client.InferInput("TEXT", [len(texts), 1], "BYTES")
-        text.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in texts], dtype=object))
-        kinds = client.InferInput("KIND", [len(texts), 1], "BYTES")
-        kinds.set_data_from_numpy(np.array([[kind.encode("utf-8")]] * len(texts), dtype=object))
+        inputs = ensemble_inputs(client, texts, kind)
         try:
             if self.protocol == "http":
-                result = self.client.infer(self.model, [text, kinds], timeout=int(self.timeout * 1e6))
+                result = self.client.infer(self.model, inputs, timeout=int(self.timeout * 1e6))
             else:
-                result = self.client.infer(self.model, [text, kinds], client_timeout=self.timeout)
+                result = self.client.infer(self.model, inputs, client_timeout=self.timeout)
         except Exception as exc:
             raise MoaiError(f"Triton {self.url}/{self.model}: {str(exc).splitlines()[0]}") from None
         return result.as_numpy("EMBEDDING")

@@ -6,11 +6,12 @@ when Triton is back without a restart of its own."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import numpy as np
 
 from ..contract import EmbeddingContract
+from ..embedders.triton import ServedEnsemble, ensemble_inputs
+from ..errors import MoaiError
 from .errors import ApiError, unavailable
 
 # Retry reconnecting quickly: gRPC's default backoff grows to 2 minutes, which would keep the
@@ -65,13 +66,12 @@ class TritonUpstream:
                 except Exception as exc:
                     raise unavailable(f"Triton at {self.url}: cannot read the config of {self.model!r} ({_first_line(exc)})")
                 try:
-                    raw = config["parameters"]["moai_contract"]["string_value"]
-                except KeyError:
-                    raise ApiError(500, f"model {self.model!r} carries no moai contract; was it written by "
-                                        "`moai-export triton`?", code="bad_upstream_model") from None
-                self.max_batch_size = int(config.get("max_batch_size") or 1)
-                self.precision = config["parameters"].get("moai_precision", {}).get("string_value", "fp32")
-                self.contract = EmbeddingContract.from_dict(json.loads(raw))
+                    served = ServedEnsemble.from_config(config, f"model {self.model!r}")
+                except MoaiError as exc:
+                    raise ApiError(500, str(exc), code="bad_upstream_model") from None
+                self.max_batch_size = served.max_batch_size
+                self.precision = served.precision
+                self.contract = served.contract
         return self.contract
 
     async def embed(self, texts: list[str], kind: str, chunk: int | None = None) -> np.ndarray:
@@ -84,12 +84,9 @@ class TritonUpstream:
     async def _infer(self, texts: list[str], kind: str) -> np.ndarray:
         import tritonclient.grpc.aio as grpc_aio
 
-        text = grpc_aio.InferInput("TEXT", [len(texts), 1], "BYTES")
-        text.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in texts], dtype=object))
-        kinds = grpc_aio.InferInput("KIND", [len(texts), 1], "BYTES")
-        kinds.set_data_from_numpy(np.array([[kind.encode("utf-8")]] * len(texts), dtype=object))
         try:
-            result = await self.client.infer(self.model, [text, kinds], client_timeout=self.timeout)
+            result = await self.client.infer(self.model, ensemble_inputs(grpc_aio, texts, kind),
+                                             client_timeout=self.timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
