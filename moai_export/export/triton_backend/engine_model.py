@@ -13,7 +13,6 @@ import json
 import os
 import sys
 
-import numpy as np  # the engine environment's (EXECUTION_ENV_PATH), not the Triton runtime's
 import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
@@ -28,6 +27,9 @@ class TritonPythonModel:
             if path not in sys.path:
                 sys.path.insert(0, path)
         from moai_export.engine import EngineEmbedder, EngineOptions
+        from moai_export.engine.packing import unpad
+
+        self.unpad = unpad  # importable only once python_path is on sys.path
 
         options = json.loads(parameters["engine_options"])
         if args.get("model_instance_kind") == "GPU":
@@ -43,7 +45,7 @@ class TritonPythonModel:
         for request in requests:
             ids = from_dlpack(pb_utils.get_input_tensor_by_name(request, "input_ids").to_dlpack()).numpy()
             masks = from_dlpack(pb_utils.get_input_tensor_by_name(request, "attention_mask").to_dlpack()).numpy()
-            rows.extend(np.array(row[mask.astype(bool)]) for row, mask in zip(ids, masks))
+            rows.extend(self.unpad(ids, masks))  # boolean indexing copies: rows outlive the request tensors
             counts.append(ids.shape[0])
         vectors = torch.from_numpy(self.engine.run_rows(rows))
         responses, start = [], 0
