@@ -207,7 +207,7 @@ class Stack:
         self.triton.start(timeout=300)
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "moai_export.cli", "gateway", "--triton", f"grpc://{self.triton.grpc_url}",
-             "--model", MODEL, "--tokenizer", str(self.repo), "--port", str(self.ports[3]),
+             "--model", MODEL, "--port", str(self.ports[3]),
              "--max-queue", str(self.max_queue), "--timeout", "15", "--log-level", "warning"],
             stdout=open(self.work / "gateway.log", "wb"), stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -381,9 +381,6 @@ def demo(out: Path, size: str, force: bool) -> None:
 @click.option("--triton", "triton_url", required=True, metavar="grpc://HOST:PORT",
               help="Triton's gRPC endpoint serving the ensemble written by `moai-export triton`.")
 @click.option("--model", required=True, help="The ensemble's name in Triton (e.g. moai_embedding).")
-@click.option("--tokenizer", type=click.Path(exists=True, path_type=Path), required=True,
-              help="tokenizer.json, or the Triton repository / artifact directory holding it: usage tokens are "
-                   "counted with it and the served contract.")
 @click.option("--served-model-name", default=None, help="The name clients send as `model` (default: --model).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
@@ -405,22 +402,24 @@ def demo(out: Path, size: str, force: bool) -> None:
               help="Seconds for one Triton call (and the longest wait in the queue); then 503.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
-def gateway(triton_url, model, tokenizer, served_model_name, host, port, api_keys, api_key_file, max_texts, max_chars,
+def gateway(triton_url, model, served_model_name, host, port, api_keys, api_key_file, max_texts, max_chars,
             max_body_bytes, max_in_flight, max_queue, timeout, log_level):
     """Serve OpenAI's embeddings API in front of a Triton ensemble: POST /v1/embeddings (input,
     model, encoding_format float|base64, dimensions, user, input_type query|document), GET
     /v1/models, /health (ready only when Triton is) and /metrics (Prometheus).
 
     \b
-      moai-export gateway --triton grpc://127.0.0.1:8001 --model moai_embedding --tokenizer triton_models
+      moai-export gateway --triton grpc://127.0.0.1:8001 --model moai_embedding
       curl -s localhost:8080/v1/embeddings -H 'Content-Type: application/json' \\
           -d '{"model": "moai_embedding", "input": ["a question"], "input_type": "query"}'
-    Every error is OpenAI's error JSON; Triton down gives 503 with Retry-After.
+    Every error is OpenAI's error JSON; Triton down gives 503 with Retry-After. The gateway
+    needs no model files: the contract comes from the ensemble's config, usage tokens from its
+    TOKENS output (repositories written before TOKENS existed: re-run `moai-export triton`).
     """
     from .gateway.config import GatewayConfig, load_api_keys, parse_triton_url
     from .gateway.server import serve
 
-    config = GatewayConfig(parse_triton_url(triton_url), model, tokenizer, served_model_name=served_model_name,
+    config = GatewayConfig(parse_triton_url(triton_url), model, served_model_name=served_model_name,
                            host=host, port=port, api_keys=load_api_keys(api_keys, api_key_file),
                            max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes,
                            max_in_flight=max_in_flight, max_queue=max_queue, upstream_timeout=timeout)

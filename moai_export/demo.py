@@ -71,7 +71,7 @@ def _start_triton(out: Path, reference, force: bool, log, running: ExitStack) ->
         log(f"warning: Triton skipped: {exc}")
         return []
     log(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}")
-    return _start_gateway(out, server, repo, log, running) + [
+    return _start_gateway(out, server, log, running) + [
         (TritonEmbedder(server.http_url, "moai_embedding", protocol="http", name="triton http (onnx int8)"),
          gate_for("triton", "int8").thresholds),
         (TritonEmbedder(server.grpc_url, "moai_embedding", protocol="grpc", name="triton grpc (onnx int8)"),
@@ -79,7 +79,7 @@ def _start_triton(out: Path, reference, force: bool, log, running: ExitStack) ->
     ]
 
 
-def _start_gateway(out: Path, triton, repo: Path, log, running: ExitStack) -> list:
+def _start_gateway(out: Path, triton, log, running: ExitStack) -> list:
     """The OpenAI-compatible gateway in front of that Triton, driven over HTTP like any client."""
     from .embedders.openai_http import OpenAIHttpEmbedder
     from .serving.gateway_server import GatewayServer
@@ -87,7 +87,7 @@ def _start_gateway(out: Path, triton, repo: Path, log, running: ExitStack) -> li
 
     (port,) = free_ports(1)
     try:
-        gateway = running.enter_context(GatewayServer(triton.grpc_url, "moai_embedding", repo, port=port,
+        gateway = running.enter_context(GatewayServer(triton.grpc_url, "moai_embedding", port=port,
                                                       log_path=out / "gateway.log").start())
     except TritonLaunchError as exc:  # the launchers' LaunchError
         log(f"warning: gateway skipped: {exc}")

@@ -64,7 +64,7 @@ def gateway(triton, repo, tmp_path_factory):
     log = tmp_path_factory.mktemp("gw") / "gateway.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "moai_export.cli", "gateway", "--triton", f"grpc://{triton.grpc_url}",
-         "--model", MODEL, "--tokenizer", str(repo), "--port", str(port), "--max-texts", "16",
+         "--model", MODEL, "--port", str(port), "--max-texts", "16",
          "--max-chars", "20000", "--max-body-bytes", "200000", "--timeout", "5"],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT,
         env={**os.environ, "MOAI_GATEWAY_API_KEYS": ",".join(KEYS), "PYTHONPATH": str(Path(__file__).parents[1])})
@@ -138,11 +138,17 @@ def test_float_and_base64_batch_and_single_agree(gateway):
 
 
 def test_usage_counts_contract_tokens(gateway, reference):
+    """Usage is Triton's count (the ensemble's TOKENS), equal to the contract tokenizer's: prompt and
+    end token included, the over-long text counted after truncation, summed over the Triton requests
+    a 12-text input is split into (the model's batch size is 8)."""
     url, _ = gateway
-    _, body = embed(url, TEXTS, input_type="query")
-    tokens = reference.tokenizer.encode(TEXTS, "query")
-    expected = sum(len(ids) for ids in tokens.ids)
-    assert body["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
+    texts = TEXTS * 3
+    for kind in ("query", "document"):
+        _, body = embed(url, texts, input_type=kind)
+        tokens = reference.tokenizer.encode(texts, kind)
+        assert tokens.num_truncated == 3  # the count is after truncation
+        expected = sum(len(ids) for ids in tokens.ids)
+        assert body["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
 
 
 def test_dimensions_truncate_and_renormalize(gateway):
@@ -274,3 +280,16 @@ def test_triton_down_gives_503_and_the_gateway_recovers(gateway, triton):
         assert time.monotonic() < deadline, "the gateway did not see Triton come back"
         time.sleep(0.3)
     assert embed(url, ["after the restart"])[0].shape == (1, 64)
+
+
+def test_an_ensemble_without_token_counts_is_recognised(reference):
+    """Repositories written before TOKENS existed: the gateway refuses them at connect (it no
+    longer tokenizes), so reading the declaration must tell the two apart."""
+    from moai_export.embedders.triton import ServedEnsemble
+
+    contract = json.dumps(reference.contract.to_dict())
+    config = {"max_batch_size": 8, "parameters": {"moai_contract": {"string_value": contract}},
+              "output": [{"name": "EMBEDDING"}]}
+    assert not ServedEnsemble.from_config(config, "old").counts_tokens
+    config["output"].append({"name": "TOKENS"})
+    assert ServedEnsemble.from_config(config, "new").counts_tokens

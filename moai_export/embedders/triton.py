@@ -31,6 +31,7 @@ class ServedEnsemble:
     precision: str
     max_batch_size: int
     repository_id: str | None
+    counts_tokens: bool  # declares TOKENS (each text's token count), read by the gateway for usage
 
     @classmethod
     def from_config(cls, config: dict, where: str) -> "ServedEnsemble":
@@ -41,7 +42,8 @@ class ServedEnsemble:
             raise MoaiError(f"{where} carries no moai contract; was it written by `moai-export triton`?") from None
         return cls(contract, parameters.get("moai_precision", {}).get("string_value", "fp32"),
                    int(config.get("max_batch_size") or 1),
-                   parameters.get("moai_repository_id", {}).get("string_value"))
+                   parameters.get("moai_repository_id", {}).get("string_value"),
+                   any(output.get("name") == "TOKENS" for output in config.get("output", [])))
 
 
 def ensemble_inputs(client, texts: list[str], kind: str) -> list:

@@ -37,14 +37,12 @@ ENCODING_FORMATS = ("float", "base64")
 class Gateway:
     """State shared by the routes: the upstream, limits, keys, metrics and the overload gate."""
 
-    def __init__(self, config: GatewayConfig, tokenizer_factory):
+    def __init__(self, config: GatewayConfig):
         self.config = config
         self.upstream = TritonUpstream(config.triton, config.model, timeout=config.upstream_timeout,
                                        ready_timeout=config.ready_timeout)
         self.keys = KeyChecker(config.api_keys)
         self.metrics = GatewayMetrics()
-        self._tokenizer_factory = tokenizer_factory  # contract -> ContractTokenizer
-        self._tokenizer = None
         self._slots: asyncio.Semaphore | None = None
         self.waiting = 0
 
@@ -53,11 +51,6 @@ class Gateway:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.config.max_in_flight)
         return self._slots
-
-    async def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = self._tokenizer_factory(await self.upstream.connect())
-        return self._tokenizer
 
     # -- request parsing ------------------------------------------------------------------------
 
@@ -99,7 +92,7 @@ class Gateway:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise ApiError(400, f"input[{i}] is {type(text).__name__}: only strings are accepted (no token "
-                                    "arrays; this gateway tokenizes with the model's contract).",
+                                    "arrays; Triton tokenizes with the model's contract).",
                                param="input", code="invalid_input")
             if text == "":
                 # the one empty-text policy of every variant (moai_export.embedders.base.check_texts)
@@ -152,18 +145,13 @@ class Gateway:
                     dims = check_dimensions(dims, contract)
                 except MoaiError as exc:
                     raise ApiError(400, str(exc), param="dimensions", code="invalid_dimensions") from None
-            tokenizer = await self.tokenizer()
-            if sum(map(len, texts)) > 20_000:  # long inputs: keep the event loop free meanwhile
-                tokens = await asyncio.to_thread(tokenizer.encode, texts, kind)
-            else:
-                tokens = tokenizer.encode(texts, kind)
-            vectors = await self.upstream.embed(texts, kind, self.config.chunk)
+            # usage comes back with the vectors (Triton's tokenizer model counts): no second tokenizing here
+            vectors, prompt_tokens = await self.upstream.embed(texts, kind, self.config.chunk)
         try:
             vectors = check_vectors(vectors, (len(texts), contract.dims), f"Triton {self.config.model}")
         except MoaiError as exc:  # a zero vector is never an answer
             raise ApiError(502, str(exc), code="upstream_error") from None
         vectors = truncate_dimensions(vectors, dims or contract.dims, contract.normalize)
-        prompt_tokens = int(sum(len(ids) for ids in tokens.ids))
         self.metrics.tokens.inc(prompt_tokens)
         self.metrics.texts.inc(len(texts))
         data = [{"object": "embedding", "index": i, "embedding": _encode(vector, encoding)}
@@ -202,8 +190,8 @@ def _encode(vector: np.ndarray, encoding: str):
     return vector.tolist()
 
 
-def create_app(config: GatewayConfig, tokenizer_factory) -> Starlette:
-    gateway = Gateway(config, tokenizer_factory)
+def create_app(config: GatewayConfig) -> Starlette:
+    gateway = Gateway(config)
 
     def measured(route: str, handler):
         async def endpoint(request: Request) -> Response:

@@ -14,7 +14,6 @@ API_KEYS_ENV = "MOAI_GATEWAY_API_KEYS"  # comma-separated keys
 class GatewayConfig:
     triton: str  # HOST:PORT of Triton's gRPC endpoint
     model: str  # the ensemble's name in Triton
-    tokenizer: Path  # tokenizer.json (or a directory / Triton repository holding it): counts usage tokens
     served_model_name: str | None = None  # what /v1/models lists and requests name (default: model)
     host: str = "127.0.0.1"
     port: int = 8080

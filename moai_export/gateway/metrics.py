@@ -16,7 +16,7 @@ class GatewayMetrics:
                               ["route", "code"], registry=self.registry)
         self.latency = Histogram("moai_gateway_request_seconds", "Request latency by route", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.tokens = Counter("moai_gateway_prompt_tokens", "Tokens embedded (contract tokenizer)",
+        self.tokens = Counter("moai_gateway_prompt_tokens", "Tokens embedded (counted by Triton's tokenizer model)",
                               registry=self.registry)
         self.texts = Counter("moai_gateway_texts", "Texts embedded", registry=self.registry)
         self.in_flight = Gauge("moai_gateway_in_flight", "Embedding requests being served or queued",

@@ -69,23 +69,28 @@ class TritonUpstream:
                     served = ServedEnsemble.from_config(config, f"model {self.model!r}")
                 except MoaiError as exc:
                     raise ApiError(500, str(exc), code="bad_upstream_model") from None
+                if not served.counts_tokens:  # usage would need the tokenizer here again
+                    raise ApiError(500, f"model {self.model!r} has no TOKENS output: it was written by an older "
+                                        "`moai-export triton`; write the repository again", code="bad_upstream_model")
                 self.max_batch_size = served.max_batch_size
                 self.precision = served.precision
                 self.contract = served.contract
         return self.contract
 
-    async def embed(self, texts: list[str], kind: str, chunk: int | None = None) -> np.ndarray:
-        """Full-width vectors in input order: requests of at most the model's batch size, in flight together."""
+    async def embed(self, texts: list[str], kind: str, chunk: int | None = None) -> tuple[np.ndarray, int]:
+        """(full-width vectors in input order, their token count): requests of at most the model's
+        batch size, in flight together."""
         await self.connect()
         size = min(chunk or self.max_batch_size, self.max_batch_size)
         parts = await asyncio.gather(*(self._infer(texts[i:i + size], kind) for i in range(0, len(texts), size)))
-        return np.concatenate(parts)
+        return np.concatenate([vectors for vectors, _ in parts]), sum(tokens for _, tokens in parts)
 
-    async def _infer(self, texts: list[str], kind: str) -> np.ndarray:
+    async def _infer(self, texts: list[str], kind: str) -> tuple[np.ndarray, int]:
         import tritonclient.grpc.aio as grpc_aio
 
+        outputs = [grpc_aio.InferRequestedOutput("EMBEDDING"), grpc_aio.InferRequestedOutput("TOKENS")]
         try:
-            result = await self.client.infer(self.model, ensemble_inputs(grpc_aio, texts, kind),
+            result = await self.client.infer(self.model, ensemble_inputs(grpc_aio, texts, kind), outputs=outputs,
                                              client_timeout=self.timeout)
         except asyncio.CancelledError:
             raise
@@ -96,11 +101,13 @@ class TritonUpstream:
             if any(word in status for word in RETRYABLE) or not await self.ready():
                 raise unavailable(f"Triton at {self.url} is unavailable ({_first_line(exc)})") from None
             raise ApiError(502, f"Triton at {self.url}: {_first_line(exc)}", code="upstream_error") from None
-        vectors = result.as_numpy("EMBEDDING")
+        vectors, tokens = result.as_numpy("EMBEDDING"), result.as_numpy("TOKENS")
         if vectors is None or vectors.shape[0] != len(texts):
             raise ApiError(502, f"Triton returned {None if vectors is None else vectors.shape[0]} vectors for "
                                 f"{len(texts)} texts", code="upstream_error")
-        return vectors
+        if tokens is None or tokens.size != len(texts):
+            raise ApiError(502, f"Triton returned no token count for each of {len(texts)} texts", code="upstream_error")
+        return vectors, int(tokens.sum())
 
     async def close(self) -> None:
         if self._client is not None:

@@ -16,7 +16,6 @@ from .process import HttpHealthServer
 class GatewayServer(HttpHealthServer):
     triton_grpc: str  # HOST:PORT
     model: str
-    tokenizer: Path  # tokenizer.json or the Triton repository holding it
     port: int = 8080
     host: str = "127.0.0.1"
     extra_args: list[str] = field(default_factory=list)
@@ -30,7 +29,7 @@ class GatewayServer(HttpHealthServer):
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         return [sys.executable, "-m", "moai_export.cli", "gateway", "--triton", f"grpc://{self.triton_grpc}",
-                "--model", self.model, "--tokenizer", str(self.tokenizer), "--host", self.host,
+                "--model", self.model, "--host", self.host,
                 "--port", str(self.port), "--log-level", "warning", *self.extra_args], env
 
     def start(self, timeout: float = 60.0) -> "GatewayServer":

@@ -1,7 +1,8 @@
-"""Triton python backend: raw text -> input_ids, attention_mask, exactly as the embedding
+"""Triton python backend: raw text -> input_ids, attention_mask, num_tokens, exactly as the embedding
 contract (moai_contract.json beside this file) says: the query prompt for KIND "query",
 truncation to max_tokens with the end token kept last (tokenizer.json's post-processor
-appends it), padding on the contract's side to the longest text of this execution."""
+appends it), padding on the contract's side to the longest text of this execution. num_tokens
+[n, 1] is each text's real token count (the ensemble's TOKENS output: usage without re-tokenizing)."""
 
 import json
 import os
@@ -76,5 +77,6 @@ class TritonPythonModel:
                 responses[index] = pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("input_ids", ids[rows]),
                     pb_utils.Tensor("attention_mask", mask[rows]),
+                    pb_utils.Tensor("num_tokens", mask[rows].sum(axis=1, keepdims=True)),
                 ])
         return responses

@@ -1,0 +1,172 @@
+"""The gateway's overhead over Triton gRPC direct at saturation, optionally beside another
+gateway build (a baseline source tree), all in one run against one Triton.
+
+    python bench/gateway_overhead.py [--artifact ONNX_FP32_DIR] [--rounds 3] [--out DIR]
+    python bench/gateway_overhead.py --baseline /tmp/old-checkout --baseline-arg=--tokenizer \
+        --baseline-arg='{repo}' --baseline-pure-python
+
+Each round runs every target back to back (closed loop, --clients clients, --seconds each):
+Triton's gRPC endpoint directly, this tree's gateway and, with --baseline, the gateway of that
+source tree (`{repo}` in --baseline-arg is the Triton repository; --baseline-pure-python hides
+uvloop and httptools from it, so uvicorn falls back to asyncio and h11, as before they were
+dependencies). Overhead = 1 - gateway req/s / Triton direct req/s, per round; the median is
+reported. Every answer is checked against the vector Triton gives that text. Writes
+results.json and results.md to --out (default bench/results/<date>-<machine>/gateway-overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from gateway_soak import (MODEL, Recorder, Stack, build_artifact, closed_loop, expected_vectors,  # noqa: E402
+                          gateway_request, log, texts_pool, triton_request)
+
+from moai_export.benchmark.machine import default_results_dir, machine_slug  # noqa: E402
+from moai_export.serving.triton_server import free_ports  # noqa: E402
+
+HIDE_C_PARSERS = "import sys; sys.modules['uvloop'] = None; sys.modules['httptools'] = None; "
+
+
+def start_gateway(source: Path, triton_grpc: str, port: int, extra: list[str], log_path: Path,
+                  pure_python: bool) -> subprocess.Popen:
+    code = (HIDE_C_PARSERS if pure_python else "") + "from moai_export.cli import main; main()"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "gateway", "--triton", f"grpc://{triton_grpc}", "--model", MODEL,
+         "--port", str(port), "--max-queue", "256", "--timeout", "15", "--log-level", "warning", *extra],
+        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(source)},
+        cwd=source)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"gateway from {source} did not start; see {log_path}")
+        time.sleep(0.3)
+
+
+async def measure(args, triton_grpc: str, gateways: dict[str, str], pool: list[str]) -> dict:
+    import aiohttp
+    import tritonclient.grpc.aio as grpc_aio
+
+    expected = await expected_vectors(triton_grpc, pool)
+    client = grpc_aio.InferenceServerClient(triton_grpc)
+    rounds = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        def sender(target: str, recorder: Recorder):
+            if target == "triton-grpc":
+                return lambda i, kind, t0: triton_request(client, pool, i, kind, recorder, t0)
+            return lambda i, kind, t0: gateway_request(session, gateways[target], pool, i, kind, recorder, t0)
+
+        targets = ["triton-grpc", *gateways]
+        log("warm-up: 5 s each")
+        for target in targets:
+            await closed_loop(sender(target, Recorder(expected)), 4, 5, len(pool))
+        for number in range(args.rounds):
+            row = {}
+            for target in targets:
+                recorder = Recorder(expected)
+                await closed_loop(sender(target, recorder), args.clients, args.seconds, len(pool))
+                summary = recorder.summary()
+                summary["rps"] = round(summary["ok"] / args.seconds, 2)
+                row[target] = summary
+                log(f"round {number + 1}: {target} {summary['rps']} req/s, p50 {summary['p50_ms']} ms, "
+                    f"failed {summary['requests'] - summary['ok']}, wrong {summary['wrong_vectors']}")
+            rounds.append(row)
+    await client.close()
+    overhead = {target: [round(100 * (1 - r[target]["rps"] / r["triton-grpc"]["rps"]), 1) for r in rounds]
+                for target in gateways}
+    return {"rounds": rounds, "overhead_pct": overhead,
+            "median_overhead_pct": {t: statistics.median(v) for t, v in overhead.items()}}
+
+
+def write_report(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    targets = list(results["rounds"][0])
+    lines = ["# Gateway overhead over Triton gRPC direct (CPU, saturation)", "",
+             f"machine: {results['machine']}; {results['args']['clients']} clients, {results['args']['seconds']} s "
+             f"per target, targets back to back in each round; 1 text per request", "",
+             "| round | " + " | ".join(f"{t} req/s" for t in targets) + " |", "|---" * (len(targets) + 1) + "|"]
+    for number, row in enumerate(results["rounds"], 1):
+        lines.append(f"| {number} | " + " | ".join(str(row[t]["rps"]) for t in targets) + " |")
+    lines += ["", "| gateway | overhead per round % | median % |", "|---|---|---|"]
+    for target, values in results["overhead_pct"].items():
+        lines.append(f"| {target} | {', '.join(map(str, values))} | {results['median_overhead_pct'][target]} |")
+    lines += ["", *[f"- **{t}**: {d}" for t, d in results["targets"].items()]]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifact", type=Path, default=None, help="fp32 ONNX artifact (default: build the small example)")
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "soak")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, default=None, help="source tree of another gateway to measure beside")
+    parser.add_argument("--baseline-arg", action="append", default=[], help="extra argument for it ({repo}: the repository)")
+    parser.add_argument("--baseline-pure-python", action="store_true", help="hide uvloop and httptools from it")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    artifact = args.artifact or build_artifact(args.work)
+    from moai_export.export.triton import TritonOptions, write_repository
+
+    repo = args.work / "models"
+    write_repository(artifact, repo, TritonOptions(max_batch_size=16, verify="none", force=True), log=log)
+    stack = Stack(repo, args.work, 256)
+    stack.triton.start(timeout=300)
+    processes, gateways, described = [], {}, {}
+    try:
+        ports = free_ports(2)
+        processes.append(start_gateway(ROOT, stack.triton.grpc_url, ports[0], [], args.work / "gateway.log", False))
+        gateways["gateway"] = f"http://127.0.0.1:{ports[0]}"
+        described["gateway"] = f"this tree ({_commit(ROOT)})"
+        if args.baseline:
+            extra = [a.replace("{repo}", str(repo)) for a in args.baseline_arg]
+            processes.append(start_gateway(args.baseline.absolute(), stack.triton.grpc_url, ports[1], extra,
+                                           args.work / "gateway-baseline.log", args.baseline_pure_python))
+            gateways["baseline"] = f"http://127.0.0.1:{ports[1]}"
+            described["baseline"] = (f"{args.baseline} ({_commit(args.baseline)})"
+                                     + (", asyncio + h11 (uvloop/httptools hidden)" if args.baseline_pure_python else ""))
+        results = asyncio.run(measure(args, stack.triton.grpc_url, gateways, texts_pool(200)))
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+        stack.triton.stop()
+    results.update(machine=machine_slug(), artifact=str(artifact), targets=described,
+                   args={k: str(v) for k, v in vars(args).items() if k not in ("work", "out", "artifact")})
+    out = args.out or default_results_dir("gateway-overhead")
+    write_report(results, out)
+    log(f"median overhead: {results['median_overhead_pct']}; results: {out}")
+    return 0
+
+
+def _commit(tree: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
