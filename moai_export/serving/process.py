@@ -221,7 +221,11 @@ class ManagedServer:
     def start(self, timeout: float) -> "ManagedServer":
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         try:
-            self._spawn(log)
+            try:
+                self._spawn(log)
+            finally:  # the server holds its own copy of the descriptor; the launcher's would leak
+                if log is not subprocess.DEVNULL:
+                    log.close()
             self.wait_ready(timeout)
         except BaseException:
             self.stop()
