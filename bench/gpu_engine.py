@@ -5,15 +5,18 @@
 
 Steps (each recorded, and the report rewritten, as soon as it ends; a step that fails is recorded
 with its error and the run goes on; steps that would pass --deadline are skipped, named):
-  1. build the example (`moai-export example --size full`) and merge it (fp32 checkpoint);
+  1. build the example (`moai-export example --size full`; an untrained random adapter if training
+     fails there) and merge it (fp32 checkpoint);
   2. attention backends of the engine, eager, on a slice of the corpus (keep the fastest);
   3. the engine in bf16 as it serves (compile + CUDA graphs), warm-up timed, and its parity gate
      against the float32 PEFT reference (min cosine >= 0.999, top-10 >= 0.95) + batch independence;
-  4. corpus: every document in one call per target: sentence-transformers fp32 and bf16 at batch
-     128, `torch:` bf16 at batch 128, the engine; then batch-1 query p50/p99 of each;
+     if it fails: compiled without CUDA graphs, then eager;
+  4. corpus: every document in one call per target: the engine, then sentence-transformers bf16,
+     `torch:` bf16 and sentence-transformers fp32 at batch 128; batch-1 query p50/p99 of each
+     (the report is rewritten after each target);
   5. Triton on the GPU when a tritonserver is importable here (else the reason is recorded).
 Writes OUT/gpu_engine.json and OUT/gpu_engine.md. Needs only torch, transformers, peft,
-sentence-transformers and the source tree (no click, no matplotlib).
+sentence-transformers (+ datasets to train the adapter) and the source tree (no click, no matplotlib).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -97,6 +101,18 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+    try:  # what torch.compile on a GPU needs besides torch: triton and a C compiler for its launchers
+        info["triton"] = __import__("triton").__version__
+    except Exception as exc:
+        info["triton"] = f"missing ({type(exc).__name__})"
+    info["c_compiler"] = next((shutil.which(c) for c in (os.environ.get("CC"), "cc", "gcc") if c and shutil.which(c)), None)
+    try:
+        from moai_export.engine.attention import _VARLEN_CALL
+
+        info["varlen_call"] = repr(_VARLEN_CALL)  # (causal kwargs, takes scale=) as read from this torch
+    except Exception as exc:
+        info["varlen_call"] = f"error ({type(exc).__name__}: {exc})"
     return info
 
 
@@ -105,13 +121,52 @@ def build(work: Path, size: str) -> dict:
     from moai_export.merge import MergeOptions, merge
 
     t0 = time.monotonic()
+    result: dict = {}
     if not (work / "example" / "adapter").is_dir():
-        build_example(work / "example", size=size, seed=0, progress=False, force=True)
+        try:
+            build_example(work / "example", size=size, seed=0, progress=False, force=True)
+            result["adapter"] = "trained (moai-export example)"
+        except Exception as exc:  # e.g. no `datasets` for the trainer: the speed does not need training
+            traceback.print_exc()
+            result["adapter"] = f"untrained, random LoRA weights: training failed ({type(exc).__name__}: {exc})"[:600]
+            untrained_example(work / "example", size)
     built = time.monotonic() - t0
     if not (work / "merged" / "config.json").is_file():
+        # the merge's own proof stays (merged vs PEFT reference); its second pass through plain
+        # sentence-transformers is skipped to save device time: st-fp32 / st-bf16 load the same
+        # directory in step 4, and the engine has its own gate in step 3
         merge(str(work / "example" / "base"), str(work / "example" / "adapter"), work / "merged",
-              MergeOptions(log=lambda m: print(m, flush=True), force=True))
-    return {"example_s": round(built, 1), "merge_s": round(time.monotonic() - t0 - built, 1)}
+              MergeOptions(log=lambda m: print(m, flush=True), force=True, check_sentence_transformers=False))
+    return {"example_s": round(built, 1), "merge_s": round(time.monotonic() - t0 - built, 1), **result}
+
+
+def untrained_example(out: Path, size: str) -> None:
+    """The example's base and a LoRA adapter of the recipe's shape (r 64, alpha 128, every
+    projection) without training: B gets small random values (PEFT starts it at zero, which
+    would make the adapter a no-op that the merge's proof rejects). Throughput and parity of
+    the serving paths do not depend on what the adapter learned."""
+    import shutil as _shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    from moai_export.example.base_model import build_base
+
+    if out.exists():
+        _shutil.rmtree(out)
+    (out / "base").mkdir(parents=True)
+    build_base(out / "base", size, 0)
+    model = AutoModel.from_pretrained(str(out / "base"), dtype=torch.float32)
+    config = LoraConfig(r=64, lora_alpha=128, lora_dropout=0.05, base_model_name_or_path=str(out / "base"),
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    adapted = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, weight in adapted.named_parameters():
+            if "lora_B" in name:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 5e-3)
+    adapted.save_pretrained(str(out / "adapter"))
 
 
 def target(label: str, spec: str, embedder, load_s: float):
@@ -159,11 +214,34 @@ def attention_backends(merged: Path, device: str, dtype: str, documents: list[st
     return {"documents": len(documents), "backends": rows, "fastest": max(ok, key=ok.get) if ok else None}
 
 
+def engine_attention(step: dict | None, compiled: bool, on_gpu: bool) -> str:
+    """The engine's backend from step 2: the fastest that ran, except that sdpa (a Python loop
+    over documents) cannot be compiled: then varlen if it ran, else flex on a GPU / masked on CPU;
+    `auto` if step 2 measured nothing."""
+    rows = (step or {}).get("backends") or {}
+    fastest = (step or {}).get("fastest")
+    if not fastest:
+        return "auto"
+    if compiled and fastest == "sdpa":
+        if "docs_per_s" in rows.get("varlen", {}):
+            return "varlen"
+        return "flex" if on_gpu else "masked"
+    return fastest
+
+
 def sync() -> None:
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def sync_empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 def engine_and_parity(run: Run, merged: Path, example: Path, device: str, spec: str) -> dict:
@@ -174,29 +252,44 @@ def engine_and_parity(run: Run, merged: Path, example: Path, device: str, spec: 
     from moai_export.parity import ReferenceFigures
 
     embedder, load_s = load(spec)
+    try:
+        result = {"spec": spec, "load_s": load_s, "warmup_s": embedder.warmup_s, "attention": embedder.attention}
+        print(f"engine loaded in {load_s:.1f} s (warm-up {embedder.warmup_s:.1f} s)", flush=True)
+        if run.reference is None:  # the fp32 PEFT reference's figures, once for every engine tried
+            with load_embedder(f"peft:{example / 'base'}+{example / 'adapter'}?device={device}",
+                               name="reference") as ref:
+                run.reference = ReferenceFigures(ref)
+        gate = gate_for("engine", embedder.precision)
+        report = run.reference.gate_with(embedder, gate)
+        result["parity"] = {k: v for k, v in report.to_dict().items() if k != "probes"}
+        texts = ["짧은 질문", "BC카드 연회비는 어떻게 되나요? " * 40, "a", "retrieval " * 300, "모아이 " * 7]
+        together = embedder.encode(texts)
+        alone = np.concatenate([embedder.encode([t]) for t in texts])
+        result["batch_independence_min_cosine"] = float((together * alone).sum(1).min())
+    except BaseException:
+        try:  # a fallback engine gets its memory (after a CUDA fault this can raise too)
+            embedder.close()
+            sync_empty_cache()
+        except Exception:
+            pass
+        raise
     run.engine = target("engine", spec, embedder, load_s)
-    result = {"spec": spec, "load_s": load_s, "warmup_s": embedder.warmup_s, "attention": embedder.attention}
-    with load_embedder(f"peft:{example / 'base'}+{example / 'adapter'}?device={device}", name="reference") as ref:
-        figures = ReferenceFigures(ref)
-    gate = gate_for("engine", embedder.precision)
-    report = figures.gate_with(embedder, gate)
-    result["parity"] = {k: v for k, v in report.to_dict().items() if k != "probes"}
-    texts = ["짧은 질문", "BC카드 연회비는 어떻게 되나요? " * 40, "a", "retrieval " * 300, "모아이 " * 7]
-    together = embedder.encode(texts)
-    alone = np.concatenate([embedder.encode([t]) for t in texts])
-    result["batch_independence_min_cosine"] = float((together * alone).sum(1).min())
     return result
 
 
 def corpus(run: Run, merged: Path, device: str, dataset, documents_limit: int | None, queries: int) -> dict:
-    """Each peer in one call over the whole corpus (st and torch at batch 128, the engine by its
-    own budget), then batch-1 queries."""
+    """Each target in one call over the whole corpus (st and torch at batch 128, the engine by its
+    own budget), then batch-1 queries. The engine goes first and st-fp32 (the slowest, least
+    needed) last; each target's row is in the report as soon as it is measured (a kill or a
+    later failure keeps it), a failing target is recorded and the rest go on, and a target
+    that would pass --deadline is skipped by name."""
     import torch
 
     from moai_export.benchmark.corpus import run_corpus
     from moai_export.embedders.sentence_transformers import SentenceTransformerEmbedder
 
     result: dict = {}
+    run.data["steps"]["corpus"] = result  # partial until the step ends (then it gets its seconds)
     rows = result.setdefault("targets", [])
 
     def measure(make, batch_size):
@@ -208,13 +301,11 @@ def corpus(run: Run, merged: Path, device: str, dataset, documents_limit: int | 
             run_corpus([tgt], dataset, part, batch_size=batch_size, limit=documents_limit, queries=queries,
                        log=lambda m: print(m, flush=True))
         finally:
-            if tgt is not run.engine:
-                embedder.close()
+            embedder.close()  # the engine too: nothing after its row needs it
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         rows.extend(part["targets"])
         result.update({k: v for k, v in part.items() if k != "targets"})
-        run.save()
 
     def st(dtype):
         embedder = SentenceTransformerEmbedder(merged, device=device, name=f"st-{dtype}", admission="skip")
@@ -223,20 +314,37 @@ def corpus(run: Run, merged: Path, device: str, dataset, documents_limit: int | 
             embedder.precision = "bf16"
         return f"st-{dtype}", f"st:{merged}?device={device}", embedder
 
-    peers = [("st-fp32", lambda: st("fp32"), 128), ("st-bf16", lambda: st("bf16"), 128),
-             ("torch-bf16", lambda: ("torch-bf16", f"torch:{merged}?device={device}&dtype=bf16",
-                                     load(f"torch:{merged}?device={device}&dtype=bf16")[0]), 128)]
+    def torch_spec(dtype):
+        spec = f"torch:{merged}?device={device}&dtype={dtype}"
+        return f"torch-{dtype}", spec, load(spec)[0]
+
+    plan = []  # (label, make, batch size, seconds it needs at least)
+    if run.engine is not None:
+        plan.append(("engine", lambda: ("engine", run.engine.spec, run.engine.embedder), None, 20))
     if device == "cpu":  # the CPU side-by-side: fp32 only
-        peers = [("torch-fp32", lambda: ("torch-fp32", f"torch:{merged}", load(f"torch:{merged}")[0]), 32)]
-    for label, make, batch_size in peers:
+        plan.append(("torch-fp32", lambda: torch_spec("fp32"), 32, 30))
+    else:
+        plan += [("st-bf16", lambda: st("bf16"), 128, 30), ("torch-bf16", lambda: torch_spec("bf16"), 128, 30),
+                 ("st-fp32", lambda: st("fp32"), 128, 45)]
+    for label, make, batch_size, needs_s in plan:
+        if run.left() < needs_s:
+            run.data["skipped"].append(f"corpus {label} (needs ~{needs_s} s, {run.left():.0f} s left)")
+            print(f"SKIP corpus {label}: {run.left():.0f} s left", flush=True)
+            continue
         try:
             measure(make, batch_size)
         except Exception as exc:
             run.data["errors"][f"corpus {label}"] = f"{type(exc).__name__}: {exc}"[:1000]
             traceback.print_exc()
-    if run.engine is not None:
-        measure(lambda: ("engine", run.engine.spec, run.engine.embedder), None)
-    by = {r["target"]: r for r in rows}
+        finally:
+            summarize(result)
+            run.save()
+    return result
+
+
+def summarize(result: dict) -> None:
+    """The issue's targets from the rows measured so far."""
+    by = {r["target"]: r for r in result.get("targets", [])}
     engine, st_bf16 = by.get("engine"), by.get("st-bf16")
     result["issue_targets"] = {
         "engine_docs_per_s": engine and engine["docs_per_s"],
@@ -244,7 +352,6 @@ def corpus(run: Run, merged: Path, device: str, dataset, documents_limit: int | 
         "engine_query_p50_ms": engine and engine["query_p50_ms"],
         "wanted": ISSUE_TARGETS,
     }
-    return result
 
 
 def triton_on_gpu() -> dict:
@@ -266,10 +373,12 @@ def markdown(data: dict) -> str:
         for name, row in steps["attention"]["backends"].items():
             lines.append(f"| {name} | {row.get('docs_per_s', 0):.1f} | {row.get('error', '')[:120]} |")
         lines += [f"\nfastest: {steps['attention']['fastest']}", ""]
-    if "engine" in steps:
-        e = steps["engine"]
+    for name in ("engine", "engine_no_cuda_graphs", "engine_eager"):
+        if name not in steps:
+            continue
+        e = steps[name]
         p = e["parity"]
-        lines += ["## Engine parity vs float32 PEFT reference", "",
+        lines += [f"## Engine parity vs float32 PEFT reference (step {name})", "",
                   f"- spec `{e['spec']}`, attention {e['attention']}, load {e['load_s']:.1f} s, "
                   f"warm-up (compile) {e['warmup_s']:.1f} s",
                   f"- gate {'PASS' if p['passed'] else 'FAIL'}: min cosine {p.get('min_cosine')}, "
@@ -320,20 +429,28 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(args.out, args.deadline, vars(args) | {"dataset": str(args.dataset), "out": str(args.out),
                                                      "work": str(args.work)})
     run.engine = None
+    run.reference = None
     dataset = load_beir(args.dataset)
     documents = dataset.documents()[:args.limit]
     merged, example = args.work / "merged", args.work / "example"
     run.step("build", 150, lambda: build(args.work, args.size))
     run.step("attention", 120, lambda: attention_backends(merged, args.device, dtype, documents[:128]))
-    fastest = (run.data["steps"].get("attention") or {}).get("fastest")
     compile_ = args.compile == "true"
-    attention = "auto" if not fastest or (compile_ and fastest in ("sdpa",)) else fastest
-    spec = (f"engine:{merged}?device={args.device}&dtype={dtype}&max_batch_tokens={args.max_batch_tokens}"
-            f"&attention={attention}&compile={args.compile}&compile_cache_dir={args.work / 'inductor'}")
-    if run.step("engine", 200, lambda: engine_and_parity(run, merged, example, args.device, spec)) is None and compile_:
-        # compiled engine failed: the eager engine still measures the packing and the budget
-        spec = spec.replace("compile=true", "compile=false")
-        run.step("engine_eager", 120, lambda: engine_and_parity(run, merged, example, args.device, spec))
+    attention = engine_attention(run.data["steps"].get("attention"), compile_, on_gpu)
+    base = (f"engine:{merged}?device={args.device}&dtype={dtype}&max_batch_tokens={args.max_batch_tokens}"
+            f"&attention={attention}&compile_cache_dir={args.work / 'inductor'}")
+    # The engine as it serves, then (each only if the one before failed, each recorded) the compiled
+    # engine without CUDA graphs (graph trees are the least tried part), then the eager engine.
+    tries = [("engine", f"{base}&compile={args.compile}", 200)]
+    if compile_ and on_gpu:
+        tries.append(("engine_no_cuda_graphs", f"{base}&compile=true&cuda_graphs=false", 200))
+    if compile_:  # eager: the fastest backend of step 2 as it is (sdpa allowed)
+        eager = engine_attention(run.data["steps"].get("attention"), False, on_gpu)
+        tries.append(("engine_eager", f"{base.replace(f'attention={attention}', f'attention={eager}')}"
+                                      "&compile=false", 90))
+    for name, spec, needs_s in tries:
+        if run.step(name, needs_s, lambda spec=spec: engine_and_parity(run, merged, example, args.device, spec)):
+            break
     run.step("corpus", 60, lambda: corpus(run, merged, args.device, dataset, args.limit, args.queries))
     run.step("triton", 5, triton_on_gpu)
     print(markdown(run.data), flush=True)

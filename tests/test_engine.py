@@ -162,6 +162,24 @@ def test_attention_choices_are_checked():
         resolve_backend("paged", "cpu", torch.float32)
 
 
+def test_varlen_call_follows_the_installed_signature():
+    """varlen_attn changed its signature across torch releases; the engine reads it once, at
+    import (never inside a compiled region), and asks for causal attention the way it is spelled."""
+    from moai_export.engine.attention import _varlen_call_kwargs
+
+    def torch_2_9(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None): ...
+
+    def torch_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                   window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None): ...
+
+    def unknown(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k): ...
+
+    assert _varlen_call_kwargs(torch_2_9) == ({"is_causal": True}, False)
+    # a tuple, exactly: varlen.py tests `window_size == (-1, 0)`
+    assert _varlen_call_kwargs(torch_2_12) == ({"window_size": (-1, 0)}, True)
+    assert _varlen_call_kwargs(unknown) is None  # never silently bidirectional
+
+
 def test_unknown_option_and_architecture(merged_dir, minilm):
     with pytest.raises(MoaiError, match="option 'batch' is not known for engine"):
         load_embedder(f"engine:{merged_dir}?batch=3")

@@ -14,7 +14,6 @@ tokens of its own document only, as if the document had been run alone.
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
 from dataclasses import dataclass
 
 import torch
@@ -39,11 +38,7 @@ class Packing:
 
 
 def varlen_available() -> bool:
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _VARLEN_CALL is not None
 
 
 def flex_available() -> bool:
@@ -79,13 +74,34 @@ def resolve_backend(name: str, device: str, dtype: torch.dtype, *, compiled: boo
     return name
 
 
-@lru_cache(maxsize=1)
-def _varlen_causal_kwargs() -> dict:
-    """torch 2.10/2.11 take is_causal=; later releases express it as window_size=(-1, 0)."""
-    from torch.nn.attention.varlen import varlen_attn
+def _varlen_call_kwargs(varlen_attn=None) -> tuple[dict, bool] | None:
+    """How this torch's varlen_attn is asked for causal attention with our scale, worked out ONCE
+    at import, outside any compiled region: torch.compile would otherwise trace the signature
+    inspection inside every layer (Dynamo ignores an lru_cache wrapper and traces its body).
+    Releases differ: 2.9 takes is_causal= and no scale; later ones (main since Oct 2025, 2.12, the
+    local 2.13) take keyword-only scale= and window_size=(-1, 0) for causal (varlen.py computes
+    `is_causal = window_size == (-1, 0)`, so it must be exactly that tuple, not a list). Returns (causal kwargs, takes scale=), or None: no usable
+    varlen_attn here. (`varlen_attn`: another signature to read, for the tests.)"""
+    if varlen_attn is None:
+        try:
+            from torch.nn.attention.varlen import varlen_attn
+        except ImportError:
+            return None
+    try:
+        parameters = inspect.signature(varlen_attn).parameters
+    except (TypeError, ValueError):  # no introspectable signature: assume the current one
+        parameters = {"window_size": None, "scale": None}
+    if "is_causal" in parameters:
+        causal = {"is_causal": True}
+    elif "window_size" in parameters:
+        causal = {"window_size": (-1, 0)}
+    else:
+        return None  # neither spelling of causal: refuse rather than run bidirectional attention
+    return causal, "scale" in parameters
 
-    parameters = inspect.signature(varlen_attn).parameters
-    return {"is_causal": True} if "is_causal" in parameters else {"window_size": (-1, 0)}
+
+_VARLEN_CALL = _varlen_call_kwargs()
+_VARLEN_CAUSAL, _VARLEN_TAKES_SCALE = _VARLEN_CALL or ({}, False)
 
 
 def varlen(q, k, v, packing: Packing, scale: float) -> torch.Tensor:
@@ -95,8 +111,18 @@ def varlen(q, k, v, packing: Packing, scale: float) -> torch.Tensor:
         repeat = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
     cu = packing.cu_seqlens
-    return varlen_attn(q, k, v, cu, cu, packing.max_len, packing.max_len, scale=scale,
-                       **_varlen_causal_kwargs())
+    if _VARLEN_TAKES_SCALE:
+        return varlen_attn(q, k, v, cu, cu, packing.max_len, packing.max_len, scale=scale, **_VARLEN_CAUSAL)
+    # torch 2.9: flash attention's own default scale, 1/sqrt(head_dim), which is Qwen3's scaling
+    # (PackedQwen3 refuses varlen for a model whose scale differs: check_varlen_scale)
+    return varlen_attn(q, k, v, cu, cu, packing.max_len, packing.max_len, **_VARLEN_CAUSAL)
+
+
+def check_varlen_scale(scale: float, head_dim: int) -> None:
+    """A varlen_attn without scale= can only run models scaled by 1/sqrt(head_dim)."""
+    if _VARLEN_CALL and not _VARLEN_TAKES_SCALE and abs(scale - head_dim ** -0.5) > 1e-9:
+        raise MoaiError(f"this torch's varlen_attn takes no scale= and the model's attention scale is {scale}, "
+                        f"not 1/sqrt({head_dim}): use attention=flex or sdpa")
 
 
 def document_block_mask(doc_ids: torch.Tensor):

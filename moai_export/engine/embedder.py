@@ -91,6 +91,12 @@ class EngineEmbedder(TokenEmbedder):
         for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch releases
             if hasattr(config, name):
                 setattr(config, name, max(getattr(config, name), 64))
+        # Module floats (RMSNorm eps, the attention scale) as constants: with dynamic=True and
+        # specialize_float=False (the default in recent releases; the local 2.13 too) Dynamo passes each as a 0-dim float64 CPU
+        # tensor input, and a used CPU input makes inductor skip CUDA graphs ("cpu device") or
+        # split them around CPU ops (graph partition). They never change, so nothing recompiles.
+        if hasattr(config, "specialize_float"):
+            config.specialize_float = True
         self._large = torch.compile(self.model, dynamic=True)
         if self.on_gpu and self.options.cuda_graphs:
             # dynamic too: ONE compile; CUDA graph trees then record one graph per token bucket

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import MoaiError
-from .attention import ATTENTION, Packing, document_block_mask
+from .attention import ATTENTION, Packing, check_varlen_scale, document_block_mask
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
 
@@ -40,6 +40,8 @@ class PackedQwen3(torch.nn.Module):
         first = self.layers[0].self_attn
         self.head_dim = first.head_dim
         self.scale = first.scaling
+        if attention == "varlen":
+            check_varlen_scale(self.scale, self.head_dim)
         # The rotary tables once, from the model's own rotary module (rope scaling included), in
         # the model's dtype as transformers computes them per call.
         weight = self.embed_tokens.weight
