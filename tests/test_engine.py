@@ -131,6 +131,10 @@ def test_verify_admits_the_engine_and_fails_a_wrong_reference(example_dir, merge
     assert report["thresholds"]["min_cosine"] == 0.99999  # the engine family's fp32 gate
     # now admitted: it loads without --allow-unverified
     load_embedder(f"engine:{artifact}").close()
+    # ... as it was verified only: compiled, it runs other code (masked attention), not admitted
+    with pytest.raises(MoaiError, match=r"not verified for engine on cpu in fp32, masked\+compiled.*"
+                                        r"verify 'engine:.*compile=true"):
+        load_embedder(f"engine:{artifact}?compile=true")
     # the gate can fail: the same engine against the plain base model (no adapter)
     result = CliRunner().invoke(main, ["verify", f"engine:{artifact}", "--reference", f"torch:{example_dir / 'base'}",
                                        "--no-admit", "--json", str(json_path)])

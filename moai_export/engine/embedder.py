@@ -220,8 +220,7 @@ class EngineEmbedder(TokenEmbedder):
         directory = Path(directory)
         options = options.check()
         config = serving_config(options)
-        require_admitted(directory, config, mode=admission, spec=f"engine:{directory}?device={options.device}"
-                                                                  f"&dtype={options.dtype}")
+        require_admitted(directory, config, mode=admission, spec=engine_spec(directory, options))
         contract = read_contract(directory)
         backbone = load_backbone(directory, DTYPES[options.dtype])
         embedder = cls(backbone, ContractTokenizer.from_dir(directory, contract), contract, options,
@@ -231,10 +230,25 @@ class EngineEmbedder(TokenEmbedder):
         return embedder
 
 
+def engine_spec(directory: Path, options: EngineOptions) -> str:
+    """The spec that loads (and `moai-export verify` admits) exactly this configuration."""
+    spec = f"engine:{directory}?device={options.device}&dtype={options.dtype}&attention={options.attention}"
+    if options.compile:
+        spec += f"&compile=true&cuda_graphs={str(options.cuda_graphs).lower()}"
+    return spec
+
+
 def serving_config(options: EngineOptions):
+    """What a gate admits and a load must match: device, dtype and HOW it runs (the attention
+    kernel, compiled, CUDA graphs): eager sdpa and compiled masked attention are different code,
+    and a pass of one must not admit the other."""
     from ..admission import ServingConfig
 
-    return ServingConfig("engine", options.device.split(":")[0], options.dtype)
+    backend = resolve_backend(options.attention, options.device, DTYPES[options.dtype], compiled=options.compile)
+    on_gpu = options.device.startswith("cuda")
+    provider = backend + ("+compiled" if options.compile else "") + (
+        "+cudagraphs" if options.compile and on_gpu and options.cuda_graphs else "")
+    return ServingConfig("engine", options.device.split(":")[0], options.dtype, provider)
 
 
 def from_spec(location: str, *, name: str, device: str = "cpu", dtype: str | None = None,
