@@ -1,6 +1,7 @@
 """The packed engine (`engine:DIR`) on CPU in float32: scheduling, padding-free attention,
-batch independence, the parity gate and its errors. The GPU paths (varlen flash attention,
-compile, CUDA graphs, bf16) are measured by bench/gpu_engine.py on a GPU machine."""
+batch independence, the compiled CPU path, the parity gate and its errors. The GPU paths (varlen
+flash attention, compiled on CUDA, CUDA graphs, bf16) are measured by bench/gpu_engine.py on a GPU
+machine."""
 
 from __future__ import annotations
 
@@ -109,6 +110,19 @@ def test_triton_style_padded_input(engine, padded):
     assert [len(r) for r in unpad(batch.input_ids, batch.attention_mask)] == batch.attention_mask.sum(1).tolist()
     assert cosines(engine.forward(batch.input_ids, batch.attention_mask),
                    padded.forward(batch.input_ids, batch.attention_mask)).min() >= 0.99999
+
+
+@pytest.mark.slow
+def test_compiled_path_equals_padded_and_is_batch_independent(merged_dir, padded):
+    """compile=true as it serves on CPU (inductor, the masked attention, shape buckets with
+    zero-length slot documents): the same vectors as the padded model, alone or packed."""
+    with load_embedder(f"engine:{merged_dir}?compile=true&max_batch_tokens=2048", admission="skip") as compiled:
+        assert compiled.attention == "masked" and compiled.warmup_s > 0
+        together = compiled.encode(TEXTS, "query")
+        alone = np.concatenate([compiled.encode([text], "query") for text in TEXTS])
+    reference = padded.encode(TEXTS, "query")
+    assert cosines(together, reference).min() >= 0.99999
+    assert cosines(alone, reference).min() >= 0.99999
 
 
 def test_bf16_batch_independence(merged_dir):
