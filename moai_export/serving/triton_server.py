@@ -37,6 +37,13 @@ def runtime_venv() -> Path:
 
 
 def _pytriton_dir(venv: Path) -> Path:
+    """The wheel's tritonserver folder: $MOAI_TRITONSERVER_DIR when set (the wheel installed
+    elsewhere, e.g. `pip install --target` on a GPU machine), else in the runtime environment."""
+    if os.environ.get("MOAI_TRITONSERVER_DIR"):
+        server_dir = Path(os.environ["MOAI_TRITONSERVER_DIR"])
+        if not (server_dir / "bin" / "tritonserver").is_file():
+            raise TritonLaunchError(f"MOAI_TRITONSERVER_DIR={server_dir}: no bin/tritonserver there")
+        return server_dir
     candidates = sorted(venv.glob("lib/python3*/site-packages/pytriton/tritonserver"))
     if not candidates:
         raise TritonLaunchError(
