@@ -412,6 +412,7 @@ def gateway(triton_url, model, served_model_name, host, port, api_keys, api_key_
       moai-export gateway --triton grpc://127.0.0.1:8001 --model moai_embedding
       curl -s localhost:8080/v1/embeddings -H 'Content-Type: application/json' \\
           -d '{"model": "moai_embedding", "input": ["a question"], "input_type": "query"}'
+
     Every error is OpenAI's error JSON; Triton down gives 503 with Retry-After. The gateway
     needs no model files: the contract comes from the ensemble's config, usage tokens from its
     TOKENS output (repositories written before TOKENS existed: re-run `moai-export triton`).
