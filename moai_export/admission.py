@@ -167,16 +167,22 @@ def repository_serving_config(encoder: str, precision: str, tensorrt: bool, engi
     return ServingConfig("triton", device, precision, encoder + ("+tensorrt" if tensorrt else ""))
 
 
+def recorded_repository_config(ensemble_dir: Path, precision: str | None = None) -> ServingConfig:
+    """The configuration the ensemble's manifest records (`precision`: as the server reports it,
+    else the recorded one): the one reader of those options for the launcher and the clients."""
+    options = (read_manifest(ensemble_dir) or {}).get("options", {})
+    return repository_serving_config(options.get("encoder", "python"), precision or options.get("precision", "fp32"),
+                                     bool(options.get("tensorrt")), (options.get("engine") or {}).get("device", "cpu"))
+
+
 def check_repository_admitted(repository: Path, model: str, *, mode: str = "require") -> None:
     """A Triton repository is admitted as a whole: its ensemble's manifest records the run of
     the three models together on a real server, and covers their files."""
     ensemble_dir = Path(repository) / model
     if not (ensemble_dir / "config.pbtxt").is_file():
         raise NotAdmitted(f"{repository}: no model {model!r}")
-    options = (read_manifest(ensemble_dir) or {}).get("options", {})
-    config = repository_serving_config(options.get("encoder", "python"), options.get("precision", "fp32"),
-                                       bool(options.get("tensorrt")), (options.get("engine") or {}).get("device", "cpu"))
-    require_admitted(ensemble_dir, config, mode=mode, spec=f"triton:{repository}?model={model}")
+    require_admitted(ensemble_dir, recorded_repository_config(ensemble_dir), mode=mode,
+                     spec=f"triton:{repository}?model={model}")
 
 
 def repository_ensembles(repository: Path) -> list[str]:

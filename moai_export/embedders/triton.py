@@ -187,12 +187,9 @@ class TritonRepositoryEmbedder(TritonEmbedder):
         except BaseException:
             self.server.stop()
             raise
-        from ..admission import read_manifest, repository_serving_config
+        from ..admission import recorded_repository_config
 
-        options = (read_manifest(repository / model) or {}).get("options", {})
-        self.serving = repository_serving_config(options.get("encoder", "python"), self.precision,
-                                                 bool(options.get("tensorrt")),
-                                                 (options.get("engine") or {}).get("device", "cpu"))
+        self.serving = recorded_repository_config(repository / model, self.precision)
         self.artifact_dir = repository / model
 
     def close(self) -> None:
@@ -227,17 +224,14 @@ def _remote(location: str, protocol: str, name: str, options: dict) -> TritonEmb
     repository = options.pop("repository", None)
     embedder = TritonEmbedder(address, model, protocol=protocol, name=name, **options)
     if repository:
-        from ..admission import read_manifest, repository_id, repository_serving_config
+        from ..admission import recorded_repository_config, repository_id
 
         ensemble_dir = Path(repository) / model
         served_here = (ensemble_dir / "config.pbtxt").is_file() and embedder.repository_id == repository_id(ensemble_dir)
         if not served_here:
             embedder.close()
             raise MoaiError(f"the server at {address} does not serve {ensemble_dir} (another repository id)")
-        recorded = (read_manifest(ensemble_dir) or {}).get("options", {})
-        embedder.serving = repository_serving_config(recorded.get("encoder", "python"), embedder.precision,
-                                                     bool(recorded.get("tensorrt")),
-                                                     (recorded.get("engine") or {}).get("device", "cpu"))
+        embedder.serving = recorded_repository_config(ensemble_dir, embedder.precision)
         embedder.artifact_dir = ensemble_dir
     return embedder
 
