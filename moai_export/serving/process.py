@@ -51,31 +51,29 @@ class Terminated(BaseException):
 
 
 @contextmanager
+def _handling(signals, handler):
+    """`handler` for `signals` within the block, the previous handlers restored after it."""
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
 def stop_signals_raise():
     """Within the block, SIGTERM / SIGHUP raise Terminated in the main thread (Python's default
     for them is to die at once, skipping every cleanup)."""
-
-    def raise_terminated(signum, frame):
-        raise Terminated(signum)
-
-    previous = {sig: signal.signal(sig, raise_terminated) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return _handling(STOP_SIGNALS, _raise_terminated)
 
 
-@contextmanager
 def signals_ignored():
     """While a server is being stopped: a second signal must not interrupt the stop half-way."""
-    sigs = (signal.SIGINT, *STOP_SIGNALS)
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return _handling((signal.SIGINT, *STOP_SIGNALS), signal.SIG_IGN)
 
 
 # -- processes, read from /proc ---------------------------------------------------------------
