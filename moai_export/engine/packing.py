@@ -44,10 +44,6 @@ class PackedBatch:
     def num_docs(self) -> int:
         return len(self.lengths)
 
-    @property
-    def real_tokens(self) -> int:
-        return sum(self.lengths)
-
     def to(self, device: str) -> "PackedBatch":
         """Copies to `device`; non-blocking from pinned memory, so the copy overlaps GPU work."""
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
