@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
-import time
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,30 +33,25 @@ from gateway_soak import (MODEL, Recorder, Stack, build_artifact, closed_loop, e
                           gateway_request, log, texts_pool, triton_request)
 
 from moai_export.benchmark.machine import default_results_dir, machine_slug  # noqa: E402
+from moai_export.serving.gateway_server import GatewayServer  # noqa: E402
 from moai_export.serving.triton_server import free_ports  # noqa: E402
 
-HIDE_C_PARSERS = "import sys; sys.modules['uvloop'] = None; sys.modules['httptools'] = None; "
+HIDE_C_PARSERS = "sys.modules['uvloop'] = None; sys.modules['httptools'] = None; "
 
 
-def start_gateway(source: Path, triton_grpc: str, port: int, extra: list[str], log_path: Path,
-                  pure_python: bool) -> subprocess.Popen:
-    code = (HIDE_C_PARSERS if pure_python else "") + "from moai_export.cli import main; main()"
-    process = subprocess.Popen(
-        [sys.executable, "-c", code, "gateway", "--triton", f"grpc://{triton_grpc}", "--model", MODEL,
-         "--port", str(port), "--max-queue", "256", "--timeout", "15", "--log-level", "warning", *extra],
-        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(source)},
-        cwd=source)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError(f"gateway from {source} did not start; see {log_path}")
-        time.sleep(0.3)
+@dataclass
+class SourceGateway(GatewayServer):
+    """The launcher's gateway, imported from `source` (another checkout), optionally without the
+    C event loop and HTTP parser (uvicorn then falls back to asyncio and h11)."""
+
+    source: Path = ROOT
+    pure_python: bool = False
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        command, env = super().command()  # [python, -m, moai_export.cli, gateway, ...]
+        code = (f"import sys; sys.path.insert(0, {str(self.source)!r}); "
+                + (HIDE_C_PARSERS if self.pure_python else "") + "from moai_export.cli import main; main()")
+        return [sys.executable, "-c", code, *command[3:]], env
 
 
 async def measure(args, triton_grpc: str, gateways: dict[str, str], pool: list[str]) -> dict:
@@ -133,24 +126,26 @@ def main() -> int:
     write_repository(artifact, repo, TritonOptions(max_batch_size=16, verify="none", force=True), log=log)
     stack = Stack(repo, args.work, 256)
     stack.triton.start(timeout=300)
-    processes, gateways, described = [], {}, {}
+    servers, gateways, described = [], {}, {}
+    limits = ["--max-queue", "256", "--timeout", "15"]
     try:
         ports = free_ports(2)
-        processes.append(start_gateway(ROOT, stack.triton.grpc_url, ports[0], [], args.work / "gateway.log", False))
-        gateways["gateway"] = f"http://127.0.0.1:{ports[0]}"
+        servers.append(SourceGateway(stack.triton.grpc_url, MODEL, port=ports[0], extra_args=limits,
+                                     log_path=args.work / "gateway.log").start())
+        gateways["gateway"] = servers[-1].base_url
         described["gateway"] = f"this tree ({_commit(ROOT)})"
         if args.baseline:
-            extra = [a.replace("{repo}", str(repo)) for a in args.baseline_arg]
-            processes.append(start_gateway(args.baseline.absolute(), stack.triton.grpc_url, ports[1], extra,
-                                           args.work / "gateway-baseline.log", args.baseline_pure_python))
-            gateways["baseline"] = f"http://127.0.0.1:{ports[1]}"
+            extra = limits + [a.replace("{repo}", str(repo)) for a in args.baseline_arg]
+            servers.append(SourceGateway(stack.triton.grpc_url, MODEL, port=ports[1], extra_args=extra,
+                                         log_path=args.work / "gateway-baseline.log", source=args.baseline.absolute(),
+                                         pure_python=args.baseline_pure_python).start())
+            gateways["baseline"] = servers[-1].base_url
             described["baseline"] = (f"{args.baseline} ({_commit(args.baseline)})"
                                      + (", asyncio + h11 (uvloop/httptools hidden)" if args.baseline_pure_python else ""))
         results = asyncio.run(measure(args, stack.triton.grpc_url, gateways, texts_pool(200)))
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait(30)
+        for server in servers:
+            server.stop()
         stack.triton.stop()
     results.update(machine=machine_slug(), artifact=str(artifact), targets=described,
                    args={k: str(v) for k, v in vars(args).items() if k not in ("work", "out", "artifact")})

@@ -22,9 +22,7 @@ import argparse
 import asyncio
 import base64
 import json
-import os
 import random
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moai_export.benchmark.machine import default_results_dir  # noqa: E402
+from moai_export.serving.gateway_server import GatewayServer  # noqa: E402
 from moai_export.serving.process import group_members  # noqa: E402
 from moai_export.serving.triton_server import TritonServer, free_ports  # noqa: E402
 
@@ -199,40 +198,23 @@ class Stack:
         self.repo, self.work = repo, work
         self.ports = free_ports(4)
         self.triton = TritonServer(repo, *self.ports[:3], log_path=work / "triton.log")
-        self.gateway_url = f"http://127.0.0.1:{self.ports[3]}"
-        self.max_queue = max_queue
-        self.gateway = None
+        self.gateway = GatewayServer(self.triton.grpc_url, MODEL, port=self.ports[3], log_path=work / "gateway.log",
+                                     extra_args=["--max-queue", str(max_queue), "--timeout", "15"])
+        self.gateway_url = self.gateway.base_url
 
     def start(self) -> None:
         self.triton.start(timeout=300)
-        self.gateway = subprocess.Popen(
-            [sys.executable, "-m", "moai_export.cli", "gateway", "--triton", f"grpc://{self.triton.grpc_url}",
-             "--model", MODEL, "--port", str(self.ports[3]),
-             "--max-queue", str(self.max_queue), "--timeout", "15", "--log-level", "warning"],
-            stdout=open(self.work / "gateway.log", "wb"), stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
-        import urllib.request
+        self.gateway.start(timeout=60)
 
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.gateway_url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.gateway.poll() is not None:
-                raise RuntimeError(f"gateway did not start; see {self.work / 'gateway.log'}")
-            time.sleep(0.3)
+    def gateway_alive(self) -> bool:
+        return self.gateway.process is not None and self.gateway.process.poll() is None
 
     def rss(self) -> dict:
-        return {"gateway_mb": round(rss_mb([self.gateway.pid]), 1),
+        return {"gateway_mb": round(rss_mb([self.gateway.process.pid]), 1),
                 "triton_mb": round(rss_mb(group_members(self.triton.process.pid)), 1)}
 
     def stop(self) -> None:
-        if self.gateway and self.gateway.poll() is None:
-            self.gateway.terminate()
-            self.gateway.wait(30)
+        self.gateway.stop()
         self.triton.stop()
 
 
@@ -331,7 +313,7 @@ async def run(args, stack: Stack, pool: list[str]) -> dict:
         after_ready = [o for o in restart.outcomes if o.sent > times["ready"] + 2]
         results["faults"]["triton_restart"] = {
             **restart.summary(), "events_s": {k: round(v, 1) for k, v in times.items()},
-            "gateway_restarted": False, "gateway_pid_unchanged": stack.gateway.poll() is None,
+            "gateway_restarted": False, "gateway_pid_unchanged": stack.gateway_alive(),
             "ok_after_recovery": sum(o.status == 200 for o in after_ready), "requests_after_recovery": len(after_ready),
             "first_ok_after_ready_s": _first_ok_after(restart.outcomes, times["ready"]),
         }
@@ -348,7 +330,7 @@ async def run(args, stack: Stack, pool: list[str]) -> dict:
         results["faults"]["client_disconnect"] = {
             "disconnected": sum(o.status == "TimeoutError" or o.status == "ServerTimeoutError" for o in disconnects.outcomes),
             "answered_before_disconnect": sum(o.status == 200 for o in disconnects.outcomes),
-            "after": check.summary(), "gateway_alive": stack.gateway.poll() is None,
+            "after": check.summary(), "gateway_alive": stack.gateway_alive(),
         }
         log(f"  {json.dumps(results['faults']['client_disconnect'])}")
 
@@ -357,7 +339,7 @@ async def run(args, stack: Stack, pool: list[str]) -> dict:
         log(f"fault: burst at {3 * saturation:.1f} req/s for {args.burst_seconds} s")
         await open_loop(via_gateway(burst), 3 * saturation, args.burst_seconds, len(pool))
         results["faults"]["burst_3x"] = {"rate_rps": round(3 * saturation, 2), "seconds": args.burst_seconds,
-                                         **burst.summary(), "gateway_alive": stack.gateway.poll() is None}
+                                         **burst.summary(), "gateway_alive": stack.gateway_alive()}
         log(f"  {json.dumps(results['faults']['burst_3x'])}")
         results["rss_end"] = stack.rss()
     return results
