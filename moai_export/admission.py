@@ -39,7 +39,7 @@ class NotAdmitted(MoaiError):
 
 @dataclass(frozen=True)
 class ServingConfig:
-    runtime: str  # torch | sentence-transformers | onnxruntime | vllm | triton | engine
+    runtime: str  # the word of the kind that serves it (kinds.Kind.runtime)
     device: str = "cpu"  # cpu | cuda
     dtype: str = "fp32"  # the compute precision: fp32 | bf16 | fp16 | int8
     provider: str = ""  # onnxruntime execution provider, Triton encoder kind, vLLM route ...
@@ -163,8 +163,10 @@ def repository_serving_config(encoder: str, precision: str, tensorrt: bool, engi
     """A Triton repository's configuration. python encoder: onnxruntime on CPU inside the python
     backend; onnxruntime encoder: Triton's ONNX Runtime backend on a GPU, optionally TensorRT;
     engine encoder: the packed engine in the python backend on its device."""
+    from .kinds import kind_named
+
     device = {"python": "cpu", "engine": engine_device}.get(encoder, "cuda")
-    return ServingConfig("triton", device, precision, encoder + ("+tensorrt" if tensorrt else ""))
+    return kind_named("triton").serving_config(device, precision, encoder + ("+tensorrt" if tensorrt else ""))
 
 
 def recorded_repository_config(ensemble_dir: Path, precision: str | None = None) -> ServingConfig:

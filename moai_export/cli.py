@@ -11,6 +11,7 @@ import click
 from . import __version__
 from .cli_base import EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, overrides_from
 from .errors import VerificationFailed
+from .kinds import describe_recognised, kind_names
 
 DTYPE_CHOICE = click.Choice(["fp32", "bf16", "fp16"])
 
@@ -120,10 +121,25 @@ def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_
     click.echo(f"onnx {precision} written to {out} (verified; report: {out / 'moai_parity.json'})")
 
 
-@main.command()
+VERIFY_HELP = f"""Compare ARTIFACTS with a reference on the built-in probe set, each loaded as it serves;
+print a table, write JSON, exit 3 if any fails its gate.
+
+ARTIFACTS are specs ({kind_names()}) or bare directories, recognised by what they contain:
+
+\b
+{describe_recognised()}
+
+Gates come from one table by kind and precision (moai_export/gates.py); each override
+replaces only its own number. A configuration that passes is admitted: launchers and
+Embedders refuse configurations no gate admitted (e.g. run this with --device cuda on the
+GPU machine before serving bfloat16 there).
+"""
+
+
+@main.command(help=VERIFY_HELP)
 @click.argument("artifacts", nargs=-1, required=True)
 @click.option("--reference", required=True,
-              help="BASE+ADAPTER (the PEFT reference), or any spec (torch:DIR, onnx:DIR, ...).")
+              help=f"BASE+ADAPTER (the PEFT reference), or any spec ({kind_names()}).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Load local artifacts on this device (onnx: its CUDA provider; vllm: the server on the GPU, "
                    "bfloat16). A passing run admits that configuration in the artifact's manifest.")
@@ -135,20 +151,6 @@ def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=Path("moai-verify.json"),
               show_default=True, help="Where to write the JSON report.")
 def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, min_rank_agreement, json_path):
-    """Compare ARTIFACTS with a reference on the built-in probe set, each loaded as it serves;
-    print a table, write JSON, exit 2 if any fails its gate.
-
-    \b
-    ARTIFACTS are specs or bare directories, recognised by what they contain:
-      merged dir (config.json)      transformers, in the dtype it was saved in
-      ONNX dir (model.onnx)         onnxruntime
-      vLLM dir (vllm_serve.json)    a real vLLM server started for it, as serve/vllm/run.sh would
-      Triton repo (*/config.pbtxt)  a real local tritonserver started for it
-    Gates come from one table by kind and precision (moai_export/gates.py); each override
-    replaces only its own number. A configuration that passes is admitted: launchers and
-    Embedders refuse configurations no gate admitted (e.g. run this with --device cuda on the
-    GPU machine before serving bfloat16 there).
-    """
     import json
 
     from .artifacts import check_output_location

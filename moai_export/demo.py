@@ -12,15 +12,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from .benchmark.speed import round_robin_throughput
-from .embedders.peft_reference import PeftEmbedder
-from .embedders.sentence_transformers import SentenceTransformerEmbedder
-from .embedders.triton import TritonEmbedder
-from .embedders.torch_model import TorchEmbedder
 from .example import build_example
-from .embedders.onnx_runtime import OnnxEmbedder
 from .example.triplets import TRIPLETS
 from .export.onnx import OnnxOptions, export_onnx
 from .gates import gate_for
+from .kinds import load_embedder, parse_spec
 from .merge import MergeOptions, merge
 from .parity import compare, embed_probes
 from .probes import probe_set
@@ -29,10 +25,16 @@ from .report import format_table
 ONNX_PRECISIONS = ("fp32", "int8")
 
 
+def _variant(spec: str, name: str) -> tuple:
+    """A row of the table: the variant loaded through the registry, as any user would load it,
+    and the gate of its kind's family in the precision it serves."""
+    embedder = load_embedder(spec, name=name)
+    return embedder, gate_for(parse_spec(spec)[0].family, embedder.precision).thresholds
+
+
 def _start_vllm(out: Path, merged_dir: Path, reference, force: bool, log, running: ExitStack) -> list:
     """Export the vLLM directory (gated on a real vLLM server), serve it with vLLM's
     OpenAI-compatible server, and return its Embedder (/v2/embed, server-side prompt)."""
-    from .embedders.vllm import VllmHttpEmbedder
     from .errors import MoaiError
     from .export.vllm import VllmOptions, export_vllm
     from .serving.triton_server import free_ports
@@ -50,8 +52,7 @@ def _start_vllm(out: Path, merged_dir: Path, reference, force: bool, log, runnin
         log(f"warning: vLLM skipped: {exc}")
         return []
     log(f"vLLM server ready: {server.base_url}")
-    return [(VllmHttpEmbedder(server.base_url, "moai-embedding", name="vllm http (fp32, /v2/embed)"),
-             gate_for("vllm", "fp32").thresholds)]
+    return [_variant(f"vllm-http://{server.host}:{server.port}/moai-embedding", "vllm http (fp32, /v2/embed)")]
 
 
 def _start_triton(out: Path, reference, force: bool, log, running: ExitStack) -> list:
@@ -72,16 +73,13 @@ def _start_triton(out: Path, reference, force: bool, log, running: ExitStack) ->
         return []
     log(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}")
     return _start_gateway(out, server, log, running) + [
-        (TritonEmbedder(server.http_url, "moai_embedding", protocol="http", name="triton http (onnx int8)"),
-         gate_for("triton", "int8").thresholds),
-        (TritonEmbedder(server.grpc_url, "moai_embedding", protocol="grpc", name="triton grpc (onnx int8)"),
-         gate_for("triton", "int8").thresholds),
+        _variant(f"triton-http://{server.http_url}/moai_embedding", "triton http (onnx int8)"),
+        _variant(f"triton-grpc://{server.grpc_url}/moai_embedding", "triton grpc (onnx int8)"),
     ]
 
 
 def _start_gateway(out: Path, triton, log, running: ExitStack) -> list:
     """The OpenAI-compatible gateway in front of that Triton, driven over HTTP like any client."""
-    from .embedders.openai_http import OpenAIHttpEmbedder
     from .serving.gateway_server import GatewayServer
     from .serving.triton_server import TritonLaunchError, free_ports
 
@@ -93,8 +91,7 @@ def _start_gateway(out: Path, triton, log, running: ExitStack) -> list:
         log(f"warning: gateway skipped: {exc}")
         return []
     log(f"gateway ready: {gateway.base_url}/v1/embeddings (OpenAI API) -> Triton gRPC {triton.grpc_url}")
-    return [(OpenAIHttpEmbedder(f"127.0.0.1:{port}", "moai_embedding", name="gateway /v1/embeddings (onnx int8)"),
-             gate_for("triton", "int8").thresholds)]
+    return [_variant(f"openai-http://127.0.0.1:{port}/moai_embedding", "gateway /v1/embeddings (onnx int8)")]
 
 
 def run_demo(out: Path, *, size: str = "tiny", force: bool = False, log=print) -> str:
@@ -109,8 +106,7 @@ def _run(out: Path, size: str, force: bool, log, running: ExitStack) -> str:
     build_example(example_dir, size=size, force=force)
     log(f"[2/6] merge -> {merged_dir}")
     merge(str(example_dir / "base"), str(example_dir / "adapter"), merged_dir, MergeOptions(force=force, log=log))
-    reference = PeftEmbedder.from_base_and_adapter(example_dir / "base", example_dir / "adapter",
-                                                   name="peft (reference)")
+    reference, reference_gate = _variant(f"peft:{example_dir / 'base'}+{example_dir / 'adapter'}", "peft (reference)")
     for precision in ONNX_PRECISIONS:
         log(f"[3/6] onnx {precision} -> {out / f'onnx-{precision}'}")
         export_onnx(merged_dir, out / f"onnx-{precision}", reference=reference,
@@ -120,13 +116,10 @@ def _run(out: Path, size: str, force: bool, log, running: ExitStack) -> str:
 
     log("[6/6] parity and speed of every variant")
     variants = [
-        (reference, gate_for("torch", "fp32").thresholds),
-        (TorchEmbedder.from_dir(merged_dir, name="merged torch fp32"), gate_for("torch", "fp32").thresholds),
-        (SentenceTransformerEmbedder(merged_dir, name="sentence-transformers"), gate_for("torch", "fp32").thresholds),
-    ] + [
-        (OnnxEmbedder(out / f"onnx-{precision}", name=f"onnx {precision}"), gate_for("onnx", precision).thresholds)
-        for precision in ONNX_PRECISIONS
-    ] + servers
+        (reference, reference_gate),
+        _variant(f"torch:{merged_dir}", "merged torch fp32"),
+        _variant(f"st:{merged_dir}", "sentence-transformers"),
+    ] + [_variant(f"onnx:{out / f'onnx-{precision}'}", f"onnx {precision}") for precision in ONNX_PRECISIONS] + servers
     probes = probe_set(reference.contract.max_tokens)
     expected = embed_probes(reference, probes)
     documents = [positive for _, positive, _ in TRIPLETS] + [negative for _, _, negative in TRIPLETS]

@@ -16,10 +16,6 @@ from .gates import GateOverrides
 from .kinds import load_embedder, parse_spec
 from .parity import ReferenceFigures
 
-# Kinds that take a device option; onnx maps device=cuda to its CUDA provider.
-DEVICE_KINDS = ("torch", "st", "onnx", "vllm", "peft", "engine")
-
-
 def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | None = None,
            device: str | None = None, admit: bool = True, log=print, dims: int | None = None) -> tuple[dict, list]:
     """(JSON-ready report, GateReports) of every artifact against the reference. `dims`: compare
@@ -35,7 +31,8 @@ def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | N
     gates, results = [], []
     for spec, kind in zip(artifacts, kinds):
         log(f"checking {spec}")
-        options = {"device": device} if device and kind.name in DEVICE_KINDS else {}
+        # every kind that takes a device (onnx maps device=cuda to its CUDA provider)
+        options = {"device": device} if device and kind.takes_device else {}
         options.update(sized)
         with load_embedder(spec, admission="skip", **options) as candidate:
             gate = overrides.apply(kind.family, candidate.precision)
@@ -74,11 +71,7 @@ def _admit(directory, serving, report, reference: str, log) -> bool:
 
 
 def _check_exists(spec: str):
-    from pathlib import Path
-
-    from .errors import MoaiError
-
     kind, location, _ = parse_spec(spec)
-    if kind.local and not kind.url and not Path(location).is_dir():
-        raise MoaiError(f"{spec}: no such directory")
+    if kind.admits:
+        kind.check_directory(location)
     return kind

@@ -12,13 +12,13 @@ from typing import Callable
 
 import click
 
-from ..cli_base import EXIT_VERIFICATION_FAILED, MoaiGroup
+from ..cli_base import EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, overrides_from
 from ..errors import MoaiError
+from ..kinds import kind_names
 
-TARGET_HELP = ("[LABEL=]SPEC, repeatable; the first is the baseline the ratios/deltas use. SPEC: "
-               "peft:BASE+ADAPTER, torch:DIR, st:DIR, onnx:DIR, or any other kind load_embedder knows "
-               "(e.g. triton-http://..., vllm:..., openai-http://HOST:PORT/MODEL for the gateway). "
-               "LABEL names it in tables, e.g. int8=onnx:build/onnx-int8.")
+TARGET_HELP = ("[LABEL=]SPEC, repeatable; the first is the baseline the ratios/deltas use. SPEC: BASE+ADAPTER, "
+               f"a bare artifact directory, or a spec of any kind ({kind_names()}; openai-http:// is the "
+               "gateway). LABEL names it in tables, e.g. int8=onnx:build/onnx-int8.")
 
 
 class BenchGroup(MoaiGroup):
@@ -317,10 +317,7 @@ def corpus(dataset, targets, batch_size, limit, queries, with_title, out, tokeni
               help="Also compare on a BEIR dataset's queries and documents (top-10 agreement over its corpus).")
 @click.option("--max-texts", type=click.IntRange(min=1), default=500, show_default=True,
               help="With --dataset: at most this many queries and documents.")
-@click.option("--min-cosine", type=float, default=0.99, show_default=True, help="PASS needs every probe's cosine >= this.")
-@click.option("--max-abs", type=float, default=None, help="PASS needs every component within this (default: not checked).")
-@click.option("--min-rank-agreement", type=float, default=0.8, show_default=True,
-              help="PASS needs this top-10 overlap on the retrieval probe.")
+@gate_options
 @click.option("--strict", is_flag=True, help="Exit 3 (verification failed) when any target does not PASS.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Texts per encode call.")
@@ -330,12 +327,13 @@ def parity(reference, targets, dataset, max_texts, min_cosine, max_abs, min_rank
     """Min/mean cosine, max abs difference and top-10 rank agreement of every target against
     --reference on the built-in probe set (Korean/English/mixed, queries and documents, 1
     token to past max tokens), as one table, plus the distribution of cosines as a plot.
+    PASS/FAIL is each target's gate from the one gate table (its kind's family and the precision
+    it serves in), as `moai-export verify` would judge it; each override replaces one number.
 
     \b
     moai-bench parity --reference peft:build/example/base+build/example/adapter \\
         --target onnx:build/onnx-int8 --target triton-grpc://127.0.0.1:8001/moai_embedding
     """
-    from ..parity import Thresholds
     from .parity_run import run_parity
     from .workloads import load_beir
 
@@ -345,7 +343,7 @@ def parity(reference, targets, dataset, max_texts, min_cosine, max_abs, min_rank
                 "dataset": str(dataset) if dataset else None, "max_texts": max_texts}
 
     def body(loaded, data):
-        run_parity(loaded[0], loaded[1:], Thresholds(min_cosine, max_abs), min_rank_agreement, result,
+        run_parity(loaded[0], loaded[1:], overrides_from(min_cosine, max_abs, min_rank_agreement), result,
                    dataset=data_set, max_texts=max_texts, batch_size=batch_size, progress=not quiet,
                    log=_log(quiet))
 

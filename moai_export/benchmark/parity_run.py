@@ -1,24 +1,25 @@
 """`moai-bench parity`: every target against one reference on the built-in probe set (and,
-with a dataset, on its texts): min/mean cosine, max abs, top-10 rank agreement."""
+with a dataset, on its texts): min/mean cosine, max abs, top-10 rank agreement, judged by the
+target's gate from the one gate table (as `moai-export verify` judges it)."""
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from ..parity import ReferenceFigures, Thresholds
+from ..gates import GateOverrides
+from ..kinds import parse_spec
+from ..parity import ReferenceFigures
 from .retrieval import encode_all, vector_parity
 from .targets import Target
 from .workloads import BeirDataset
 
 
-def run_parity(reference: Target, targets: Sequence[Target], thresholds: Thresholds, min_rank_agreement: float,
-               result: dict, *, dataset: BeirDataset | None = None, max_texts: int | None = None,
+def run_parity(reference: Target, targets: Sequence[Target], overrides: GateOverrides, result: dict, *, dataset: BeirDataset | None = None, max_texts: int | None = None,
                batch_size: int = 16, progress: bool = True, log: Callable[[str], None] = lambda m: None) -> None:
     log(f"reference {reference.label}: embedding the probe set")
     figures = ReferenceFigures(reference.embedder)
     result["reference"] = reference.label
-    result["thresholds"] = {"min_cosine": thresholds.min_cosine, "max_abs": thresholds.max_abs,
-                            "min_rank_agreement": min_rank_agreement}
+    result["gate_overrides"] = {k: v for k, v in vars(overrides).items() if v is not None}
     result["probes"] = len(figures.probes)
     ref_vectors = None
     if dataset is not None:
@@ -36,8 +37,9 @@ def run_parity(reference: Target, targets: Sequence[Target], thresholds: Thresho
                          "reason": f"{target.embedder.contract.dims} dims vs the reference's "
                                    f"{reference.embedder.contract.dims}"})
             continue
-        report = figures.gate(target.embedder, thresholds, min_rank_agreement)
-        row = {"candidate": target.label, "comparable": True, **report.to_dict()}
+        gate = overrides.apply(parse_spec(target.spec)[0].family, target.embedder.precision)
+        report = figures.gate_with(target.embedder, gate)
+        row = {"candidate": target.label, "comparable": True, **report.to_dict(), "gate": gate.to_dict()}
         row["candidate"] = target.label
         if ref_vectors is not None:
             vectors = tuple(encode_all(target, texts, kind, batch_size, progress=progress,

@@ -155,22 +155,25 @@ def retrieval_markdown(data: dict) -> str:
 
 def parity_markdown(data: dict) -> str:
     res = data["results"]
-    th = res.get("thresholds", {})
+    overrides = res.get("gate_overrides") or {}
     lines = _header(data)
     lines += [f"Reference `{res.get('reference')}`; {res.get('probes')} built-in probes (queries and documents, "
-              f"1 token to past max tokens). PASS: min cosine >= {th.get('min_cosine')}, max abs <= "
-              f"{th.get('max_abs')}, top-10 agreement >= {th.get('min_rank_agreement')}.", ""]
+              "1 token to past max tokens). PASS: each target's gate from the gate table (its kind and precision)"
+              + (f", with overrides {overrides}" if overrides else "") + ".", ""]
     has_ds = any("dataset" in r for r in res.get("targets", []))
-    head = ["target", "min cos", "mean cos", "max abs", "top-10 agreement", "gate"]
+    head = ["target", "min cos", "mean cos", "max abs", "top-10 agreement", "gate (cos / abs / top-10)", "result"]
     if has_ds:
         head += ["dataset min cos", "dataset mean cos", "dataset top-10 agreement"]
     table = []
     for r in res.get("targets", []):
         if not r.get("comparable"):
-            table.append([r["candidate"], "-", "-", "-", "-", r.get("reason", "")] + (["-"] * 3 if has_ds else []))
+            table.append([r["candidate"], "-", "-", "-", "-", "-", r.get("reason", "")] + (["-"] * 3 if has_ds else []))
             continue
+        gate = r.get("gate") or {}
         row = [r["candidate"], _f(r["min_cosine"], 6), _f(r["mean_cosine"], 6), f"{r['max_abs']:.2e}",
-               _f(r["rank_agreement_top10"], 3), "PASS" if r["passed"] else "FAIL"]
+               _f(r["rank_agreement_top10"], 3),
+               f"{gate.get('min_cosine')} / {gate.get('max_abs') or '-'} / {gate.get('min_rank_agreement')}",
+               "PASS" if r["passed"] else "FAIL"]
         if has_ds:
             d = r.get("dataset") or {}
             row += [_f(d.get("min_cosine"), 6), _f(d.get("mean_cosine"), 6), _f(d.get("rank_agreement_top10"), 3)]

@@ -43,11 +43,12 @@ class OnnxEmbedder(TokenEmbedder):
         import onnxruntime as ort
 
         from ..admission import require_admitted
+        from ..kinds import kind_named
 
         directory = Path(directory)
         if provider in PROVIDERS:
             require_admitted(directory, serving_config(directory, provider), mode=admission,
-                             spec=f"onnx:{directory}?provider={provider}")
+                             spec=kind_named("onnx").format_spec(directory, provider=provider))
         contract = read_contract(directory)
         super().__init__(contract, ContractTokenizer.from_dir(directory, contract), dims=dims)
         if provider not in PROVIDERS:
@@ -103,23 +104,18 @@ def onnx_precision(directory: Path) -> str:
 
 
 def serving_config(directory: Path, provider: str):
-    from ..admission import ServingConfig
+    from ..kinds import kind_named
 
-    return ServingConfig("onnxruntime", PROVIDER_DEVICES.get(provider, provider), onnx_precision(directory), provider)
+    return kind_named("onnx").serving_config(PROVIDER_DEVICES.get(provider, provider), onnx_precision(directory),
+                                             provider)
 
 
 def from_spec(location: str, *, name: str, provider: str | None = None, device: str | None = None,
               intra_op_threads: int | None = None, inter_op_threads: int | None = None, dims: int | None = None,
-              admission: str = "require", allow_unverified: bool = False) -> OnnxEmbedder:
+              admission: str = "require") -> OnnxEmbedder:
     """`device=cuda` means the CUDA provider (what `verify --device cuda` passes every kind)."""
-    from ..admission import admission_mode
-
-    directory = Path(location)
-    if not directory.is_dir():
-        raise MoaiError(f"{location}: no such directory")
     provider = provider or ("cuda" if (device or "cpu").startswith("cuda") else "cpu")
     if provider not in PROVIDERS:
         raise MoaiError(f"unknown provider {provider!r}: expected one of {', '.join(PROVIDERS)}")
-    return OnnxEmbedder(directory, provider=provider, intra_op_threads=intra_op_threads,
-                        inter_op_threads=inter_op_threads, name=name, dims=dims,
-                        admission=admission_mode(admission, allow_unverified))
+    return OnnxEmbedder(Path(location), provider=provider, intra_op_threads=intra_op_threads,
+                        inter_op_threads=inter_op_threads, name=name, dims=dims, admission=admission)

@@ -19,15 +19,17 @@ class SentenceTransformerEmbedder(Embedder):
                  admission: str = "require"):
         from sentence_transformers import SentenceTransformer
 
-        from ..admission import ServingConfig, require_admitted
+        from ..admission import require_admitted
+        from ..kinds import kind_named
         from .torch_model import check_device, manifest_dtype
 
         super().__init__(read_contract(Path(directory)), dims=dims)
         check_device(device)
         self.precision = manifest_dtype(Path(directory))
-        self.serving = ServingConfig("sentence-transformers", device.split(":")[0], self.precision)
+        kind = kind_named("st")
+        self.serving = kind.serving_config(device, self.precision)
         self.artifact_dir = Path(directory)
-        require_admitted(Path(directory), self.serving, mode=admission, spec=f"st:{directory}?device={device}")
+        require_admitted(Path(directory), self.serving, mode=admission, spec=kind.format_spec(directory, device=device))
         self.model = SentenceTransformer(str(directory), device=device)
         self.name = name or f"st:{directory}"
 
@@ -40,12 +42,5 @@ class SentenceTransformerEmbedder(Embedder):
 
 
 def from_spec(location: str, *, name: str, device: str = "cpu", dims: int | None = None,
-              admission: str = "require", allow_unverified: bool = False) -> SentenceTransformerEmbedder:
-    from ..admission import admission_mode
-    from ..errors import MoaiError
-
-    directory = Path(location)
-    if not directory.is_dir():
-        raise MoaiError(f"{location}: no such directory")
-    return SentenceTransformerEmbedder(directory, device=device, name=name, dims=dims,
-                                       admission=admission_mode(admission, allow_unverified))
+              admission: str = "require") -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(Path(location), device=device, name=name, dims=dims, admission=admission)

@@ -81,14 +81,16 @@ class TorchEmbedder(TokenEmbedder):
                  dims: int | None = None, repair_tokenizer: bool = False, admission: str = "require"):
         """A merged (or any sentence-transformers) model directory. `repair_tokenizer` only for
         a source directory (see ContractTokenizer); `admission`: see moai_export.admission."""
-        from ..admission import ServingConfig, require_admitted
+        from ..admission import require_admitted
+        from ..kinds import kind_named
 
         directory = Path(directory)
         if dtype not in DTYPES:
             raise MoaiError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
         check_device(device)
-        require_admitted(directory, ServingConfig("torch", device.split(":")[0], dtype), mode=admission,
-                         spec=f"torch:{directory}?device={device}&dtype={dtype}")
+        kind = kind_named("torch")
+        serving = kind.serving_config(device, dtype)
+        require_admitted(directory, serving, mode=admission, spec=kind.format_spec(directory, device=device, dtype=dtype))
         contract = read_contract(directory)
         backbone = load_backbone(directory, DTYPES[dtype])
         embedder = cls(
@@ -100,7 +102,7 @@ class TorchEmbedder(TokenEmbedder):
             dims=dims,
             dtype=dtype,
         )
-        embedder.serving = ServingConfig("torch", device.split(":")[0], dtype)
+        embedder.serving = serving
         embedder.artifact_dir = directory
         return embedder
 
@@ -123,11 +125,7 @@ def manifest_dtype(directory: Path) -> str:
 
 
 def from_spec(location: str, *, name: str, device: str = "cpu", dtype: str | None = None, dims: int | None = None,
-              admission: str = "require", allow_unverified: bool = False) -> TorchEmbedder:
-    from ..admission import admission_mode
-
+              admission: str = "require") -> TorchEmbedder:
     directory = Path(location)
-    if not directory.is_dir():
-        raise MoaiError(f"{location}: no such directory")
     return TorchEmbedder.from_dir(directory, dtype=dtype or manifest_dtype(directory), device=device, name=name,
-                                  dims=dims, admission=admission_mode(admission, allow_unverified))
+                                  dims=dims, admission=admission)

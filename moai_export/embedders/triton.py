@@ -237,13 +237,6 @@ def _remote(location: str, protocol: str, name: str, options: dict) -> TritonEmb
 
 
 def repository_from_spec(location: str, *, name: str, model: str | None = None, dims: int | None = None,
-                         admission: str = "require", allow_unverified: bool = False,
-                         log_path: str | None = None) -> TritonRepositoryEmbedder:
-    from ..admission import admission_mode
-
-    repository = Path(location)
-    if not repository.is_dir():
-        raise MoaiError(f"{location}: no such directory")
-    return TritonRepositoryEmbedder(repository, model, name=name, dims=dims,
-                                    admission=admission_mode(admission, allow_unverified),
+                         admission: str = "require", log_path: str | None = None) -> TritonRepositoryEmbedder:
+    return TritonRepositoryEmbedder(Path(location), model, name=name, dims=dims, admission=admission,
                                     log_path=Path(log_path) if log_path else None)

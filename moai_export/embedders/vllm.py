@@ -48,15 +48,17 @@ class VllmOfflineEmbedder(TokenEmbedder):
     def __init__(self, directory: Path, *, dtype: str = "float32", start_timeout: float = 300.0,
                  log_path: Path | None = None, name: str | None = None, dims: int | None = None,
                  admission: str = "require"):
-        from ..admission import ServingConfig, require_admitted
+        from ..admission import require_admitted
         from ..batching import FixedCount
+        from ..kinds import kind_named
         from ..serving.vllm_server import VLLM_DTYPES
 
         directory = Path(directory)
-        self.serving = ServingConfig("vllm", "cpu", VLLM_DTYPES.get(dtype, dtype), "offline")
+        kind = kind_named("vllm-offline")
+        self.serving = kind.serving_config("cpu", VLLM_DTYPES.get(dtype, dtype), "offline")
         self.artifact_dir = directory
         self.precision = _gate_precision(directory, self.serving.dtype)
-        require_admitted(directory, self.serving, mode=admission, spec=f"vllm-offline:{directory}?dtype={dtype}")
+        require_admitted(directory, self.serving, mode=admission, spec=kind.format_spec(directory, dtype=dtype))
         contract = read_contract(directory)
         super().__init__(contract, ContractTokenizer.from_dir(directory, contract), dims=dims, policy=FixedCount(32))
         self.name = name or f"vllm:{directory}"
@@ -195,6 +197,7 @@ class VllmServedEmbedder(VllmHttpEmbedder):
                  start_timeout: float = 400.0, log_path: Path | None = None, name: str | None = None,
                  dims: int | None = None, admission: str = "require"):
         from ..admission import require_admitted
+        from ..kinds import kind_named
         from ..serving.process import free_ports
 
         from ..serving.process import LaunchError
@@ -205,7 +208,7 @@ class VllmServedEmbedder(VllmHttpEmbedder):
             self.serving = self.server.serving_config()
             self.artifact_dir = directory
             require_admitted(directory, self.serving, mode=admission,
-                             spec=f"vllm:{directory}?device={self.serving.device}")
+                             spec=kind_named("vllm").format_spec(directory, device=self.serving.device))
             self.server.start(start_timeout)
         except LaunchError as exc:
             raise MoaiError(str(exc)) from None
@@ -223,21 +226,15 @@ class VllmServedEmbedder(VllmHttpEmbedder):
 
 
 def served_from_spec(location: str, *, name: str, device: str | None = None, dtype: str | None = None,
-                     dims: int | None = None, admission: str = "require", allow_unverified: bool = False,
+                     dims: int | None = None, admission: str = "require",
                      log_path: str | None = None) -> VllmServedEmbedder:
-    from ..admission import admission_mode
-
-    return VllmServedEmbedder(_directory(location), device=device, dtype=dtype, name=name, dims=dims,
-                              admission=admission_mode(admission, allow_unverified),
+    return VllmServedEmbedder(Path(location), device=device, dtype=dtype, name=name, dims=dims, admission=admission,
                               log_path=Path(log_path) if log_path else None)
 
 
 def offline_from_spec(location: str, *, name: str, dtype: str = "float32", dims: int | None = None,
-                      admission: str = "require", allow_unverified: bool = False) -> VllmOfflineEmbedder:
-    from ..admission import admission_mode
-
-    return VllmOfflineEmbedder(_directory(location), dtype=dtype, name=name, dims=dims,
-                               admission=admission_mode(admission, allow_unverified))
+                      admission: str = "require") -> VllmOfflineEmbedder:
+    return VllmOfflineEmbedder(Path(location), dtype=dtype, name=name, dims=dims, admission=admission)
 
 
 def http_from_spec(location: str, *, name: str, route: str = "v2", contract: str | None = None,
@@ -258,12 +255,3 @@ def _gate_precision(directory: Path, compute_dtype: str) -> str:
     from ..admission import read_manifest
 
     return gate_precision(((read_manifest(directory) or {}).get("options") or {}).get("dtype", "fp32"), compute_dtype)
-
-
-def _directory(location: str) -> Path:
-    directory = Path(location)
-    if not directory.is_dir():
-        raise MoaiError(f"{location}: no such directory")
-    if not (directory / SERVE_FILE).is_file():
-        raise MoaiError(f"{directory}: no {SERVE_FILE}; pass a directory written by `moai-export vllm`")
-    return directory

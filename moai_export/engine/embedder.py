@@ -29,7 +29,7 @@ from ..inputs import ContractTokenizer
 from ..model_dir import read_contract
 from .attention import resolve_backend
 from .model import PackedQwen3, pool_packed
-from .packing import PackedBatch, pack, token_bucket, unpad
+from .packing import PackedBatch, pack, unpad
 
 GRAPH_MAX_TOKENS = 1024  # batches up to this many tokens replay CUDA graphs (queries, small requests)
 TEXTS_PER_CHUNK = 4096  # the producer tokenizes this many texts ahead of the GPU
@@ -232,42 +232,37 @@ class EngineEmbedder(TokenEmbedder):
 
 def engine_spec(directory: Path, options: EngineOptions) -> str:
     """The spec that loads (and `moai-export verify` admits) exactly this configuration."""
-    spec = f"engine:{directory}?device={options.device}&dtype={options.dtype}&attention={options.attention}"
-    if options.compile:
-        spec += f"&compile=true&cuda_graphs={str(options.cuda_graphs).lower()}"
-    return spec
+    from ..kinds import kind_named
+
+    compiled = {"compile": True, "cuda_graphs": options.cuda_graphs} if options.compile else {}
+    return kind_named("engine").format_spec(directory, device=options.device, dtype=options.dtype,
+                                            attention=options.attention, **compiled)
 
 
 def serving_config(options: EngineOptions):
     """What a gate admits and a load must match: device, dtype and HOW it runs (the attention
     kernel, compiled, CUDA graphs): eager sdpa and compiled masked attention are different code,
     and a pass of one must not admit the other."""
-    from ..admission import ServingConfig
+    from ..kinds import kind_named
 
     backend = resolve_backend(options.attention, options.device, DTYPES[options.dtype], compiled=options.compile)
     on_gpu = options.device.startswith("cuda")
     provider = backend + ("+compiled" if options.compile else "") + (
         "+cudagraphs" if options.compile and on_gpu and options.cuda_graphs else "")
-    return ServingConfig("engine", options.device.split(":")[0], options.dtype, provider)
+    return kind_named("engine").serving_config(options.device, options.dtype, provider)
 
 
 def from_spec(location: str, *, name: str, device: str = "cpu", dtype: str | None = None,
               max_batch_tokens: int = EngineOptions.max_batch_tokens,
               max_batch_size: int = EngineOptions.max_batch_size, attention: str = "auto", compile: bool = False,
               cuda_graphs: bool = True, compile_cache_dir: str | None = None, warmup: bool = True,
-              dims: int | None = None, admission: str = "require", allow_unverified: bool = False) -> EngineEmbedder:
+              dims: int | None = None, admission: str = "require") -> EngineEmbedder:
     """engine:DIR[?device=cuda&dtype=bf16&max_batch_tokens=16384&max_batch_size=256&attention=auto
     &compile=true&cuda_graphs=true&compile_cache_dir=PATH&warmup=true]. dtype: bf16 on a GPU,
     fp32 on CPU unless given."""
-    from ..admission import admission_mode
-
-    directory = Path(location)
-    if not directory.is_dir():
-        raise MoaiError(f"{location}: no such directory")
     check_device(device)
     options = EngineOptions(device=device, dtype=dtype or ("bf16" if device.startswith("cuda") else "fp32"),
                             max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size, attention=attention,
                             compile=compile, cuda_graphs=cuda_graphs, compile_cache_dir=compile_cache_dir,
                             warmup=warmup)
-    return EngineEmbedder.from_dir(directory, options, name=name, dims=dims,
-                                   admission=admission_mode(admission, allow_unverified))
+    return EngineEmbedder.from_dir(Path(location), options, name=name, dims=dims, admission=admission)

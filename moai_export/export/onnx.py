@@ -115,9 +115,9 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
 
 def serving_config_for(precision: str):
     """What the gate ran: onnxruntime's CPU provider on the graph of `precision`."""
-    from ..admission import ServingConfig
+    from ..kinds import kind_named
 
-    return ServingConfig("onnxruntime", "cpu", precision, "cpu")
+    return kind_named("onnx").serving_config("cpu", precision, "cpu")
 
 
 def write_graph(source: Path, contract: EmbeddingContract, out: Path, precision: str, opset: int,

@@ -70,10 +70,10 @@ class VllmServer(HttpHealthServer):
         return device, self.dtype or (args["dtype_gpu"] if device == "cuda" else args["dtype_cpu"])
 
     def serving_config(self):
-        from ..admission import ServingConfig
+        from ..kinds import kind_named
 
         device, dtype = self.resolved()
-        return ServingConfig("vllm", device, VLLM_DTYPES.get(dtype, dtype), "server")
+        return kind_named("vllm").serving_config(device, VLLM_DTYPES.get(dtype, dtype), "server")
 
     def command(self) -> tuple[list[str], None]:
         python = vllm_venv() / "bin" / "python"
@@ -130,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
                         lora=lora, max_lora_rank=args.max_lora_rank, extra_args=extra)
     try:
         from ..admission import admission_mode, require_admitted
+        from ..kinds import kind_named
 
         config = server.serving_config()
         require_admitted(args.model_dir, config, mode=admission_mode(allow_unverified=args.allow_unverified),
-                         spec=f"vllm:{args.model_dir}?device={config.device}")
+                         spec=kind_named("vllm").format_spec(args.model_dir, device=config.device))
     except Exception as exc:  # LaunchError, NotAdmitted: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
