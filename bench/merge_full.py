@@ -64,8 +64,8 @@ def main() -> None:
         "wall_s": round(wall, 1),
         "peak_rss_mb_child": round(peak),
         "phases_s": report["timings"],
-        "parity": [{k: p[k] for k in ("candidate", "min_cosine", "max_abs", "passed")} for p in report["parity"]],
-        "adapter_effect_min_cos": report["adapter_effect"]["min_cosine_base_vs_reference"],
+        "parity": [{k: p[k] for k in ("candidate", "min_cosine", "max_abs", "passed")} for p in report["gates"]],
+        "adapter_effect_min_cos": report["checks"]["adapter_effect"]["min_cosine_base_vs_reference"],
         "command": "python bench/merge_full.py",
     }
     args.out.mkdir(parents=True, exist_ok=True)

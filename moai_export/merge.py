@@ -5,7 +5,8 @@ The proof, before the output directory exists:
   2. every adapted weight really changed in the merge (the field's classic silent failure is
      a merge that writes the base weights back);
   3. the written directory, loaded fresh from disk, embeds the probe set like the float32
-     PEFT reference (min cosine, max abs), and so does plain `SentenceTransformer(dir)`;
+     PEFT reference (the whole gate-table cell: min cosine, max abs, top-10 agreement), and so
+     does plain `SentenceTransformer(dir)`;
   4. the adapter moves the probes more than the parity tolerance (else 3 proves nothing).
 """
 
@@ -21,7 +22,7 @@ import torch
 
 from .adapter import AdapterInfo, read_adapter
 from .artifacts import (PARITY_FILE, atomic_output_dir, check_output_location, check_target, size_of, weights_digest,
-                        write_json, write_manifest)
+                        write_manifest)
 from .contract import EmbeddingContract
 from .embedders.peft_reference import PeftEmbedder, reference_contract
 from .embedders.sentence_transformers import SentenceTransformerEmbedder
@@ -29,12 +30,15 @@ from .embedders.torch_model import DTYPES, TorchEmbedder
 from .errors import MoaiError, VerificationFailed
 from .inputs import shipped_tokenizer_failures, write_tokenizer_files
 from .gates import GateOverrides
-from .parity import ParityResult, adapter_effect, compare, embed_probes
-from .probes import probe_set
+from .kinds import kind_named
+from .parity import ReferenceFigures, adapter_effect, embed_probes
 from .report import format_table
 from .safetensors_files import check_model_weights
 from .sentence_transformers_format import write_sentence_transformers_files
 from .sources import looks_like_hub_id, resolve_model_dir
+from .verification import PROBES_FILE, Check, GateRun, VerificationRecord, chain_of
+
+MERGE_REFERENCE = "peft reference (base + adapter, float32)"
 
 
 @dataclass
@@ -70,18 +74,16 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
     if identity_note:
         log(f"note: {identity_note}")
     contract = reference_contract(base_dir, adapter_dir, max_tokens=options.max_tokens)
-    thresholds = options.overrides.apply("torch", options.dtype).thresholds
+    gate = options.overrides.apply("torch", options.dtype)
 
     log(f"loading reference: {base_dir} + adapter {adapter_dir} (float32)")
     reference = PeftEmbedder.from_base_and_adapter(base_dir, adapter_dir, contract=contract, name="peft reference")
     options.timings["load_s"] = time.perf_counter() - started
     t = time.perf_counter()
-    probes = probe_set(contract.max_tokens)
-    log(f"embedding {len(probes)} probes with the reference and the base")
-    reference_vectors = embed_probes(reference, probes)
+    log("embedding the probe set with the reference and the base")
+    figures = ReferenceFigures(reference)
     with reference.adapter_disabled():
-        base_vectors = embed_probes(reference, probes)
-    truncated_probes = reference.num_truncated // 2
+        base_vectors = embed_probes(reference, figures.probes)
     options.timings["reference_probes_s"] = time.perf_counter() - t
 
     log("merging (peft merge_and_unload)")
@@ -105,59 +107,54 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
 
         t = time.perf_counter()
         log("verifying the written directory against the reference")
-        with TorchEmbedder.from_dir(tmp, dtype=options.dtype, name=f"merged {options.dtype}") as candidate:
-            candidate_vectors = embed_probes(candidate, probes)
-        results = [compare(reference_vectors, candidate_vectors, probes, thresholds,
-                           candidate_name=f"merged ({options.dtype})", reference_name="peft reference")]
+        # the configurations merge verification runs: transformers and plain sentence-transformers,
+        # on CPU, in the saved dtype
+        with TorchEmbedder.from_dir(tmp, dtype=options.dtype, name=f"merged ({options.dtype})") as candidate:
+            runs = [GateRun(figures.gate_with(candidate, gate), gate, candidate.serving)]
         if options.check_sentence_transformers:
             with SentenceTransformerEmbedder(tmp, name="SentenceTransformer(dir)") as st:
-                st_vectors = embed_probes(st, probes)
-            results.append(compare(reference_vectors, st_vectors, probes, thresholds,
-                                   candidate_name="SentenceTransformer(dir)", reference_name="peft reference"))
-        effect = adapter_effect(base_vectors, reference_vectors, candidate_vectors, thresholds)
-        file_failures = shipped_tokenizer_failures(tmp, contract, [(p.kind, p.text) for p in probes])
+                runs.append(GateRun(figures.gate_with(st, gate), gate, kind_named("st").serving_config("cpu", options.dtype)))
+        effect = adapter_effect(base_vectors, figures.vectors, runs[0].report.vectors, gate.thresholds)
+        file_failures = shipped_tokenizer_failures(tmp, contract, [(p.kind, p.text) for p in figures.probes])
         options.timings["verify_s"] = time.perf_counter() - t
         options.timings["total_s"] = time.perf_counter() - started
         options.timings["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-        report = build_report(
-            contract=contract, dtype=options.dtype, thresholds=thresholds, results=results, effect=effect,
-            unchanged=unchanged, adapted=len(before), truncated=truncated_probes, num_probes=len(probes),
-            base=(base, base_dir), adapter=(adapter, adapter_dir, info), output_dir=tmp, timings=options.timings,
-            identity_note=identity_note, file_failures=file_failures,
-        )
+        record = VerificationRecord(
+            "merge", MERGE_REFERENCE, runs, figures.probes, chain=chain_of(None, MERGE_REFERENCE),
+            checks=merge_checks(unchanged, len(before), effect, file_failures),
+            fields=report_fields(contract=contract, dtype=options.dtype, truncated=figures.truncated,
+                                 base=(base, base_dir), adapter=(adapter, adapter_dir, info), output_dir=tmp,
+                                 timings=options.timings, identity_note=identity_note))
+        report = record.to_dict()
         log(format_report(report))
-        if not report["passed"]:
+        if not record.passed:
             raise VerificationFailed(
                 "merge verification FAILED, nothing written: " + "; ".join(report["failures"][:5]),
                 report=report,
             )
-        write_json(tmp / PARITY_FILE, report)
+        record.write(tmp)
         write_manifest(
             tmp,
             stage="merge",
             inputs=report["inputs"],
             options={"dtype": options.dtype, "max_tokens": contract.max_tokens},
-            extra={"parity_file": PARITY_FILE},
-            admitted_for=admitted_configurations(report, options.dtype),
+            extra={"parity_file": PARITY_FILE, "probes_file": PROBES_FILE, "chain": report["chain"]},
+            admitted_for=record.admissions(),
         )
     return report
 
 
-def admitted_configurations(report: dict, dtype: str) -> list[dict]:
-    """The configurations merge verification ran: transformers and plain sentence-transformers,
-    on CPU, in the saved dtype."""
-    from .admission import ServingConfig, admission_entry
-    from .artifacts import tool_versions
-
-    runtimes = {"merged": "torch", "SentenceTransformer(dir)": "sentence-transformers"}
-    entries = []
-    for parity in report["parity"]:
-        runtime = next(r for prefix, r in runtimes.items() if parity["candidate"].startswith(prefix))
-        gate = {"min_cosine": parity["min_cosine"], "max_abs": parity["max_abs"], "thresholds": parity["thresholds"]}
-        entries.append(admission_entry(ServingConfig(runtime, "cpu", dtype), gate=gate,
-                                       reference="peft reference (base + adapter, float32)", versions=tool_versions()))
-    return entries
+def merge_checks(unchanged: list[str], adapted: int, effect, file_failures: list[str]) -> list[Check]:
+    """What a merge must show beyond parity: every adapted weight changed, the adapter moves the
+    probes farther than the gate's tolerance, and the shipped tokenizer files read right."""
+    merge_failures = []
+    if unchanged:
+        merge_failures.append(f"{len(unchanged)} of {adapted} adapted weights are unchanged by the merge "
+                              f"(e.g. {unchanged[0]}): the merge did not apply the adapter")
+    return [Check("merge_check", merge_failures, {"adapted_weights": adapted, "unchanged": unchanged}),
+            Check("adapter_effect", effect.reasons(), effect.to_dict()),
+            Check("shipped_files", list(file_failures))]
 
 
 def check_base_identity(base_spec: str, base_dir: Path, info: AdapterInfo, *, allow_mismatch: bool) -> str | None:
@@ -204,28 +201,15 @@ def _fingerprint(weight: torch.Tensor) -> str:
     return hashlib.blake2b(weight.detach().contiguous().cpu().numpy().tobytes(), digest_size=16).hexdigest()
 
 
-def build_report(*, contract, dtype, thresholds, results: list[ParityResult], effect, unchanged, adapted,
-                 truncated, num_probes, base, adapter, output_dir, timings, identity_note,
-                 file_failures: list[str] = ()) -> dict:
+def report_fields(*, contract, dtype, truncated, base, adapter, output_dir, timings, identity_note) -> dict:
+    """The merge's own fields of its verification record."""
     from .artifacts import tool_versions
 
-    failures = list(file_failures) + [f"{r.candidate}: {reason}" for r in results for reason in r.reasons()]
-    failures += effect.reasons()
-    if unchanged:
-        failures.insert(0, f"{len(unchanged)} of {adapted} adapted weights are unchanged by the merge "
-                           f"(e.g. {unchanged[0]}): the merge did not apply the adapter")
     base_spec, base_dir = base
     adapter_spec, adapter_dir, info = adapter
     return {
-        "stage": "merge",
-        "passed": not failures,
-        "failures": failures,
         "dtype": dtype,
-        "thresholds": {"min_cosine": thresholds.min_cosine, "max_abs": thresholds.max_abs},
-        "probes": {"count": num_probes, "truncated": truncated, "max_tokens": contract.max_tokens},
-        "parity": [r.to_dict() for r in results],
-        "adapter_effect": effect.to_dict(),
-        "merge_check": {"adapted_weights": adapted, "unchanged": unchanged},
+        "probes": {"truncated": truncated, "max_tokens": contract.max_tokens},
         "inputs": {
             "base": {"spec": base_spec, "path": str(base_dir), "weights": weights_digest(base_dir)},
             "adapter": {"spec": adapter_spec, "path": str(adapter_dir), "weights": weights_digest(adapter_dir),
@@ -234,7 +218,6 @@ def build_report(*, contract, dtype, thresholds, results: list[ParityResult], ef
             "identity_note": identity_note,
         },
         "output": {"weights": weights_digest(output_dir)},
-        "file_failures": list(file_failures),
         "contract": contract.to_dict(),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": tool_versions(),
@@ -242,22 +225,22 @@ def build_report(*, contract, dtype, thresholds, results: list[ParityResult], ef
 
 
 def format_report(report: dict) -> str:
-    rows = [
-        [p["candidate"], p["min_cosine"], p["mean_cosine"], p["max_abs"], p["passed"]] for p in report["parity"]
-    ]
-    effect = report["adapter_effect"]
-    rows.append(["base model (adapter off)", effect["min_cosine_base_vs_reference"], None, None,
+    rows = [[g["candidate"], g["min_cosine"], g["mean_cosine"], g["max_abs"], g["rank_agreement_top10"], g["passed"]]
+            for g in report["gates"]]
+    checks = report["checks"]
+    effect = checks["adapter_effect"]
+    rows.append(["base model (adapter off)", effect["min_cosine_base_vs_reference"], None, None, None,
                  effect["passed"]])
-    t = report["thresholds"]
+    gate = report["gates"][0]["gate"]
+    merge_check = checks["merge_check"]
     lines = [
-        f"parity vs float32 PEFT reference, {report['probes']['count']} probes "
+        f"parity vs float32 PEFT reference, {report['probe_set']['count']} probes "
         f"({report['probes']['truncated']} over {report['probes']['max_tokens']} tokens); "
-        f"gate: cosine >= {t['min_cosine']}" + (f", max abs <= {t['max_abs']:.0e}" if t["max_abs"] else "")
-        + "; the base model must fall below the cosine gate",
-        format_table(["variant", "min cos", "mean cos", "max abs", "result"], rows),
+        f"gate: cosine >= {gate['min_cosine']}" + (f", max abs <= {gate['max_abs']:.0e}" if gate["max_abs"] else "")
+        + f", top-10 agreement >= {gate['min_rank_agreement']}; the base model must fall below the cosine gate",
+        format_table(["variant", "min cos", "mean cos", "max abs", "top10 agree", "result"], rows),
         f"adapted weights changed by the merge: "
-        f"{report['merge_check']['adapted_weights'] - len(report['merge_check']['unchanged'])}"
-        f"/{report['merge_check']['adapted_weights']}",
+        f"{merge_check['adapted_weights'] - len(merge_check['unchanged'])}/{merge_check['adapted_weights']}",
     ]
     if report["failures"]:
         lines.append("FAILED:")

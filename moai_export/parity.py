@@ -201,6 +201,7 @@ class GateReport:
     truncated_probes: int | None  # None: the variant cannot tell (a server)
     # what the vectors cannot show: a shipped file that consumers would read differently
     file_failures: list[str] = field(default_factory=list)
+    vectors: np.ndarray | None = field(default=None, repr=False)  # the candidate's probe vectors (not reported)
 
     @property
     def passed(self) -> bool:
@@ -255,4 +256,4 @@ class ReferenceFigures:
         parity = compare(self.vectors, vectors, self.probes, thresholds,
                          candidate_name=candidate.name, reference_name=self.name)
         agreement = rank_agreement(self.retrieval, self._retrieval_vectors(candidate))
-        return GateReport(parity, agreement, min_rank_agreement, truncated)
+        return GateReport(parity, agreement, min_rank_agreement, truncated, vectors=vectors)

@@ -10,11 +10,11 @@ to its manifest's `admitted_for`: that is how a GPU configuration is admitted on
 
 from __future__ import annotations
 
-from .admission import admission_entry, changed_files, read_manifest, record_admission
-from .artifacts import tool_versions
+from .admission import changed_files, read_manifest, record_admission
 from .gates import GateOverrides
 from .kinds import load_embedder, parse_spec
 from .parity import ReferenceFigures
+from .verification import GateRun, VerificationRecord
 
 def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | None = None,
            device: str | None = None, admit: bool = True, log=print, dims: int | None = None) -> tuple[dict, list]:
@@ -28,7 +28,7 @@ def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | N
     log(f"reference: {reference}")
     with load_embedder(reference, name="reference", **sized) as ref:
         figures = ReferenceFigures(ref)
-    gates, results = [], []
+    runs, results = [], []
     for spec, kind in zip(artifacts, kinds):
         log(f"checking {spec}")
         # every kind that takes a device (onnx maps device=cuda to its CUDA provider)
@@ -36,25 +36,18 @@ def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | N
         options.update(sized)
         with load_embedder(spec, admission="skip", **options) as candidate:
             gate = overrides.apply(kind.family, candidate.precision)
-            report = figures.gate_with(candidate, gate)
-            serving, directory = candidate.serving, candidate.artifact_dir
-        gates.append(report)
-        result = {"spec": spec, "kind": kind.name, "precision": candidate.precision,
-                  "config": serving.describe() if serving else None, **report.to_dict()}
-        if report.passed and admit and serving is not None and directory is not None:
-            result["admitted"] = _admit(directory, serving, report, reference, log)
+            run = GateRun(figures.gate_with(candidate, gate), gate, candidate.serving)
+            directory = candidate.artifact_dir
+        runs.append(run)
+        result = {"spec": spec, "kind": kind.name, "precision": candidate.precision, **run.summary()}
+        if run.passed and admit and run.config is not None and directory is not None:
+            result["admitted"] = _admit(directory, run, reference, log)
         results.append(result)
-    report = {
-        "stage": "verify",
-        "reference": reference,
-        "dims": dims,
-        "passed": all(g.passed for g in gates),
-        "results": results,
-    }
-    return report, gates
+    record = VerificationRecord("verify", reference, runs, figures.probes, fields={"dims": dims})
+    return {**record.to_dict(), "results": results}, [run.report for run in runs]
 
 
-def _admit(directory, serving, report, reference: str, log) -> bool:
+def _admit(directory, run: GateRun, reference: str, log) -> bool:
     manifest = read_manifest(directory)
     if manifest is None:
         return False  # not an artifact of this toolkit: nothing to record into
@@ -63,10 +56,8 @@ def _admit(directory, serving, report, reference: str, log) -> bool:
         log(f"NOT admitted: {directory}: files changed since it was exported ({', '.join(changed[:3])}); "
             "re-export it instead of admitting changed files")
         return False
-    gate = {"min_cosine": report.parity.min_cosine, "max_abs": report.parity.max_abs,
-            "rank_agreement_top10": report.rank_agreement}
-    record_admission(directory, admission_entry(serving, gate=gate, reference=reference, versions=tool_versions()))
-    log(f"admitted {directory} for {serving.describe()}")
+    record_admission(directory, run.admission(reference))
+    log(f"admitted {directory} for {run.config.describe()}")
     return True
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from moai_export.artifacts import MANIFEST_FILE, PARITY_FILE
+from moai_export.verification import PROBES_FILE
 from moai_export.contract import CONTRACT_FILE
 from moai_export.model_dir import read_contract
 from moai_export.errors import VerificationFailed
@@ -36,12 +37,16 @@ def test_merged_dir_is_complete_and_standalone(merged_dir, example_dir):
 def test_report_records_figures_hashes_versions(merged_dir):
     report = json.loads((merged_dir / PARITY_FILE).read_text())
     assert report["passed"] and report["failures"] == []
-    assert report["thresholds"] == {"min_cosine": 0.99999, "max_abs": 1e-5}
-    merged, st = report["parity"]
-    assert merged["min_cosine"] >= 0.99999 and merged["max_abs"] <= 1e-5
+    merged, st = report["gates"]
+    # the whole cell of the gate table, top-10 agreement included
+    assert merged["gate"] == st["gate"] == {"min_cosine": 0.99999, "max_abs": 1e-5, "min_rank_agreement": 1.0}
+    assert merged["min_cosine"] >= 0.99999 and merged["max_abs"] <= 1e-5 and merged["rank_agreement_top10"] == 1.0
     assert st["candidate"] == "SentenceTransformer(dir)" and st["passed"]
-    assert report["adapter_effect"]["min_cosine_base_vs_reference"] < 0.99999
-    assert report["merge_check"]["adapted_weights"] == 14 and report["merge_check"]["unchanged"] == []
+    assert report["checks"]["adapter_effect"]["min_cosine_base_vs_reference"] < 0.99999
+    merge_check = report["checks"]["merge_check"]
+    assert merge_check["adapted_weights"] == 14 and merge_check["unchanged"] == []
+    assert report["probe_set"]["count"] == len(json.loads((merged_dir / PROBES_FILE).read_text())["probes"])
+    assert report["chain"]["root_reference"].startswith("peft reference")
     assert report["probes"]["truncated"] >= 1
     assert set(report["inputs"]["base"]["weights"]) == {"model.safetensors"}
     assert len(report["output"]["weights"]["model.safetensors"]) == 64
@@ -49,7 +54,7 @@ def test_report_records_figures_hashes_versions(merged_dir):
     manifest = json.loads((merged_dir / MANIFEST_FILE).read_text())
     assert manifest["stage"] == "merge"
     assert manifest["files"]["model.safetensors"]["sha256"] == report["output"]["weights"]["model.safetensors"]
-    assert {"tokenizer.json", "modules.json", "1_Pooling/config.json", PARITY_FILE} <= set(manifest["files"])
+    assert {"tokenizer.json", "modules.json", "1_Pooling/config.json", PARITY_FILE, PROBES_FILE} <= set(manifest["files"])
     admitted = {(a["runtime"], a["device"], a["dtype"]) for a in manifest["admitted_for"]}
     assert admitted == {("torch", "cpu", "fp32"), ("sentence-transformers", "cpu", "fp32")}
 

@@ -31,5 +31,5 @@ def test_minilm_lora_merges_and_verifies(minilm, tmp_path):
     report = json.loads((tmp_path / "merged" / "moai_parity.json").read_text())
     assert report["passed"] and report["contract"]["pooling"] == "mean"
     # q, k, v, attention output, intermediate, output in 6 layers, plus the (unused) pooler dense
-    assert report["merge_check"]["adapted_weights"] == 6 * 6 + 1
+    assert report["checks"]["merge_check"]["adapted_weights"] == 6 * 6 + 1
     assert report["probes"]["truncated"] >= 1 and report["probes"]["max_tokens"] == 256

@@ -4,10 +4,10 @@
         write the artifact into tmp
         candidate = the artifact loaded FROM tmp the way it will serve
                     (runtime, device, dtype, the server's own prompt and truncation)
-        gate = figures.gate_with(candidate, gate_for(family, precision))
-        admit(tmp, [Verified(gate, config)], ...)  # refuse (nothing published) or write the
-                                                   # parity report + manifest: every file's hash,
-                                                   # `admitted_for` the configurations gated
+        run = GateRun(figures.gate_with(candidate, gate), gate, config)   # gate: the table's cell
+        admit(tmp, [run], ...)  # refuse (nothing published) or write the verification record
+                                # (moai_export.verification) + manifest: every file's hash,
+                                # `admitted_for` the configurations gated
     # renamed into place only now
 
 Embedding the reference once (`reference_figures`) is shared too.
@@ -16,26 +16,14 @@ Embedding the reference once (`reference_figures`) is shared too.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..admission import ServingConfig, admission_entry
-from ..artifacts import PARITY_FILE, tool_versions, weights_digest, write_json, write_manifest
+from ..artifacts import PARITY_FILE, weights_digest, write_manifest
 from ..embedders.base import Embedder
 from ..errors import VerificationFailed
-from ..parity import GateReport, ReferenceFigures
+from ..parity import ReferenceFigures
 from ..report import format_table
-
-
-@dataclass
-class Verified:
-    """One gate run and the serving configuration its candidate ran in."""
-
-    gate: GateReport
-    config: ServingConfig
-
-    def to_dict(self) -> dict:
-        return {"config": self.config.describe(), **self.gate.to_dict()}
+from ..verification import PROBES_FILE, GateRun, VerificationRecord, chain_of
 
 
 def reference_figures(source: Path, reference: Embedder | None, label: str | None, *, log,
@@ -84,47 +72,31 @@ def shipped_file_failures(directory: Path, contract, figures: ReferenceFigures) 
     return shipped_tokenizer_failures(directory, contract, [(p.kind, p.text) for p in figures.probes])
 
 
-def admit(directory: Path, verified: list[Verified], *, stage: str, what: str, source: Path | None,
-          reference_label: str, fields: dict, manifest_options: dict, timings: dict, log, hint: str = "",
-          manifest_inputs: dict | None = None) -> dict:
+def admit(directory: Path, runs: list[GateRun], *, stage: str, what: str, source: Path | None,
+          reference_label: str, figures: ReferenceFigures, fields: dict, manifest_options: dict, timings: dict, log,
+          hint: str = "", manifest_inputs: dict | None = None, parent: Path | None = None) -> dict:
     """Report the gates; raise VerificationFailed if any failed (the caller's atomic directory
-    is then discarded), else write moai_parity.json and the manifest into `directory`. `what`
-    names the artifact in the error ("onnx int8")."""
-    passed = all(v.gate.passed for v in verified)
+    is then discarded), else write the verification record and the manifest into `directory`.
+    `what` names the artifact in the error ("onnx int8"); `parent` (default `source`) is the
+    artifact this one derives from, named in the record's chain."""
     source_info = {"path": str(source), "weights": weights_digest(source)} if source else None
-    report = {
-        "stage": stage,
-        "passed": passed,
-        "failures": [f"{v.config.describe()}: {r}" for v in verified for r in v.gate.reasons()],
-        **fields,
-        "reference": reference_label,
-        "gate": verified[0].gate.to_dict() if len(verified) == 1 else None,
-        "gates": [v.to_dict() for v in verified],
-        "source": source_info,
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
-    log(format_gate_table([v.gate for v in verified]))
-    if not passed:
+    record = VerificationRecord(stage, reference_label, runs, figures.probes,
+                                chain=chain_of(parent or source, reference_label),
+                                fields={**fields, "source": source_info,
+                                        "timings": {k: round(v, 3) for k, v in timings.items()}})
+    log(format_gate_table([run.report for run in runs]))
+    if not record.passed:
         raise VerificationFailed(f"{what} verification FAILED, nothing written{hint}: "
-                                 + "; ".join(report["failures"][:5]), report=report)
-    write_json(directory / PARITY_FILE, report)
-    versions = tool_versions()
-    admitted = [admission_entry(v.config, gate=_gate_summary(v.gate), reference=reference_label, versions=versions)
-                for v in verified]
+                                 + "; ".join(record.failures[:5]), report=record.to_dict())
+    report = record.write(directory)
     write_manifest(directory, stage=stage,
                    inputs=manifest_inputs or {"source": source_info, "reference": reference_label},
-                   options=manifest_options, extra={"parity_file": PARITY_FILE}, admitted_for=admitted)
-    for v in verified:
-        log(f"admitted for {v.config.describe()}")
+                   options=manifest_options,
+                   extra={"parity_file": PARITY_FILE, "probes_file": PROBES_FILE, "chain": report["chain"]},
+                   admitted_for=record.admissions())
+    for run in runs:
+        log(f"admitted for {run.describe()}")
     return report
-
-
-def _gate_summary(gate: GateReport) -> dict:
-    t = gate.parity.thresholds
-    return {"min_cosine": gate.parity.min_cosine, "max_abs": gate.parity.max_abs,
-            "rank_agreement_top10": gate.rank_agreement,
-            "thresholds": {"min_cosine": t.min_cosine, "max_abs": t.max_abs,
-                           "min_rank_agreement": gate.min_rank_agreement}}
 
 
 def format_gate_table(gates) -> str:

@@ -37,7 +37,8 @@ from ..errors import MoaiError
 from ..gates import GateOverrides
 from ..inputs import ContractTokenizer, write_tokenizer_files
 from ..model_dir import read_contract
-from .gate import Verified, admit, load_candidate, reference_figures, shipped_file_failures
+from ..verification import GateRun
+from .gate import admit, load_candidate, reference_figures, shipped_file_failures
 
 ONNX_DATA = "model.onnx_data"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -102,8 +103,8 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
         if options.precision == "int8" and options.int8_method == "dynamic":
             hint = " (try --int8-method weight-only: more accurate on models with outlier activations)"
         report = admit(
-            tmp, [Verified(report, serving_config_for(options.precision))], stage="onnx",
-            what=f"onnx {options.precision}", source=source, reference_label=reference_label,
+            tmp, [GateRun(report, gate, serving_config_for(options.precision))], stage="onnx",
+            what=f"onnx {options.precision}", source=source, reference_label=reference_label, figures=figures,
             fields={"precision": options.precision}, timings=options.timings, log=log, hint=hint,
             manifest_options={"precision": options.precision, "opset": options.opset,
                               "exporter": "torch.onnx (TorchScript)",

@@ -35,7 +35,8 @@ from ..errors import MoaiError, VerificationFailed
 from ..gates import GateOverrides
 from ..inputs import write_tokenizer_files
 from ..model_dir import read_contract
-from .gate import Verified, admit, format_gate_table, load_candidate, reference_figures
+from ..verification import GateRun, VerificationRecord, chain_of
+from .gate import admit, format_gate_table, load_candidate, reference_figures
 from .onnx import ONNX_DATA
 
 ENCODERS = ("python", "onnxruntime", "engine")
@@ -275,9 +276,10 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
                                                                  name=f"triton ({options.encoder} encoder, "
                                                                       f"{precision})"), "triton") as candidate:
                 report = figures.gate_with(candidate, gate)
-            admit(ensemble_dir, [Verified(report, config)], stage="triton", what="triton repository", source=None,
-                  reference_label=reference_label, fields={"precision": precision}, timings={}, log=log,
-                  manifest_options=manifest_options, manifest_inputs=inputs)
+            admit(ensemble_dir, [GateRun(report, gate, config)], stage="triton", what="triton repository",
+                  source=None, parent=artifact, reference_label=reference_label, figures=figures,
+                  fields={"precision": precision}, timings={}, log=log, manifest_options=manifest_options,
+                  manifest_inputs=inputs)
             _rewrite_manifest_files(staging, names)
         else:
             write_manifest(ensemble_dir, stage="triton", inputs=inputs, options=manifest_options)
@@ -418,8 +420,7 @@ def verify_remote(repo: Path, model: str, url: str, figures, gate, config: Servi
                   log, wait_s: float = 600.0) -> None:
     """Gate a server that serves the published `repo` (e.g. NVIDIA's container on a GPU) and record
     the result in the repository; the server must serve exactly these files."""
-    from ..admission import admission_entry, record_admission
-    from ..artifacts import tool_versions
+    from ..admission import record_admission
 
     protocol, _, address = url.partition("://")
     log(f"waiting for {url} to serve {repo} (start the server on it now; up to {wait_s:.0f} s)")
@@ -429,14 +430,16 @@ def verify_remote(repo: Path, model: str, url: str, figures, gate, config: Servi
         report = figures.gate_with(served, gate)
     log(format_gate_table([report]))
     ensemble_dir = repo / model
-    write_json(ensemble_dir / PARITY_FILE, {"stage": "triton", "passed": report.passed, "failures": report.reasons(),
-                                            "reference": reference_label, "config": config.describe(),
-                                            "gate": report.to_dict()})
-    if not report.passed:
+    artifact = ((read_manifest(ensemble_dir) or {}).get("inputs") or {}).get("artifact")
+    run = GateRun(report, gate, config)
+    record = VerificationRecord("triton", reference_label, [run], figures.probes,
+                                chain=chain_of(Path(artifact) if artifact else None, reference_label),
+                                fields={"precision": config.dtype, "server": url})
+    record.write(ensemble_dir)
+    if not record.passed:
         raise VerificationFailed(f"triton repository verification on {url} FAILED (the repository is written but "
-                                 f"not admitted; launchers refuse it): " + "; ".join(report.reasons()[:5]))
-    record_admission(ensemble_dir, admission_entry(config, gate=report.to_dict(), reference=reference_label,
-                                                   versions=tool_versions()))
+                                 f"not admitted; launchers refuse it): " + "; ".join(record.failures[:5]))
+    record_admission(ensemble_dir, run.admission(reference_label))
     log(f"admitted for {config.describe()}")
 
 

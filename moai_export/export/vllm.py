@@ -26,7 +26,8 @@ from ..inputs import write_tokenizer_files
 from ..model_dir import read_contract
 from ..sentence_transformers_format import write_sentence_transformers_files
 from ..serving.vllm_server import SERVE_FILE
-from .gate import Verified, admit, load_candidate, reference_figures, shipped_file_failures
+from ..verification import GateRun
+from .gate import admit, load_candidate, reference_figures, shipped_file_failures
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 POOLING_TYPES = {"lasttoken": "LAST", "mean": "MEAN", "cls": "CLS"}
@@ -121,8 +122,8 @@ def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, r
         report.file_failures += shipped_file_failures(tmp, contract, figures)
         options.timings["verify_s"] = time.perf_counter() - t
         report = admit(
-            tmp, [Verified(report, config)], stage="vllm", what="vllm", source=source,
-            reference_label=reference_label,
+            tmp, [GateRun(report, gate, config)], stage="vllm", what="vllm", source=source,
+            reference_label=reference_label, figures=figures,
             fields={"dtype": options.dtype, "serve_args": json.loads((tmp / SERVE_FILE).read_text())},
             timings=options.timings, log=log,
             manifest_options={"dtype": options.dtype, "served_model_name": options.served_model_name},

@@ -1,0 +1,153 @@
+"""Verification records: the one writer of what a gate decided, for every gating command.
+
+A record has one shape whatever wrote it (`merge`, `onnx`, `vllm`, `triton`, `verify`):
+
+    stage, passed, failures        the decision, and every reason it failed
+    reference                      what the gate compared with (label or spec)
+    chain                          where the artifact comes from: its parent artifact (path, stage,
+                                   sha256 of the parent's manifest) and the root reference, carried
+                                   forward from the parent, so a chain of exports keeps naming the
+                                   reference its first artifact was gated against
+    probe_set                      the texts the gate embedded: name, count, sha256, per kind
+    gates                          one entry per serving configuration gated: the configuration, the
+                                   gate-table cell that judged it, and the figures
+    checks                         what vectors alone cannot show (adapter effect, merge check,
+                                   shipped files), each with its own failures
+    + the stage's own fields (dtype, inputs, contract, timings, ...)
+
+Per-probe figures go to a side file (`moai_probes.json`) so the record stays readable. The
+manifest's `admitted_for` entries are built here too (`admission_entry`): a configuration is
+admitted with the same gate summary whichever command admitted it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .admission import MANIFEST_FILE, ServingConfig, admission_entry, read_manifest
+from .artifacts import PARITY_FILE, tool_versions, write_json
+from .gates import Gate
+from .parity import GateReport
+from .probes import Probe
+
+PROBES_FILE = "moai_probes.json"
+RECORD_VERSION = 1
+
+
+@dataclass
+class GateRun:
+    """One candidate gated in one serving configuration (None: a server whose configuration is
+    not this machine's to admit) by one cell of the gate table."""
+
+    report: GateReport
+    gate: Gate
+    config: ServingConfig | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+    def describe(self) -> str:
+        return self.config.describe() if self.config else self.report.parity.candidate
+
+    def summary(self) -> dict:
+        figures = self.report.to_dict()
+        figures.pop("probes")  # per-probe figures: the side file
+        return {"config": self.config.describe() if self.config else None,
+                "serving": asdict(self.config) if self.config else None,
+                "gate": self.gate.to_dict(), **figures}
+
+    def admission(self, reference: str) -> dict:
+        """The manifest entry that admits this configuration."""
+        parity = self.report.parity
+        gate = {"min_cosine": parity.min_cosine, "max_abs": parity.max_abs,
+                "rank_agreement_top10": self.report.rank_agreement, "thresholds": self.gate.to_dict()}
+        return admission_entry(self.config, gate=gate, reference=reference, versions=tool_versions())
+
+
+@dataclass
+class Check:
+    """A check beyond the vectors' parity: its name, its figures, and why it failed (if it did)."""
+
+    name: str
+    failures: list[str]
+    figures: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"passed": not self.failures, "failures": self.failures, **(self.figures or {})}
+
+
+def probe_set_record(probes: Sequence[Probe], name: str = "built-in") -> dict:
+    """What identifies the probe set an artifact was admitted on."""
+    digest = hashlib.sha256(json.dumps([[p.id, p.kind, p.text] for p in probes], ensure_ascii=False).encode())
+    kinds = {kind: sum(p.kind == kind for p in probes) for kind in ("query", "document")}
+    return {"name": name, "count": len(probes), "sha256": digest.hexdigest(), "kinds": kinds}
+
+
+def chain_of(parent: Path | None, reference: str) -> dict:
+    """Where an artifact derived from `parent` comes from, and the root reference of its chain."""
+    if parent is None:
+        return {"parent": None, "root_reference": reference}
+    parent = Path(parent)
+    path = parent / MANIFEST_FILE
+    manifest = read_manifest(parent) or {}
+    root = (manifest.get("chain") or {}).get("root_reference") or reference
+    return {"parent": {"path": str(parent.resolve()), "stage": manifest.get("stage"),
+                       "manifest_sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None},
+            "root_reference": root}
+
+
+@dataclass
+class VerificationRecord:
+    stage: str
+    reference: str
+    runs: list[GateRun]
+    probes: Sequence[Probe]
+    chain: dict | None = None
+    checks: Sequence[Check] = ()
+    fields: dict | None = None  # the stage's own: dtype, inputs, contract, timings ...
+
+    @property
+    def passed(self) -> bool:
+        return all(run.passed for run in self.runs) and not any(check.failures for check in self.checks)
+
+    @property
+    def failures(self) -> list[str]:
+        out = [reason for check in self.checks for reason in check.failures]
+        return out + [f"{run.describe()}: {reason}" for run in self.runs for reason in run.report.reasons()]
+
+    def to_dict(self) -> dict:
+        gates = [run.summary() for run in self.runs]
+        return {
+            "record": RECORD_VERSION,
+            "stage": self.stage,
+            "passed": self.passed,
+            "failures": self.failures,
+            "reference": self.reference,
+            "chain": self.chain or chain_of(None, self.reference),
+            "probe_set": {**probe_set_record(self.probes), "file": PROBES_FILE},
+            "gates": gates,
+            "gate": gates[0] if len(gates) == 1 else None,  # the common case, for people reading it
+            "checks": {check.name: check.to_dict() for check in self.checks},
+            **(self.fields or {}),
+        }
+
+    def probe_figures(self) -> dict:
+        return {"probes": [{"id": p.id, "kind": p.kind} for p in self.probes],
+                "gates": [{"config": run.describe(),
+                           "cosine": [f.cosine for f in run.report.parity.probes],
+                           "max_abs": [f.max_abs for f in run.report.parity.probes]} for run in self.runs]}
+
+    def write(self, directory: Path) -> dict:
+        """The record and its side file into `directory`; returns the record."""
+        record = self.to_dict()
+        write_json(Path(directory) / PARITY_FILE, record)
+        write_json(Path(directory) / PROBES_FILE, self.probe_figures())
+        return record
+
+    def admissions(self) -> list[dict]:
+        return [run.admission(self.reference) for run in self.runs if run.config is not None and run.passed]
