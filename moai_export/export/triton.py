@@ -35,7 +35,7 @@ from ..errors import MoaiError, VerificationFailed
 from ..gates import GateOverrides
 from ..inputs import write_tokenizer_files
 from ..model_dir import read_contract
-from ..verification import GateRun, VerificationRecord, chain_of
+from ..verification import PROBES_FILE, GateRun, VerificationRecord, chain_of
 from .gate import admit, format_gate_table, load_candidate, reference_figures
 from .onnx import ONNX_DATA
 
@@ -354,7 +354,7 @@ def _write_models(staging: Path, artifact: Path, contract: EmbeddingContract, op
     enc_dir.mkdir(parents=True)
     if options.encoder == "engine":  # the merged model's files as they are (weights hard-linked)
         for path in sorted(artifact.iterdir()):
-            if path.is_file() and path.name not in (MANIFEST_FILE, PARITY_FILE):
+            if path.is_file() and path.name not in (MANIFEST_FILE, PARITY_FILE, PROBES_FILE):
                 _link_or_copy(path, enc_dir / path.name)
         _copy_source("engine_model.py", enc_dir / "model.py")
     for name in (ONNX_FILE, ONNX_DATA):
