@@ -18,7 +18,7 @@ from .embedders.triton import TritonEmbedder
 from .embedders.torch_model import TorchEmbedder
 from .example import build_example
 from .embedders.onnx_runtime import OnnxEmbedder
-from .example.triplets import TRIPLETS
+from .evaluation.finance_triplets import TRIPLETS
 from .export.onnx import OnnxOptions, export_onnx
 from .gates import gate_for
 from .merge import MergeOptions, merge

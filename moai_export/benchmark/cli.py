@@ -79,7 +79,7 @@ def _log(quiet: bool) -> Callable[[str], None]:
 def _run(command: str, out: Path | None, target_texts: list[str], tokenizer: Path | None, settings: dict,
          quiet: bool, body: Callable[[list, dict], None], results: object) -> None:
     """Load targets, run `body`, and write the report even when Ctrl-C cut the run short."""
-    from .machine import machine_description
+    from ..evaluation.machine import machine_description
     from .report import write_report
     from .targets import close_all, load_targets
 
@@ -177,9 +177,10 @@ def throughput(targets, workloads, token_lengths, text_count, kind, with_title, 
         --target torch:build/merged --target onnx:build/onnx-int8 --target st:build/merged \\
         --batch-sizes 1,8,32 --concurrency 1,4 --tokens 64,256 --requests 20 --seconds 30
     """
+    from ..evaluation.beir import load_beir
     from .throughput import ThroughputSettings, run_throughput
     from .targets import first_counter
-    from .workloads import LengthSpec, beir_workloads, generated_workload, load_beir
+    from .workloads import LengthSpec, beir_workloads, generated_workload
 
     settings = ThroughputSettings(
         batch_sizes=_ints(batch_sizes, "--batch-sizes"), concurrency=_ints(concurrency, "--concurrency"),
@@ -242,8 +243,8 @@ def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, 
         --target torch:build/merged --target int8=onnx:build/onnx-int8
     """
     from ..contract import check_dimensions
+    from ..evaluation.beir import load_beir
     from .retrieval import run_retrieval
-    from .workloads import load_beir
 
     sizes = _dimension_list(dimensions)
     data_set = load_beir(dataset)
@@ -295,8 +296,8 @@ def corpus(dataset, targets, batch_size, limit, queries, with_title, out, tokeni
     moai-bench corpus --dataset ../shared/data/datasets/autorag-ko \\
         --target st=st:build/merged?device=cuda --target engine=engine:build/merged?device=cuda&compile=true
     """
+    from ..evaluation.beir import load_beir
     from .corpus import run_corpus
-    from .workloads import load_beir
 
     data_set = load_beir(dataset)
     result: dict = {}
@@ -335,9 +336,9 @@ def parity(reference, targets, dataset, max_texts, min_cosine, max_abs, min_rank
     moai-bench parity --reference peft:build/example/base+build/example/adapter \\
         --target onnx:build/onnx-int8 --target triton-grpc://127.0.0.1:8001/moai_embedding
     """
+    from ..evaluation.beir import load_beir
     from ..parity import Thresholds
     from .parity_run import run_parity
-    from .workloads import load_beir
 
     data_set = load_beir(dataset) if dataset else None
     result: dict = {}

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from ..evaluation.beir import BeirDataset
 from ..parity import ReferenceFigures, Thresholds
 from .retrieval import encode_all, vector_parity
 from .targets import Target
-from .workloads import BeirDataset
 
 
 def run_parity(reference: Target, targets: Sequence[Target], thresholds: Thresholds, min_rank_agreement: float,
