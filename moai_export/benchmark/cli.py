@@ -158,14 +158,17 @@ def _common(f):
 @click.option("--seconds", type=click.FloatRange(min=0), default=20.0, show_default=True,
               help="Seconds per cell (0: bound by --requests only); requests in flight still finish.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Untimed requests per cell and target before measuring.")
+              help="Untimed requests per cell and target before measuring (before its first round).")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs of every cell, the targets interleaved round by round; each target's fastest run "
+                   "(most sentences/s: the least disturbed by other load) is the one reported.")
 @click.option("--settle", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Idle seconds before each target's cell: a vLLM engine keeps polling for about a second "
                    "after its last request and slows whatever runs next on a small machine.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds generated texts and Poisson arrivals.")
 @_common
 def throughput(targets, workloads, token_lengths, text_count, kind, with_title, limit, batch_sizes, concurrency,
-               rates, arrival, max_inflight, requests, seconds, warmup, settle, seed, out, tokenizer, quiet):
+               rates, arrival, max_inflight, requests, seconds, warmup, rounds, settle, seed, out, tokenizer, quiet):
     """Sentences/s, real (unpadded) tokens/s, p50/p90/p95/p99/max latency and errors of every
     target, for every workload x batch size x load level.
 
@@ -185,7 +188,7 @@ def throughput(targets, workloads, token_lengths, text_count, kind, with_title, 
     settings = ThroughputSettings(
         batch_sizes=_ints(batch_sizes, "--batch-sizes"), concurrency=_ints(concurrency, "--concurrency"),
         rates=_floats(rates, "--rate"), requests=requests or None, seconds=seconds or None, warmup=warmup,
-        max_inflight=max_inflight, arrival=arrival, settle=settle, seed=seed)
+        max_inflight=max_inflight, arrival=arrival, settle=settle, seed=seed, rounds=rounds)
     if not settings.batch_sizes:
         raise MoaiError("--batch-sizes: give at least one")
     if not settings.concurrency and not settings.rates:
