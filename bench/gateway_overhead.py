@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from gateway_soak import (MODEL, Recorder, Stack, build_artifact, closed_loop, expected_vectors,  # noqa: E402
                           gateway_request, log, texts_pool, triton_request)
 
-from moai_export.benchmark.machine import default_results_dir, machine_slug  # noqa: E402
+from moai_export.evaluation.machine import default_results_dir, machine_slug  # noqa: E402
 from moai_export.serving.gateway_server import GatewayServer  # noqa: E402
 from moai_export.serving.triton_server import free_ports  # noqa: E402
 

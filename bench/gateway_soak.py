@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from moai_export.benchmark.machine import default_results_dir  # noqa: E402
+from moai_export.evaluation.machine import default_results_dir  # noqa: E402
 from moai_export.serving.gateway_server import GatewayServer  # noqa: E402
 from moai_export.serving.process import group_members  # noqa: E402
 from moai_export.serving.triton_server import TritonServer, free_ports  # noqa: E402
@@ -414,7 +414,7 @@ def main() -> int:
     args.clients = [int(c) for c in args.clients.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     artifact = args.artifact or build_artifact(args.work)
-    from moai_export.benchmark.machine import machine_slug
+    from moai_export.evaluation.machine import machine_slug
     from moai_export.export.triton import TritonOptions, write_repository
 
     repo = args.work / "models"

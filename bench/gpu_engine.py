@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from moai_export.benchmark.workloads import load_beir
+    from moai_export.evaluation.beir import load_beir
 
     on_gpu = args.device.startswith("cuda")
     dtype = "bf16" if on_gpu else "fp32"

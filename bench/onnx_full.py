@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from moai_export.benchmark.machine import machine_description
+from moai_export.evaluation.machine import machine_description
 
 
 def run(cmd: list[str]) -> tuple[float, float, int]:

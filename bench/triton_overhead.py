@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from moai_export.benchmark.machine import default_results_dir
+from moai_export.evaluation.machine import default_results_dir
 from moai_export.export.triton import TritonOptions, write_repository
 from moai_export.serving.triton_server import TritonServer, free_ports
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from moai_export.benchmark.machine import default_results_dir
+from moai_export.evaluation.machine import default_results_dir
 from moai_export.export.vllm import VllmOptions, export_vllm
 from moai_export.serving.process import free_ports
 from moai_export.serving.vllm_server import VllmServer

@@ -11,9 +11,9 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
-from .benchmark.speed import round_robin_throughput
+from .benchmark.throughput import time_side_by_side
+from .evaluation.finance_triplets import TRIPLETS
 from .example import build_example
-from .example.triplets import TRIPLETS
 from .export.onnx import OnnxOptions, export_onnx
 from .gates import gate_for
 from .kinds import load_embedder, parse_spec
@@ -123,13 +123,13 @@ def _run(out: Path, size: str, force: bool, log, running: ExitStack) -> str:
     probes = probe_set(reference.contract.max_tokens)
     expected = embed_probes(reference, probes)
     documents = [positive for _, positive, _ in TRIPLETS] + [negative for _, _, negative in TRIPLETS]
-    speeds = round_robin_throughput([e for e, _ in variants], documents, "document")
+    speeds = time_side_by_side([e for e, _ in variants], documents, "document")
     rows = []
     for (embedder, thresholds), speed in zip(variants, speeds):
         parity = compare(expected, embed_probes(embedder, probes), probes, thresholds,
                          candidate_name=embedder.name, reference_name=reference.name)
         rows.append([embedder.name, parity.min_cosine, parity.max_abs, parity.passed,
-                     f"{speed.texts_per_s:.1f}", f"{speed.texts_per_s / speeds[0].texts_per_s:.2f}x"])
+                     f"{speed['sentences_per_s']:.1f}", f"{speed['sentences_per_s_ratio']:.2f}x"])
     for embedder, _ in variants:
         embedder.close()
     table = format_table(["variant", "min cos", "max abs", "parity", "docs/s", "vs reference"], rows)

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from moai_export.benchmark.cli import main
-from moai_export.benchmark.workloads import LengthSpec, generate_texts, write_beir
+from moai_export.benchmark.workloads import LengthSpec, generate_texts
+from moai_export.evaluation.beir import write_beir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from moai_export.benchmark.cli import main
 from moai_export.benchmark.corpus import flops_per_token, model_config_for
-from moai_export.benchmark.workloads import write_beir
+from moai_export.evaluation.beir import write_beir
 
 
 def test_corpus_run_side_by_side(merged_dir, tmp_path):

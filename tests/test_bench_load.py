@@ -14,7 +14,7 @@ import pytest
 from moai_export.benchmark.load import Bounds, RequestStream, closed_loop, open_loop
 from moai_export.benchmark.stats import Sample, latency_summary, percentile, summarize
 from moai_export.benchmark.targets import Target
-from moai_export.benchmark.throughput import ThroughputSettings, run_throughput
+from moai_export.benchmark.throughput import ThroughputSettings, run_throughput, time_side_by_side
 from moai_export.benchmark.workloads import Workload
 from moai_export.contract import EmbeddingContract
 from moai_export.embedders.base import TextEmbedder
@@ -191,3 +191,46 @@ def test_throughput_grid_side_by_side_with_ratios():
         assert r["sentences_per_s_ratio"] == pytest.approx(expected)
         assert r["p50_ratio"] == pytest.approx(1 / expected)
     assert fast.calls == 1 + 2 * (1 + 5)  # first-call warm-up, then per cell 1 warm-up + 5 measured
+
+
+def test_rounds_interleave_the_targets_and_keep_each_ones_fastest_run():
+    """Three rounds of one cell: targets alternate round by round, only the first round warms
+    up, and each target's fastest round is its row (the first target's second round here)."""
+    clock, order = FakeClock(), []
+
+    class Logged(ScriptedEmbedder):
+        def _embed_texts(self, texts, kind, batch_size):
+            order.append(self.label)
+            return super()._embed_texts(texts, kind, batch_size)
+
+    # calls: first-call setup, warm-up, then 2 measured requests per round
+    first = Logged(clock, [0.01, 0.01, 0.04, 0.04, 0.01, 0.01, 0.02, 0.02])
+    second = Logged(clock, [0.02])
+    first.label, second.label = "a", "b"
+    targets = [Target("a", "a", first, None, "", 0.0), Target("b", "b", second, None, "", 0.0)]
+    settings = ThroughputSettings(batch_sizes=[1], concurrency=[1], requests=2, seconds=None, warmup=1, rounds=3)
+    rows: list[dict] = []
+    run_throughput(targets, [Workload("w", "document", TEXTS, "ten texts")], settings, rows, progress=False,
+                   clock=clock)
+    # first-call setup, round 1 with warm-up, rounds 2 and 3 without
+    assert order == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["a", "a", "b", "b"] * 2
+    assert [r["target"] for r in rows] == ["a", "b"]
+    assert rows[0]["sentences_per_s"] == pytest.approx(100.0)  # round 2: 2 texts in 0.02 s
+    assert rows[1]["sentences_per_s"] == pytest.approx(50.0)
+    assert rows[1]["sentences_per_s_ratio"] == pytest.approx(0.5)
+    assert first.calls == 1 + 1 + 3 * 2
+
+
+@pytest.mark.parametrize("fail_every, failure", [(2, "warm-up: RuntimeError"), (4, "RuntimeError")])
+def test_side_by_side_timing_gives_a_row_per_embedder_and_names_a_failing_one(fail_every, failure):
+    """A failure in any round fails the timing, even when a later round of that embedder is clean
+    (call 1 is the warm-up, call 3 the second round)."""
+    clock = FakeClock()
+    rows = time_side_by_side([ScriptedEmbedder(clock, [0.0]), ScriptedEmbedder(clock, [0.0])], TEXTS, "document",
+                             batch_size=4, rounds=2, settle=0)
+    assert len(rows) == 2 and rows[0]["sentences_per_s_ratio"] == 1.0
+    assert all(r["requests"] == 3 and r["errors"] == 0 for r in rows)  # ceil(10 / 4): one pass over the texts
+    failing = ScriptedEmbedder(clock, [0.0], fail_every=fail_every)
+    failing.name = "broken"
+    with pytest.raises(MoaiError, match=f"broken: timing failed: {failure}: backend unavailable"):
+        time_side_by_side([ScriptedEmbedder(clock, [0.0]), failing], TEXTS, "document", settle=0)

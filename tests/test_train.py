@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from moai_export.cli import main
 from moai_export.errors import MoaiError
-from moai_export.example.triplets import TRIPLETS
+from moai_export.evaluation.finance_triplets import TRIPLETS
 from moai_export.train import TrainOptions, train
 from moai_export.train.data import read_pairs
 from moai_export.train.recipe import training_arguments

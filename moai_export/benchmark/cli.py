@@ -79,7 +79,7 @@ def _log(quiet: bool) -> Callable[[str], None]:
 def _run(command: str, out: Path | None, target_texts: list[str], tokenizer: Path | None, settings: dict,
          quiet: bool, body: Callable[[list, dict], None], results: object) -> None:
     """Load targets, run `body`, and write the report even when Ctrl-C cut the run short."""
-    from .machine import machine_description
+    from ..evaluation.machine import machine_description
     from .report import write_report
     from .targets import close_all, load_targets
 
@@ -158,14 +158,17 @@ def _common(f):
 @click.option("--seconds", type=click.FloatRange(min=0), default=20.0, show_default=True,
               help="Seconds per cell (0: bound by --requests only); requests in flight still finish.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Untimed requests per cell and target before measuring.")
+              help="Untimed requests per cell and target before measuring (before its first round).")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs of every cell, the targets interleaved round by round; each target's fastest run "
+                   "(most sentences/s: the least disturbed by other load) is the one reported.")
 @click.option("--settle", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Idle seconds before each target's cell: a vLLM engine keeps polling for about a second "
                    "after its last request and slows whatever runs next on a small machine.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds generated texts and Poisson arrivals.")
 @_common
 def throughput(targets, workloads, token_lengths, text_count, kind, with_title, limit, batch_sizes, concurrency,
-               rates, arrival, max_inflight, requests, seconds, warmup, settle, seed, out, tokenizer, quiet):
+               rates, arrival, max_inflight, requests, seconds, warmup, rounds, settle, seed, out, tokenizer, quiet):
     """Sentences/s, real (unpadded) tokens/s, p50/p90/p95/p99/max latency and errors of every
     target, for every workload x batch size x load level.
 
@@ -177,14 +180,15 @@ def throughput(targets, workloads, token_lengths, text_count, kind, with_title, 
         --target torch:build/merged --target onnx:build/onnx-int8 --target st:build/merged \\
         --batch-sizes 1,8,32 --concurrency 1,4 --tokens 64,256 --requests 20 --seconds 30
     """
+    from ..evaluation.beir import load_beir
     from .throughput import ThroughputSettings, run_throughput
     from .targets import first_counter
-    from .workloads import LengthSpec, beir_workloads, generated_workload, load_beir
+    from .workloads import LengthSpec, beir_workloads, generated_workload
 
     settings = ThroughputSettings(
         batch_sizes=_ints(batch_sizes, "--batch-sizes"), concurrency=_ints(concurrency, "--concurrency"),
         rates=_floats(rates, "--rate"), requests=requests or None, seconds=seconds or None, warmup=warmup,
-        max_inflight=max_inflight, arrival=arrival, settle=settle, seed=seed)
+        max_inflight=max_inflight, arrival=arrival, settle=settle, seed=seed, rounds=rounds)
     if not settings.batch_sizes:
         raise MoaiError("--batch-sizes: give at least one")
     if not settings.concurrency and not settings.rates:
@@ -242,8 +246,8 @@ def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, 
         --target torch:build/merged --target int8=onnx:build/onnx-int8
     """
     from ..contract import check_dimensions
+    from ..evaluation.beir import load_beir
     from .retrieval import run_retrieval
-    from .workloads import load_beir
 
     sizes = _dimension_list(dimensions)
     data_set = load_beir(dataset)
@@ -295,8 +299,8 @@ def corpus(dataset, targets, batch_size, limit, queries, with_title, out, tokeni
     moai-bench corpus --dataset ../shared/data/datasets/autorag-ko \\
         --target st=st:build/merged?device=cuda --target engine=engine:build/merged?device=cuda&compile=true
     """
+    from ..evaluation.beir import load_beir
     from .corpus import run_corpus
-    from .workloads import load_beir
 
     data_set = load_beir(dataset)
     result: dict = {}
@@ -334,8 +338,8 @@ def parity(reference, targets, dataset, max_texts, min_cosine, max_abs, min_rank
     moai-bench parity --reference peft:build/example/base+build/example/adapter \\
         --target onnx:build/onnx-int8 --target triton-grpc://127.0.0.1:8001/moai_embedding
     """
+    from ..evaluation.beir import load_beir
     from .parity_run import run_parity
-    from .workloads import load_beir
 
     data_set = load_beir(dataset) if dataset else None
     result: dict = {}

@@ -17,10 +17,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import MoaiError
+from ..evaluation.beir import BeirDataset
 from ..kinds import parse_spec
 from .stats import percentile
 from .targets import Target
-from .workloads import BeirDataset, length_stats
+from .workloads import length_stats
 
 # Dense bf16 tensor-core peaks (datasheet, SXM, no sparsity). MOAI_PEAK_TFLOPS overrides.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}

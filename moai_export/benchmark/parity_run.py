@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from ..evaluation.beir import BeirDataset
 from ..gates import GateOverrides
 from ..kinds import parse_spec
 from ..parity import ReferenceFigures
 from .retrieval import encode_all, vector_parity
 from .targets import Target
-from .workloads import BeirDataset
 
 
 def run_parity(reference: Target, targets: Sequence[Target], overrides: GateOverrides, result: dict, *, dataset: BeirDataset | None = None, max_texts: int | None = None,

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import matplotlib.ticker
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
+from ..evaluation.plotting import panel_grid, pyplot as plt, save_figure
 
 PCTS = ("p50", "p90", "p95", "p99", "max")
 
@@ -23,22 +20,6 @@ def _log_y(ax) -> None:
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
     ax.tick_params(axis="y", which="minor", labelsize=6)
-
-
-def _grid(n: int, ncols: int):
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat)
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _panels(rows: Sequence[dict], mode: str) -> list[tuple[str, int]]:
@@ -69,7 +50,7 @@ def throughput_plot(rows: Sequence[dict], path: Path) -> Path | None:
         return None
     targets = _targets(rows)
     ncols = len({b for _, b in panels})
-    fig, axes = _grid(len(panels), ncols)
+    fig, axes = panel_grid(len(panels), ncols)
     for ax, (workload, batch) in zip(axes, panels):
         cell = [r for r in rows if r["mode"] == "closed" and (r["workload"], r["batch_size"]) == (workload, batch)]
         levels = sorted({r["level"] for r in cell})
@@ -81,7 +62,7 @@ def throughput_plot(rows: Sequence[dict], path: Path) -> Path | None:
         ax.set_ylabel("sentences/s")
     axes[0].legend(fontsize=7)
     fig.suptitle("throughput vs concurrency (closed loop)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def latency_plot(rows: Sequence[dict], path: Path) -> Path | None:
@@ -90,7 +71,7 @@ def latency_plot(rows: Sequence[dict], path: Path) -> Path | None:
     if not panels:
         return None
     ncols = len({b for _, b in panels})
-    fig, axes = _grid(len(panels), ncols)
+    fig, axes = panel_grid(len(panels), ncols)
     targets = _targets(rows)
     for ax, (workload, batch) in zip(axes, panels):
         cell = [r for r in rows if r["mode"] == "closed" and (r["workload"], r["batch_size"]) == (workload, batch)]
@@ -103,7 +84,7 @@ def latency_plot(rows: Sequence[dict], path: Path) -> Path | None:
         ax.tick_params(axis="x", labelrotation=20, labelsize=7)
     axes[0].legend(fontsize=7)
     fig.suptitle("latency percentiles per request", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def open_loop_plot(rows: Sequence[dict], path: Path) -> Path | None:
@@ -111,7 +92,7 @@ def open_loop_plot(rows: Sequence[dict], path: Path) -> Path | None:
     panels = _panels(rows, "open")
     if not panels:
         return None
-    fig, axes = _grid(len(panels), len({b for _, b in panels}))
+    fig, axes = panel_grid(len(panels), len({b for _, b in panels}))
     for ax, (workload, batch) in zip(axes, panels):
         cell = [r for r in rows if r["mode"] == "open" and (r["workload"], r["batch_size"]) == (workload, batch)]
         for target in _targets(cell):
@@ -126,7 +107,7 @@ def open_loop_plot(rows: Sequence[dict], path: Path) -> Path | None:
         ax.set_title(f"{workload}, batch {batch}", fontsize=9)
     axes[0].legend(fontsize=7)
     fig.suptitle("open loop: latency vs offered rate", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def parity_plot(cosines: dict[str, np.ndarray], path: Path, title: str) -> Path | None:
@@ -148,7 +129,7 @@ def parity_plot(cosines: dict[str, np.ndarray], path: Path, title: str) -> Path 
     ax.set_ylabel("texts")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def retrieval_plot(rows: Sequence[dict], metrics: Sequence[str], path: Path) -> Path | None:
@@ -161,7 +142,7 @@ def retrieval_plot(rows: Sequence[dict], metrics: Sequence[str], path: Path) -> 
     ax.set_ylabel("score")
     ax.set_title("retrieval quality per target", fontsize=10)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def dimension_plot(rows: Sequence[dict], metric: str, path: Path) -> Path | None:
@@ -179,4 +160,4 @@ def dimension_plot(rows: Sequence[dict], metric: str, path: Path) -> Path | None
     ax.set_ylabel(metric.upper())
     ax.set_title(f"{metric.upper()} per Matryoshka size", fontsize=10)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from . import plots
-from .metrics import METRICS, PRIMARY
+from ..evaluation.retrieval_metrics import METRICS, PRIMARY
 
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.md"

@@ -9,10 +9,11 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ..evaluation.beir import BeirDataset
+from ..evaluation.retrieval_metrics import MAX_K, METRICS, PRIMARY, evaluate, rank, similarity_scores
 from ..parity import cosine_rows, rank_agreement
-from .metrics import MAX_K, METRICS, PRIMARY, evaluate, rank, similarity_scores
 from .targets import Target
-from .workloads import BeirDataset, length_stats
+from .workloads import length_stats
 
 
 def encode_all(target: Target, texts: Sequence[str], kind: str, batch_size: int, *, progress: bool,

@@ -29,6 +29,11 @@ class Target:
     counter_source: str
     load_s: float
 
+    @classmethod
+    def in_hand(cls, embedder: Embedder) -> "Target":
+        """An Embedder already loaded (the demo's variants), labelled by its name; it counts no tokens."""
+        return cls(embedder.name, "", embedder, None, "none", 0.0)
+
     def encode_fn(self, kind: str) -> Callable[[list[str]], np.ndarray]:
         return lambda texts: self.embedder.encode(texts, kind, batch_size=len(texts))
 

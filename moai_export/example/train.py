@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .triplets import TRIPLETS
+from ..evaluation.finance_triplets import TRIPLETS
 
 TRAINING_RUN = "training"  # beside base/ and adapter/: the run's report, curves and model card
 

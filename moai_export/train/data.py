@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..benchmark.workloads import load_beir
+from ..evaluation.beir import load_beir
 from ..errors import MoaiError
 
 COLUMNS = ("query", "positive", "negative")

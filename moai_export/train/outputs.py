@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..artifacts import write_json
-from ..benchmark.machine import machine_description
-from ..benchmark.metrics import METRICS, PRIMARY
+from ..evaluation.machine import machine_description
+from ..evaluation.retrieval_metrics import METRICS, PRIMARY
 
 REPORT = "training_report.json"
 CURVES = "training_curves.png"
@@ -25,10 +25,10 @@ def write_outputs(out: Path, report: dict) -> None:
 
 
 def plot_curves(report: dict, path: Path) -> Path:
-    from ..benchmark.plots import _grid, _save, plt  # noqa: F401  (Agg backend chosen there)
+    from ..evaluation.plotting import panel_grid, save_figure
 
     history = report["history"]
-    fig, (loss_ax, lr_ax, eval_ax) = _grid(3, 3)
+    fig, (loss_ax, lr_ax, eval_ax) = panel_grid(3, 3)
     loss_ax.plot([e["step"] for e in history["loss"]], [e["loss"] for e in history["loss"]])
     loss_ax.set(title="training loss", xlabel="step")
     lr_ax.plot([e["step"] for e in history["learning_rate"]], [e["learning_rate"] for e in history["learning_rate"]])
@@ -42,7 +42,7 @@ def plot_curves(report: dict, path: Path) -> Path:
             eval_ax.axvline(report["best_step"], color="grey", linestyle="--", label=f"best (step {report['best_step']})")
             eval_ax.legend()
     eval_ax.set(title=f"validation {LABELS[PRIMARY]} (step 0: base)", xlabel="step")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def model_card(report: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..benchmark.metrics import METRICS, PRIMARY
+from ..evaluation.retrieval_metrics import METRICS, PRIMARY
 from ..contract import EmbeddingContract
 from .data import Validation
 from .options import TrainOptions

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..artifacts import atomic_output_dir
-from ..benchmark.metrics import PRIMARY
+from ..evaluation.retrieval_metrics import PRIMARY
 from ..errors import MoaiError
 from ..model_dir import read_contract
 from ..sources import resolve_model_dir

@@ -1,5 +1,6 @@
-"""Korean finance-style (query, positive passage, hard negative) triplets, written for the
-example adapter. Small on purpose: the example proves the pipeline, not retrieval quality."""
+"""Korean finance-style (query, positive passage, hard negative) triplets: the example adapter
+trains on them, the parity gates' retrieval probe searches them, and generated benchmark texts
+are cut from them. Small on purpose: the example proves the pipeline, not retrieval quality."""
 
 TRIPLETS: list[tuple[str, str, str]] = [
     ("BC카드 연회비는 얼마인가요?",

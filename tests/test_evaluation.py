@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from moai_export.benchmark.metrics import (
+from moai_export.evaluation.retrieval_metrics import (
     METRICS, accuracy_at_k, evaluate, map_at_k, mrr_at_k, ndcg_at_k, rank, recall_at_k, similarity_scores,
 )
-from moai_export.benchmark.workloads import load_beir, write_beir
+from moai_export.evaluation.beir import load_beir, write_beir
 from moai_export.errors import MoaiError
 
 ST_KS = dict(mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 10], precision_recall_at_k=[1, 10], map_at_k=[10])
