@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -50,13 +51,17 @@ class Snippet:
     in_help: bool = False  # help texts align columns with 2+ spaces: a run of them ends a command
 
 
-def markdown_files() -> list[Path]:
-    def skipped(path: Path) -> bool:
-        parts = path.relative_to(ROOT).parts
-        return (any(p.startswith(".") or p in ("build", "node_modules", "__pycache__") for p in parts)
-                or parts[:2] == ("bench", "results"))
-
-    return sorted(p for p in ROOT.rglob("*.md") if not skipped(p))
+@functools.lru_cache(maxsize=None)
+def markdown_files() -> tuple[Path, ...]:
+    """Every *.md of the project; hidden folders (.venv*, .git, .carry), build/ and bench/results/
+    are not walked into."""
+    found = []
+    for folder, subfolders, files in os.walk(ROOT):
+        here = Path(folder)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d not in ("build", "__pycache__")
+                         and (here / d) != ROOT / "bench" / "results"]
+        found += [here / name for name in files if name.endswith(".md")]
+    return tuple(sorted(found))
 
 
 def logical_lines(lines: list[str]) -> list[str]:
@@ -407,6 +412,6 @@ def test_every_environment_variable_the_code_reads_is_documented():
 def test_no_issue_numbers_in_docs_or_code():
     """Readers have no issue tracker: say what the thing is, not which ticket asked for it."""
     numbered = re.compile(r"\bissues? #?\d+", re.I)
-    found = [f"{path.relative_to(ROOT)}: {match.group(0)!r}" for path in markdown_files() + source_files()
+    found = [f"{path.relative_to(ROOT)}: {match.group(0)!r}" for path in [*markdown_files(), *source_files()]
              for match in numbered.finditer(path.read_text(encoding="utf-8", errors="replace"))]
     assert not found, "\n".join(found)
