@@ -159,34 +159,6 @@ def require_admitted(directory: Path, config: ServingConfig, *, mode: str = "req
     print(f"WARNING: SERVING UNVERIFIED: {message}", file=sys.stderr, flush=True)
 
 
-def repository_serving_config(encoder: str, precision: str, tensorrt: bool, engine_device: str = "cpu") -> ServingConfig:
-    """A Triton repository's configuration. python encoder: onnxruntime on CPU inside the python
-    backend; onnxruntime encoder: Triton's ONNX Runtime backend on a GPU, optionally TensorRT;
-    engine encoder: the packed engine in the python backend on its device."""
-    from .kinds import kind_named
-
-    device = {"python": "cpu", "engine": engine_device}.get(encoder, "cuda")
-    return kind_named("triton").serving_config(device, precision, encoder + ("+tensorrt" if tensorrt else ""))
-
-
-def recorded_repository_config(ensemble_dir: Path, precision: str | None = None) -> ServingConfig:
-    """The configuration the ensemble's manifest records (`precision`: as the server reports it,
-    else the recorded one): the one reader of those options for the launcher and the clients."""
-    options = (read_manifest(ensemble_dir) or {}).get("options", {})
-    return repository_serving_config(options.get("encoder", "python"), precision or options.get("precision", "fp32"),
-                                     bool(options.get("tensorrt")), (options.get("engine") or {}).get("device", "cpu"))
-
-
-def check_repository_admitted(repository: Path, model: str, *, mode: str = "require") -> None:
-    """A Triton repository is admitted as a whole: its ensemble's manifest records the run of
-    the three models together on a real server, and covers their files."""
-    ensemble_dir = Path(repository) / model
-    if not (ensemble_dir / "config.pbtxt").is_file():
-        raise NotAdmitted(f"{repository}: no model {model!r}")
-    require_admitted(ensemble_dir, recorded_repository_config(ensemble_dir), mode=mode,
-                     spec=f"triton:{repository}?model={model}")
-
-
 def repository_ensembles(repository: Path) -> list[str]:
     """Models of a repository that `moai-export triton` wrote (their ensembles carry a manifest)."""
     return sorted(p.parent.name for p in Path(repository).glob(f"*/{MANIFEST_FILE}")

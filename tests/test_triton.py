@@ -318,7 +318,7 @@ def test_unverified_repository_is_refused_until_verify_admits_it(onnx_dir, examp
     results = json.loads((tmp_path / "v.json").read_text())["results"]
     assert [(r["kind"], r["passed"]) for r in results] == [("triton", True), ("triton", False)]
     assert results[0]["admitted"] is True and "admitted" not in results[1]
-    from moai_export.admission import check_repository_admitted
+    from moai_export.triton_admission import check_repository_admitted
 
     check_repository_admitted(repo, "moai_embedding")  # the launcher now serves it
 

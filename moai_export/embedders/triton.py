@@ -171,7 +171,7 @@ class TritonRepositoryEmbedder(TritonEmbedder):
 
         repository = Path(repository)
         model = model or ensemble_name(repository)
-        from ..admission import check_repository_admitted
+        from ..triton_admission import check_repository_admitted
 
         check_repository_admitted(repository, model, mode=admission)
         http, grpc, metrics = free_ports(3)
@@ -187,7 +187,7 @@ class TritonRepositoryEmbedder(TritonEmbedder):
         except BaseException:
             self.server.stop()
             raise
-        from ..admission import recorded_repository_config
+        from ..triton_admission import recorded_repository_config
 
         self.serving = recorded_repository_config(repository / model, self.precision)
         self.artifact_dir = repository / model
@@ -224,7 +224,8 @@ def _remote(location: str, protocol: str, name: str, options: dict) -> TritonEmb
     repository = options.pop("repository", None)
     embedder = TritonEmbedder(address, model, protocol=protocol, name=name, **options)
     if repository:
-        from ..admission import recorded_repository_config, repository_id
+        from ..admission import repository_id
+        from ..triton_admission import recorded_repository_config
 
         ensemble_dir = Path(repository) / model
         served_here = (ensemble_dir / "config.pbtxt").is_file() and embedder.repository_id == repository_id(ensemble_dir)

@@ -306,7 +306,7 @@ def served_precision(options: TritonOptions, artifact_precision: str) -> str:
 
 
 def serving_config(options: TritonOptions, precision: str) -> ServingConfig:
-    from ..admission import repository_serving_config
+    from ..triton_admission import repository_serving_config
 
     return repository_serving_config(options.encoder, precision, options.tensorrt, options.engine_device)
 

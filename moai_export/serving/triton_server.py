@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Serve a repository no parity gate admitted (says so loudly).")
     args, extra = parser.parse_known_args(argv)
     try:
-        from ..admission import admission_mode, check_repository_admitted, repository_ensembles
+        from ..admission import admission_mode, repository_ensembles
+        from ..triton_admission import check_repository_admitted
 
         for model in repository_ensembles(args.repo):
             check_repository_admitted(args.repo, model, mode=admission_mode(allow_unverified=args.allow_unverified))
