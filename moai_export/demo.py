@@ -18,8 +18,7 @@ from .export.onnx import OnnxOptions, export_onnx
 from .gates import gate_for
 from .kinds import load_embedder, parse_spec
 from .merge import MergeOptions, merge
-from .parity import compare, embed_probes
-from .probes import probe_set
+from .parity import ReferenceFigures
 from .report import format_table
 
 ONNX_PRECISIONS = ("fp32", "int8")
@@ -29,7 +28,7 @@ def _variant(spec: str, name: str) -> tuple:
     """A row of the table: the variant loaded through the registry, as any user would load it,
     and the gate of its kind's family in the precision it serves."""
     embedder = load_embedder(spec, name=name)
-    return embedder, gate_for(parse_spec(spec)[0].family, embedder.precision).thresholds
+    return embedder, gate_for(parse_spec(spec)[0].family, embedder.precision)
 
 
 def _start_vllm(out: Path, merged_dir: Path, reference, force: bool, log, running: ExitStack) -> list:
@@ -120,18 +119,17 @@ def _run(out: Path, size: str, force: bool, log, running: ExitStack) -> str:
         _variant(f"torch:{merged_dir}", "merged torch fp32"),
         _variant(f"st:{merged_dir}", "sentence-transformers"),
     ] + [_variant(f"onnx:{out / f'onnx-{precision}'}", f"onnx {precision}") for precision in ONNX_PRECISIONS] + servers
-    probes = probe_set(reference.contract.max_tokens)
-    expected = embed_probes(reference, probes)
+    figures = ReferenceFigures(reference)
     documents = [positive for _, positive, _ in TRIPLETS] + [negative for _, _, negative in TRIPLETS]
     speeds = time_side_by_side([e for e, _ in variants], documents, "document")
     rows = []
-    for (embedder, thresholds), speed in zip(variants, speeds):
-        parity = compare(expected, embed_probes(embedder, probes), probes, thresholds,
-                         candidate_name=embedder.name, reference_name=reference.name)
-        rows.append([embedder.name, parity.min_cosine, parity.max_abs, parity.passed,
-                     f"{speed['sentences_per_s']:.1f}", f"{speed['sentences_per_s_ratio']:.2f}x"])
+    for (embedder, gate), speed in zip(variants, speeds):
+        report = figures.gate_with(embedder, gate)  # the whole cell of the kind's gate, as every gate judges
+        rows.append([embedder.name, report.parity.min_cosine, report.parity.max_abs, report.rank_agreement,
+                     report.passed, f"{speed['sentences_per_s']:.1f}", f"{speed['sentences_per_s_ratio']:.2f}x"])
     for embedder, _ in variants:
         embedder.close()
-    table = format_table(["variant", "min cos", "max abs", "parity", "docs/s", "vs reference"], rows)
-    log(f"\n{len(probes)} parity probes; speed: {len(documents)} documents, best of 3 rounds, round-robin")
+    table = format_table(["variant", "min cos", "max abs", "top10", "gate", "docs/s", "vs reference"], rows)
+    log(f"\n{len(figures.probes)} parity probes, each row judged by its kind's gate (min cos, max abs, top-10); "
+        f"speed: {len(documents)} documents, best of 3 rounds, round-robin")
     return table

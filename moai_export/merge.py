@@ -121,7 +121,8 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
         options.timings["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
         record = VerificationRecord(
-            "merge", MERGE_REFERENCE, runs, figures.probes, chain=chain_of(None, MERGE_REFERENCE),
+            "merge", MERGE_REFERENCE, runs, figures.probes, token_lengths=figures.token_lengths,
+            chain=chain_of(None, MERGE_REFERENCE),
             checks=merge_checks(unchanged, len(before), effect, file_failures),
             fields=report_fields(contract=contract, dtype=options.dtype, truncated=figures.truncated,
                                  base=(base, base_dir), adapter=(adapter, adapter_dir, info), output_dir=tmp,

@@ -225,6 +225,21 @@ class GateReport:
         }
 
 
+def _token_lengths(embedder: Embedder, probes: Sequence[Probe]) -> list[int] | None:
+    """Each probe's length in tokens as the reference's contract tokenizer cuts it (prompt and end
+    token included); None for a reference that tokenizes elsewhere (a server)."""
+    tokenizer = getattr(embedder, "tokenizer", None)
+    if not hasattr(tokenizer, "encode"):
+        return None
+    lengths = [0] * len(probes)
+    for kind in ("query", "document"):
+        index = [i for i, p in enumerate(probes) if p.kind == kind]
+        if index:
+            for i, n in zip(index, tokenizer.encode([probes[i].text for i in index], kind).lengths):
+                lengths[i] = int(n)
+    return lengths
+
+
 class ReferenceFigures:
     """The reference's vectors for the probe set and the retrieval probe, computed once and
     compared with any number of candidates."""
@@ -241,6 +256,7 @@ class ReferenceFigures:
         # that cannot report its own count is shown the reference's
         self.truncated = None if before is None else reference.num_truncated - before
         self.retrieval = self._retrieval_vectors(reference)
+        self.token_lengths = _token_lengths(reference, self.probes)
 
     def _retrieval_vectors(self, embedder: Embedder) -> tuple[np.ndarray, np.ndarray]:
         return embedder.encode(self.queries, "query"), embedder.encode(self.documents, "document")

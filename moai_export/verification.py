@@ -8,7 +8,9 @@ A record has one shape whatever wrote it (`merge`, `onnx`, `vllm`, `triton`, `ve
                                    sha256 of the parent's manifest) and the root reference, carried
                                    forward from the parent, so a chain of exports keeps naming the
                                    reference its first artifact was gated against
-    probe_set                      the texts the gate embedded: name, count, sha256, per kind
+    probe_set                      the texts the gate embedded: name, count, sha256, per kind, and
+                                   their token-length percentiles
+    reference_vectors              where the reference's probe vectors are recorded (None: not yet)
     gates                          one entry per serving configuration gated: the configuration, the
                                    gate-table cell that judged it, and the figures
     checks                         what vectors alone cannot show (adapter effect, merge check,
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+
+import numpy as np
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -81,11 +85,19 @@ class Check:
         return {"passed": not self.failures, "failures": self.failures, **(self.figures or {})}
 
 
-def probe_set_record(probes: Sequence[Probe], name: str = "built-in") -> dict:
-    """What identifies the probe set an artifact was admitted on."""
+def probe_set_record(probes: Sequence[Probe], token_lengths: Sequence[int] | None = None,
+                     name: str = "built-in") -> dict:
+    """What identifies the probe set an artifact was admitted on, and how long its texts are in
+    tokens (a gate on short texts says little about long documents)."""
     digest = hashlib.sha256(json.dumps([[p.id, p.kind, p.text] for p in probes], ensure_ascii=False).encode())
     kinds = {kind: sum(p.kind == kind for p in probes) for kind in ("query", "document")}
-    return {"name": name, "count": len(probes), "sha256": digest.hexdigest(), "kinds": kinds}
+    lengths = None
+    if token_lengths:
+        ordered = np.sort(np.asarray(token_lengths))
+        lengths = {"min": int(ordered[0]), **{f"p{q}": int(np.percentile(ordered, q, method="nearest"))
+                                             for q in (50, 90)}, "max": int(ordered[-1])}
+    return {"name": name, "count": len(probes), "sha256": digest.hexdigest(), "kinds": kinds,
+            "token_lengths": lengths}
 
 
 def chain_of(parent: Path | None, reference: str) -> dict:
@@ -110,6 +122,10 @@ class VerificationRecord:
     chain: dict | None = None
     checks: Sequence[Check] = ()
     fields: dict | None = None  # the stage's own: dtype, inputs, contract, timings ...
+    token_lengths: Sequence[int] | None = None  # each probe's length in tokens, when the reference can tell
+    # Probe vectors of the reference, recorded beside the artifact so a deployment can be checked
+    # without the base model and the adapter: the file's name, once a gate records them.
+    reference_vectors: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -129,7 +145,8 @@ class VerificationRecord:
             "failures": self.failures,
             "reference": self.reference,
             "chain": self.chain or chain_of(None, self.reference),
-            "probe_set": {**probe_set_record(self.probes), "file": PROBES_FILE},
+            "probe_set": {**probe_set_record(self.probes, self.token_lengths), "file": PROBES_FILE},
+            "reference_vectors": self.reference_vectors,
             "gates": gates,
             "gate": gates[0] if len(gates) == 1 else None,  # the common case, for people reading it
             "checks": {check.name: check.to_dict() for check in self.checks},
@@ -137,7 +154,8 @@ class VerificationRecord:
         }
 
     def probe_figures(self) -> dict:
-        return {"probes": [{"id": p.id, "kind": p.kind} for p in self.probes],
+        lengths = self.token_lengths or [None] * len(self.probes)
+        return {"probes": [{"id": p.id, "kind": p.kind, "tokens": n} for p, n in zip(self.probes, lengths)],
                 "gates": [{"config": run.describe(),
                            "cosine": [f.cosine for f in run.report.parity.probes],
                            "max_abs": [f.max_abs for f in run.report.parity.probes]} for run in self.runs]}

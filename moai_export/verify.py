@@ -43,7 +43,8 @@ def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | N
         if run.passed and admit and run.config is not None and directory is not None:
             result["admitted"] = _admit(directory, run, reference, log)
         results.append(result)
-    record = VerificationRecord("verify", reference, runs, figures.probes, fields={"dims": dims})
+    record = VerificationRecord("verify", reference, runs, figures.probes, token_lengths=figures.token_lengths,
+                                fields={"dims": dims})
     return {**record.to_dict(), "results": results}, [run.report for run in runs]
 
 

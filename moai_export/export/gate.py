@@ -80,7 +80,7 @@ def admit(directory: Path, runs: list[GateRun], *, stage: str, what: str, source
     `what` names the artifact in the error ("onnx int8"); `parent` (default `source`) is the
     artifact this one derives from, named in the record's chain."""
     source_info = {"path": str(source), "weights": weights_digest(source)} if source else None
-    record = VerificationRecord(stage, reference_label, runs, figures.probes,
+    record = VerificationRecord(stage, reference_label, runs, figures.probes, token_lengths=figures.token_lengths,
                                 chain=chain_of(parent or source, reference_label),
                                 fields={**fields, "source": source_info,
                                         "timings": {k: round(v, 3) for k, v in timings.items()}})
