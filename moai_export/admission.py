@@ -62,12 +62,18 @@ def read_manifest(directory: Path) -> dict | None:
         raise NotAdmitted(f"{path}: unreadable manifest ({exc})") from None
 
 
-def file_record(path: Path) -> dict:
+def sha256_file(path: Path) -> str:
+    """The file's sha256, read in 4 MiB blocks (weight files are gigabytes): the one hasher of
+    manifests and provenance records."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
         while block := handle.read(1 << 22):
             digest.update(block)
-    return {"sha256": digest.hexdigest(), "bytes": Path(path).stat().st_size}
+    return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict:
+    return {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
 
 
 def shipped_files(directory: Path) -> dict[str, dict]:
