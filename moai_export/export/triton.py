@@ -342,6 +342,7 @@ def _write_models(staging: Path, artifact: Path, contract: EmbeddingContract, op
     tok_dir = staging / names["tokenizer"] / version
     tok_dir.mkdir(parents=True)
     _copy_source("tokenizer_model.py", tok_dir / "model.py")
+    _copy_source("input_rules.py", tok_dir / "moai_input_rules.py", package="moai_export")
     write_tokenizer_files(artifact, contract, tok_dir, with_config=False)
     contract.save(tok_dir)
     (staging / names["tokenizer"] / "warmup").mkdir(exist_ok=True)
@@ -475,8 +476,8 @@ def _write_config(model_dir: Path, config) -> None:
     (model_dir / "config.pbtxt").write_text(_to_text(config), encoding="utf-8")
 
 
-def _copy_source(name: str, dst: Path) -> None:
-    source = resources.files("moai_export.export.triton_backend").joinpath(name)
+def _copy_source(name: str, dst: Path, package: str = "moai_export.export.triton_backend") -> None:
+    source = resources.files(package).joinpath(name)
     dst.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
 
 
