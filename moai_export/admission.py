@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import MoaiError
+from .triton_config import REPOSITORY_ID_PARAMETER, read_model_config
 
 MANIFEST_FILE = "moai_manifest.json"
 # Stages whose artifacts are published by a parity gate (an example base is not).
@@ -174,8 +175,4 @@ def repository_ensembles(repository: Path) -> list[str]:
 def repository_id(ensemble_dir: Path) -> str | None:
     """The id `moai-export triton` writes into an ensemble's config.pbtxt (parameter
     `moai_repository_id`): it ties a running server to the files it serves."""
-    import re
-
-    text = (Path(ensemble_dir) / "config.pbtxt").read_text(encoding="utf-8")
-    match = re.search(r'key:\s*"moai_repository_id"\s*value\s*\{\s*string_value:\s*"([^"]*)"', text)
-    return match.group(1) if match else None
+    return read_model_config(ensemble_dir).parameters.get(REPOSITORY_ID_PARAMETER)

@@ -35,15 +35,13 @@ from ..errors import MoaiError, VerificationFailed
 from ..gates import GateOverrides
 from ..inputs import write_tokenizer_files
 from ..model_dir import read_contract
+from ..triton_config import CONFIG_FILE, CONTRACT_PARAMETER, PRECISION_PARAMETER, REPOSITORY_ID_PARAMETER
 from ..verification import PROBES_FILE, GateRun, VerificationRecord, chain_of
 from .gate import admit, format_gate_table, load_candidate, reference_figures
 from .onnx import ONNX_DATA
 
 ENCODERS = ("python", "onnxruntime", "engine")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-CONTRACT_PARAMETER = "moai_contract"
-PRECISION_PARAMETER = "moai_precision"  # what the encoder computes in: picks the parity gate
-REPOSITORY_ID_PARAMETER = "moai_repository_id"  # ties a running server to the files it was verified with
 WARMUP_TEXT = "BC카드 연회비는 어떻게 되나요?"
 
 
@@ -86,7 +84,9 @@ def _to_text(config) -> str:
 
 
 def parse_config(text: str):
-    """Parse config.pbtxt text against Triton's ModelConfig schema (raises on anything unknown)."""
+    """Parse config.pbtxt text against Triton's ModelConfig schema (raises on anything unknown):
+    the check that what this module writes is a valid config. Readers of the fields moai-export
+    needs use moai_export.triton_config (no protobuf needed)."""
     from google.protobuf import text_format
 
     return text_format.Parse(text, _model_config().ModelConfig())
@@ -473,7 +473,7 @@ def _check_options(options: TritonOptions) -> None:
 
 
 def _write_config(model_dir: Path, config) -> None:
-    (model_dir / "config.pbtxt").write_text(_to_text(config), encoding="utf-8")
+    (model_dir / CONFIG_FILE).write_text(_to_text(config), encoding="utf-8")
 
 
 def _copy_source(name: str, dst: Path, package: str = "moai_export.export.triton_backend") -> None:
