@@ -15,6 +15,7 @@ import numpy as np
 
 from pathlib import Path
 
+from ..addresses import parse_location
 from ..contract import EmbeddingContract
 from ..errors import MoaiError
 from ..triton_config import (CONFIG_FILE, CONTRACT_PARAMETER, PRECISION_PARAMETER, REPOSITORY_ID_PARAMETER,
@@ -219,9 +220,8 @@ def grpc_from_spec(location: str, *, name: str, **options) -> TritonEmbedder:
 def _remote(location: str, protocol: str, name: str, options: dict) -> TritonEmbedder:
     """`?repository=DIR`: the repository this server serves (checked by its id), so that `verify`
     can record the configuration it passed in there (e.g. NVIDIA's container on a GPU)."""
-    address, sep, model = location.partition("/")
-    if not sep or not model or ":" not in address:
-        raise MoaiError(f"triton-{protocol}://{location}: expected triton-{protocol}://HOST:PORT/MODEL")
+    endpoint, model = parse_location(location, f"triton-{protocol}")
+    address = str(endpoint)
     repository = options.pop("repository", None)
     embedder = TritonEmbedder(address, model, protocol=protocol, name=name, **options)
     if repository:

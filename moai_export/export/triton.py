@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..addresses import parse_url
 from ..admission import MANIFEST_FILE, ServingConfig, read_manifest, repository_id
 from ..artifacts import PARITY_FILE, atomic_output_dir, check_output_location, write_json, write_manifest
 from ..contract import EmbeddingContract
@@ -41,6 +42,7 @@ from .gate import admit, format_gate_table, load_candidate, reference_figures
 from .onnx import ONNX_DATA
 
 ENCODERS = ("python", "onnxruntime", "engine")
+VERIFY_SCHEMES = ("grpc", "http")  # --verify-with SCHEME://HOST:PORT: a server that serves the written files
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 WARMUP_TEXT = "BC카드 연회비는 어떻게 되나요?"
 
@@ -423,7 +425,8 @@ def verify_remote(repo: Path, model: str, url: str, figures, gate, config: Servi
     the result in the repository; the server must serve exactly these files."""
     from ..admission import record_admission
 
-    protocol, _, address = url.partition("://")
+    protocol, endpoint = parse_url(url, VERIFY_SCHEMES, "--verify-with")
+    address = str(endpoint)
     log(f"waiting for {url} to serve {repo} (start the server on it now; up to {wait_s:.0f} s)")
     with _wait_for_repository(address, model, protocol, repository_id(repo / model), wait_s,
                               name=f"triton {url} ({config.describe()})") as served:
@@ -468,8 +471,8 @@ def _check_options(options: TritonOptions) -> None:
         raise MoaiError(f"--engine-device {options.engine_device!r}: expected cpu or cuda")
     if options.tensorrt and options.encoder != "onnxruntime":
         raise MoaiError("--tensorrt needs --encoder onnxruntime (the GPU path in NVIDIA's container)")
-    if not (options.verify in ("local", "none") or options.verify.startswith(("grpc://", "http://"))):
-        raise MoaiError(f"--verify-with {options.verify!r}: expected grpc://HOST:PORT or http://HOST:PORT")
+    if options.verify not in ("local", "none"):
+        parse_url(options.verify, VERIFY_SCHEMES, "--verify-with")
 
 
 def _write_config(model_dir: Path, config) -> None:
