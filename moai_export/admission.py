@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import MoaiError
+from .triton_config import REPOSITORY_ID_PARAMETER, read_model_config
 
 MANIFEST_FILE = "moai_manifest.json"
 # Stages whose artifacts are published by a parity gate (an example base is not).
@@ -62,12 +63,18 @@ def read_manifest(directory: Path) -> dict | None:
         raise NotAdmitted(f"{path}: unreadable manifest ({exc})") from None
 
 
-def file_record(path: Path) -> dict:
+def sha256_file(path: Path) -> str:
+    """The file's sha256, read in 4 MiB blocks (weight files are gigabytes): the one hasher of
+    manifests and provenance records."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
         while block := handle.read(1 << 22):
             digest.update(block)
-    return {"sha256": digest.hexdigest(), "bytes": Path(path).stat().st_size}
+    return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict:
+    return {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
 
 
 def shipped_files(directory: Path) -> dict[str, dict]:
@@ -168,8 +175,4 @@ def repository_ensembles(repository: Path) -> list[str]:
 def repository_id(ensemble_dir: Path) -> str | None:
     """The id `moai-export triton` writes into an ensemble's config.pbtxt (parameter
     `moai_repository_id`): it ties a running server to the files it serves."""
-    import re
-
-    text = (Path(ensemble_dir) / "config.pbtxt").read_text(encoding="utf-8")
-    match = re.search(r'key:\s*"moai_repository_id"\s*value\s*\{\s*string_value:\s*"([^"]*)"', text)
-    return match.group(1) if match else None
+    return read_model_config(ensemble_dir).parameters.get(REPOSITORY_ID_PARAMETER)

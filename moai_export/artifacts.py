@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
-import hashlib
 import json
 import os
 import platform
@@ -21,8 +20,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
-from .admission import MANIFEST_FILE  # one name for the manifest everywhere
+from .admission import MANIFEST_FILE, sha256_file  # one manifest name, one hasher
 from .errors import MoaiError
+from .pids import alive
 
 PARITY_FILE = "moai_parity.json"
 
@@ -82,16 +82,6 @@ def size_of(directory: Path, pattern: str = "*.safetensors") -> int:
     return sum(p.stat().st_size for p in Path(directory).glob(pattern) if p.is_file())
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_leftovers(target: Path, log=None) -> list[Path]:
     """Temporary directories beside `target` that a killed run left behind (SIGKILL, the OOM
     killer): they carry their owner's process id, and those whose process is gone are removed."""
@@ -105,7 +95,7 @@ def remove_leftovers(target: Path, log=None) -> list[Path]:
         parts = path.name[len(target.name) + 2:].split("-")  # tmp-PID-xxxx / old-PID
         if len(parts) < 2 or parts[0] not in ("tmp", "old") or not parts[1].isdigit():
             continue
-        if int(parts[1]) == os.getpid() or _pid_alive(int(parts[1])):
+        if int(parts[1]) == os.getpid() or alive(int(parts[1])):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
@@ -172,14 +162,6 @@ def _sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_digest(directory: Path, pattern: str = "*.safetensors") -> dict[str, str]:

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from .errors import MoaiError
+from .input_rules import KINDS  # the text kinds, shared with the Triton tokenizer model
 
 CONTRACT_FILE = "moai_contract.json"
 CONTRACT_FORMAT = "moai-embedding-contract"
 CONTRACT_VERSION = 1
 
 Kind = Literal["query", "document"]
-KINDS: tuple[str, ...] = ("query", "document")
 POOLING_MODES: tuple[str, ...] = ("lasttoken", "mean", "cls")
 PADDING_SIDES: tuple[str, ...] = ("left", "right")
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from moai_export.artifacts import sha256_file
+from moai_export.admission import sha256_file
 from moai_export.cli import main
 
 

@@ -22,21 +22,7 @@ import numpy as np
 from ..batching import BatchPolicy, FixedCount
 from ..contract import EmbeddingContract, check_dimensions, check_kind, truncate_dimensions
 from ..errors import MoaiError
-
-
-def check_texts(texts: Sequence[str]) -> list[str]:
-    """The empty-text policy, the same for every variant and server: an empty string is an
-    error (its embedding would be the end token's alone, the same vector for every empty input),
-    named by its position so a client can find it in a batch."""
-    if isinstance(texts, str):
-        raise MoaiError("encode() takes a list of texts, not a single string")
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise MoaiError(f"text {i} is {type(text).__name__}, not str")
-        if text == "":
-            raise MoaiError(f"text {i} is empty: empty texts have no embedding (the same policy in every variant)")
-    return texts
+from ..input_rules import check_texts
 
 
 def check_vectors(vectors: np.ndarray, expected: tuple[int, int], name: str) -> np.ndarray:

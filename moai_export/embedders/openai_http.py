@@ -16,6 +16,7 @@ import threading
 
 import numpy as np
 
+from ..addresses import parse_location
 from ..contract import EmbeddingContract
 from ..errors import MoaiError
 from .base import TextEmbedder
@@ -28,10 +29,8 @@ class OpenAIHttpEmbedder(TextEmbedder):
 
     def __init__(self, address: str, model: str, *, api_key: str | None = None, timeout: float = 120.0,
                  name: str | None = None, dims: int | None = None):
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise MoaiError(f"openai-http://{address}/{model}: expected openai-http://HOST:PORT/MODEL")
-        self.host, self.port, self.model, self.timeout = host, int(port), model, timeout
+        endpoint, model = parse_location(f"{address}/{model}", "openai-http")
+        self.host, self.port, self.model, self.timeout = endpoint.host, endpoint.port, model, timeout
         self._api_key = api_key or os.environ.get(API_KEY_ENV)
         self._local = threading.local()  # one keep-alive connection per thread
         card = self._request("GET", f"/v1/models/{model}")
@@ -92,7 +91,5 @@ class OpenAIHttpEmbedder(TextEmbedder):
 
 def from_spec(location: str, *, name: str, api_key: str | None = None, timeout: float = 120.0,
               dims: int | None = None) -> OpenAIHttpEmbedder:
-    address, sep, model = location.partition("/")
-    if not sep or not model or ":" not in address:
-        raise MoaiError(f"openai-http://{location}: expected openai-http://HOST:PORT/MODEL")
-    return OpenAIHttpEmbedder(address, model, api_key=api_key, timeout=float(timeout), name=name, dims=dims)
+    endpoint, model = parse_location(location, "openai-http")
+    return OpenAIHttpEmbedder(str(endpoint), model, api_key=api_key, timeout=float(timeout), name=name, dims=dims)

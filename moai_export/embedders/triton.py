@@ -15,8 +15,11 @@ import numpy as np
 
 from pathlib import Path
 
+from ..addresses import parse_location
 from ..contract import EmbeddingContract
 from ..errors import MoaiError
+from ..triton_config import (CONFIG_FILE, CONTRACT_PARAMETER, PRECISION_PARAMETER, REPOSITORY_ID_PARAMETER,
+                             ModelConfigFields, read_model_config)
 from .base import TextEmbedder
 
 PROTOCOLS = ("http", "grpc")
@@ -35,15 +38,14 @@ class ServedEnsemble:
 
     @classmethod
     def from_config(cls, config: dict, where: str) -> "ServedEnsemble":
-        parameters = config.get("parameters", {})
+        """From the server's model config (JSON)."""
+        fields = ModelConfigFields.from_json(config)
         try:
-            contract = EmbeddingContract.from_dict(json.loads(parameters["moai_contract"]["string_value"]))
+            contract = EmbeddingContract.from_dict(json.loads(fields.parameters[CONTRACT_PARAMETER]))
         except (KeyError, ValueError):
             raise MoaiError(f"{where} carries no moai contract; was it written by `moai-export triton`?") from None
-        return cls(contract, parameters.get("moai_precision", {}).get("string_value", "fp32"),
-                   int(config.get("max_batch_size") or 1),
-                   parameters.get("moai_repository_id", {}).get("string_value"),
-                   any(output.get("name") == "TOKENS" for output in config.get("output", [])))
+        return cls(contract, fields.parameters.get(PRECISION_PARAMETER, "fp32"), fields.max_batch_size or 1,
+                   fields.parameters.get(REPOSITORY_ID_PARAMETER), "TOKENS" in fields.outputs)
 
 
 def ensemble_inputs(client, texts: list[str], kind: str) -> list:
@@ -199,8 +201,8 @@ class TritonRepositoryEmbedder(TritonEmbedder):
 
 def ensemble_name(repository: Path) -> str:
     """The one ensemble in a repository (written by `moai-export triton`), or a clear error."""
-    names = sorted(p.parent.name for p in Path(repository).glob("*/config.pbtxt")
-                   if 'platform: "ensemble"' in p.read_text(encoding="utf-8"))
+    names = sorted(p.parent.name for p in Path(repository).glob(f"*/{CONFIG_FILE}")
+                   if read_model_config(p.parent).is_ensemble)
     if len(names) != 1:
         raise MoaiError(f"{repository}: {'no' if not names else len(names)} ensembles"
                         f"{' (' + ', '.join(names) + ')' if names else ''}; name one with ?model=NAME")
@@ -218,9 +220,8 @@ def grpc_from_spec(location: str, *, name: str, **options) -> TritonEmbedder:
 def _remote(location: str, protocol: str, name: str, options: dict) -> TritonEmbedder:
     """`?repository=DIR`: the repository this server serves (checked by its id), so that `verify`
     can record the configuration it passed in there (e.g. NVIDIA's container on a GPU)."""
-    address, sep, model = location.partition("/")
-    if not sep or not model or ":" not in address:
-        raise MoaiError(f"triton-{protocol}://{location}: expected triton-{protocol}://HOST:PORT/MODEL")
+    endpoint, model = parse_location(location, f"triton-{protocol}")
+    address = str(endpoint)
     repository = options.pop("repository", None)
     embedder = TritonEmbedder(address, model, protocol=protocol, name=name, **options)
     if repository:
@@ -228,7 +229,7 @@ def _remote(location: str, protocol: str, name: str, options: dict) -> TritonEmb
         from ..triton_admission import recorded_repository_config
 
         ensemble_dir = Path(repository) / model
-        served_here = (ensemble_dir / "config.pbtxt").is_file() and embedder.repository_id == repository_id(ensemble_dir)
+        served_here = (ensemble_dir / CONFIG_FILE).is_file() and embedder.repository_id == repository_id(ensemble_dir)
         if not served_here:
             embedder.close()
             raise MoaiError(f"the server at {address} does not serve {ensemble_dir} (another repository id)")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..addresses import parse_location
 from ..contract import EmbeddingContract
 from ..errors import MoaiError
 from ..inputs import ContractTokenizer
@@ -239,10 +240,8 @@ def offline_from_spec(location: str, *, name: str, dtype: str = "float32", dims:
 
 def http_from_spec(location: str, *, name: str, route: str = "v2", contract: str | None = None,
                    dims: int | None = None, timeout: float = 120.0) -> VllmHttpEmbedder:
-    address, sep, model = location.partition("/")
-    if not sep or not model or ":" not in address:
-        raise MoaiError(f"vllm-http://{location}: expected vllm-http://HOST:PORT/MODEL")
-    return VllmHttpEmbedder(f"http://{address}", model, contract=read_contract(Path(contract)) if contract else None,
+    endpoint, model = parse_location(location, "vllm-http")
+    return VllmHttpEmbedder(f"http://{endpoint}", model, contract=read_contract(Path(contract)) if contract else None,
                             route=route, name=name, dims=dims, timeout=timeout)
 
 

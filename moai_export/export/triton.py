@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..addresses import parse_url
 from ..admission import MANIFEST_FILE, ServingConfig, read_manifest, repository_id
 from ..artifacts import PARITY_FILE, atomic_output_dir, check_output_location, write_json, write_manifest
 from ..contract import EmbeddingContract
@@ -35,15 +36,14 @@ from ..errors import MoaiError, VerificationFailed
 from ..gates import GateOverrides
 from ..inputs import write_tokenizer_files
 from ..model_dir import read_contract
+from ..triton_config import CONFIG_FILE, CONTRACT_PARAMETER, PRECISION_PARAMETER, REPOSITORY_ID_PARAMETER
 from ..verification import PROBES_FILE, GateRun, VerificationRecord, chain_of
 from .gate import admit, format_gate_table, load_candidate, reference_figures
 from .onnx import ONNX_DATA
 
 ENCODERS = ("python", "onnxruntime", "engine")
+VERIFY_SCHEMES = ("grpc", "http")  # --verify-with SCHEME://HOST:PORT: a server that serves the written files
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-CONTRACT_PARAMETER = "moai_contract"
-PRECISION_PARAMETER = "moai_precision"  # what the encoder computes in: picks the parity gate
-REPOSITORY_ID_PARAMETER = "moai_repository_id"  # ties a running server to the files it was verified with
 WARMUP_TEXT = "BC카드 연회비는 어떻게 되나요?"
 
 
@@ -86,7 +86,9 @@ def _to_text(config) -> str:
 
 
 def parse_config(text: str):
-    """Parse config.pbtxt text against Triton's ModelConfig schema (raises on anything unknown)."""
+    """Parse config.pbtxt text against Triton's ModelConfig schema (raises on anything unknown):
+    the check that what this module writes is a valid config. Readers of the fields moai-export
+    needs use moai_export.triton_config (no protobuf needed)."""
     from google.protobuf import text_format
 
     return text_format.Parse(text, _model_config().ModelConfig())
@@ -342,6 +344,7 @@ def _write_models(staging: Path, artifact: Path, contract: EmbeddingContract, op
     tok_dir = staging / names["tokenizer"] / version
     tok_dir.mkdir(parents=True)
     _copy_source("tokenizer_model.py", tok_dir / "model.py")
+    _copy_source("input_rules.py", tok_dir / "moai_input_rules.py", package="moai_export")
     write_tokenizer_files(artifact, contract, tok_dir, with_config=False)
     contract.save(tok_dir)
     (staging / names["tokenizer"] / "warmup").mkdir(exist_ok=True)
@@ -422,7 +425,8 @@ def verify_remote(repo: Path, model: str, url: str, figures, gate, config: Servi
     the result in the repository; the server must serve exactly these files."""
     from ..admission import record_admission
 
-    protocol, _, address = url.partition("://")
+    protocol, endpoint = parse_url(url, VERIFY_SCHEMES, "--verify-with")
+    address = str(endpoint)
     log(f"waiting for {url} to serve {repo} (start the server on it now; up to {wait_s:.0f} s)")
     with _wait_for_repository(address, model, protocol, repository_id(repo / model), wait_s,
                               name=f"triton {url} ({config.describe()})") as served:
@@ -467,16 +471,16 @@ def _check_options(options: TritonOptions) -> None:
         raise MoaiError(f"--engine-device {options.engine_device!r}: expected cpu or cuda")
     if options.tensorrt and options.encoder != "onnxruntime":
         raise MoaiError("--tensorrt needs --encoder onnxruntime (the GPU path in NVIDIA's container)")
-    if not (options.verify in ("local", "none") or options.verify.startswith(("grpc://", "http://"))):
-        raise MoaiError(f"--verify-with {options.verify!r}: expected grpc://HOST:PORT or http://HOST:PORT")
+    if options.verify not in ("local", "none"):
+        parse_url(options.verify, VERIFY_SCHEMES, "--verify-with")
 
 
 def _write_config(model_dir: Path, config) -> None:
-    (model_dir / "config.pbtxt").write_text(_to_text(config), encoding="utf-8")
+    (model_dir / CONFIG_FILE).write_text(_to_text(config), encoding="utf-8")
 
 
-def _copy_source(name: str, dst: Path) -> None:
-    source = resources.files("moai_export.export.triton_backend").joinpath(name)
+def _copy_source(name: str, dst: Path, package: str = "moai_export.export.triton_backend") -> None:
+    source = resources.files(package).joinpath(name)
     dst.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
 
 

@@ -25,9 +25,10 @@ from starlette.routing import Route
 from ..contract import KINDS, check_dimensions, truncate_dimensions
 from ..embedders.base import check_vectors
 from ..errors import MoaiError
+from ..input_rules import InvalidInput, check_texts
 from .auth import KeyChecker
 from .config import GatewayConfig
-from .errors import ApiError, unavailable
+from .errors import ApiError, invalid_input, unavailable
 from .metrics import GatewayMetrics
 from .upstream import TritonUpstream
 
@@ -86,21 +87,10 @@ class Gateway:
         if not isinstance(texts, list) or not texts:
             raise ApiError(400, "'input' must be a string or a non-empty list of strings.", param="input",
                            code="invalid_input")
-        if len(texts) > self.config.max_texts:
-            raise ApiError(400, f"'input' has {len(texts)} texts; the limit is {self.config.max_texts} per request.",
-                           param="input", code="too_many_inputs")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ApiError(400, f"input[{i}] is {type(text).__name__}: only strings are accepted (no token "
-                                    "arrays; Triton tokenizes with the model's contract).",
-                               param="input", code="invalid_input")
-            if text == "":
-                # the one empty-text policy of every variant (moai_export.embedders.base.check_texts)
-                raise ApiError(400, f"input[{i}] is empty: empty texts have no embedding.", param="input",
-                               code="empty_input")
-            if len(text) > self.config.max_chars:
-                raise ApiError(400, f"input[{i}] has {len(text)} characters; the limit is {self.config.max_chars}.",
-                               param="input", code="input_too_long")
+        try:
+            texts = check_texts(texts, max_texts=self.config.max_texts, max_chars=self.config.max_chars)
+        except InvalidInput as error:
+            raise invalid_input(error) from None
         kind = payload.get("input_type", "document")
         if kind not in KINDS:
             raise ApiError(400, f"'input_type' must be one of {', '.join(KINDS)}, not {kind!r}.",

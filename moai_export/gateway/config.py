@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..addresses import parse_grpc_target
 from ..errors import MoaiError
 
 API_KEYS_ENV = "MOAI_GATEWAY_API_KEYS"  # comma-separated keys
@@ -12,7 +13,7 @@ API_KEYS_ENV = "MOAI_GATEWAY_API_KEYS"  # comma-separated keys
 
 @dataclass
 class GatewayConfig:
-    triton: str  # HOST:PORT of Triton's gRPC endpoint
+    triton: str  # Triton's gRPC endpoint, as a gRPC channel takes it (HOST:PORT)
     model: str  # the ensemble's name in Triton
     served_model_name: str | None = None  # what /v1/models lists and requests name (default: model)
     host: str = "127.0.0.1"
@@ -33,9 +34,7 @@ class GatewayConfig:
         return self.served_model_name or self.model
 
     def validate(self) -> "GatewayConfig":
-        host, sep, port = self.triton.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise MoaiError(f"--triton {self.triton!r}: expected grpc://HOST:PORT")
+        parse_triton_url(self.triton)
         for label, value in (("--max-texts", self.max_texts), ("--max-chars", self.max_chars),
                              ("--max-body-bytes", self.max_body_bytes), ("--max-in-flight", self.max_in_flight)):
             if value < 1:
@@ -46,11 +45,11 @@ class GatewayConfig:
 
 
 def parse_triton_url(url: str) -> str:
-    """grpc://HOST:PORT (or HOST:PORT) -> HOST:PORT."""
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme != "grpc":
-        raise MoaiError(f"--triton {url!r}: the gateway speaks gRPC to Triton (grpc://HOST:PORT)")
-    return (rest if sep else url).rstrip("/")
+    """grpc://HOST:PORT (or HOST:PORT, dns:///HOST:PORT) -> the target for Triton's gRPC client.
+    One server: failing over across several is not built yet."""
+    target = parse_grpc_target(url, "--triton")
+    target.single("--triton")
+    return str(target)
 
 
 def load_api_keys(keys: tuple[str, ...] = (), key_file: Path | None = None, environ: dict | None = None) -> tuple[str, ...]:

@@ -7,6 +7,8 @@ import json
 
 from starlette.responses import Response
 
+from ..input_rules import InvalidInput
+
 # status -> OpenAI's error type
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
@@ -30,3 +32,11 @@ class ApiError(Exception):
 def unavailable(message: str) -> ApiError:
     """Triton down, restarting or not answering in time: the client may retry."""
     return ApiError(503, message, code="upstream_unavailable", retry_after=1)
+
+
+def invalid_input(error: InvalidInput) -> ApiError:
+    """A text that breaks moai_export.input_rules: 400, the text named by its place in `input`."""
+    message = error.naming(f"input[{error.index}]")
+    if error.reason == "invalid_input" and error.index is not None:
+        message += " (only strings are accepted, no token arrays: Triton tokenizes with the model's contract)"
+    return ApiError(400, message + ".", param="input", code=error.reason)

@@ -30,6 +30,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..pids import alive, proc_stat, start_time
+
 STATE_FILE = "launcher.json"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -76,35 +78,14 @@ def signals_ignored():
     return _handling((signal.SIGINT, *STOP_SIGNALS), signal.SIG_IGN)
 
 
-# -- processes, read from /proc ---------------------------------------------------------------
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state is [0], ppid [1], pgrp [2],
-    start time [19]); None when the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
-def start_time(pid: int) -> int | None:
-    fields = _stat(pid)
-    return int(fields[19]) if fields else None
-
-
-def alive(pid: int, started: int | None = None) -> bool:
-    """Running (not a zombie), and the same process when its start time is given (pids are reused)."""
-    fields = _stat(pid)
-    return bool(fields) and fields[0] != "Z" and (started is None or int(fields[19]) == started)
-
+# -- process groups, read from /proc --------------------------------------------------------
 
 def group_members(pgid: int) -> list[int]:
     """Live processes of a process group (zombies do not count: they hold no port or memory)."""
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            fields = _stat(int(entry.name))
+            fields = proc_stat(int(entry.name))
             if fields and fields[0] != "Z" and int(fields[2]) == pgid:
                 members.append(int(entry.name))
     return members

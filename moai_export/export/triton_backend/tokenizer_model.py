@@ -2,16 +2,21 @@
 contract (moai_contract.json beside this file) says: the query prompt for KIND "query",
 truncation to max_tokens with the end token kept last (tokenizer.json's post-processor
 appends it), padding on the contract's side to the longest text of this execution. num_tokens
-[n, 1] is each text's real token count (the ensemble's TOKENS output: usage without re-tokenizing)."""
+[n, 1] is each text's real token count (the ensemble's TOKENS output: usage without re-tokenizing).
+
+The input rules are moai_export's own (moai_export/input_rules.py), copied beside this file as
+moai_input_rules.py: this stub has no moai_export to import them from."""
 
 import json
 import os
+import sys
 
 import numpy as np
 import tokenizers
 import triton_python_backend_utils as pb_utils
 
-KINDS = ("query", "document")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from moai_input_rules import KINDS, InvalidInput, check_texts  # noqa: E402  (beside this file)
 
 
 class TritonPythonModel:
@@ -41,20 +46,22 @@ class TritonPythonModel:
                 kinds = kinds * len(text)
             if len(kinds) != len(text):
                 raise ValueError(f"KIND has {len(kinds)} values for {len(text)} texts")
-        texts = []
+        values, prompts = [], []
         for index, (raw, kind) in enumerate(zip(text.tolist(), kinds)):
             try:
-                value = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+                values.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
                 kind = kind.decode("utf-8") if isinstance(kind, bytes) else str(kind)
             except UnicodeDecodeError as exc:
                 raise ValueError(f"TEXT item {index} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
             kind = kind or "document"
             if kind not in KINDS:
                 raise ValueError(f"item {index}: unknown KIND {kind!r}: expected one of {', '.join(KINDS)}")
-            if value == "":
-                raise ValueError(f"TEXT item {index} is empty: empty texts have no embedding")
-            texts.append(self.prompts.get(kind, "") + value)
-        return texts
+            prompts.append(self.prompts.get(kind, ""))
+        try:
+            values = check_texts(values)
+        except InvalidInput as error:
+            raise ValueError(error.naming(f"TEXT item {error.index}")) from None
+        return [prompt + value for prompt, value in zip(prompts, values)]
 
     def execute(self, requests):
         # Validate each request on its own: one bad request must not fail its neighbours.
