@@ -9,7 +9,6 @@ reader is a small parser of protobuf's text format in the standard library, beca
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -4,7 +4,6 @@ triton` really writes, and against the JSON form a server answers with."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
