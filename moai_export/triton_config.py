@@ -2,7 +2,7 @@
 triton` writes into an ensemble (contract, precision, repository id), and the one reader of a
 model's config.pbtxt on disk and of the JSON form a server answers with.
 
-The writer builds configs as Triton's ModelConfig protobuf messages (export/triton.py); this
+The writer builds configs as Triton's ModelConfig protobuf messages (export/triton/model_configs.py); this
 reader is a small parser of protobuf's text format in the standard library, because its callers
 (admission, the launchers) must run where neither protobuf nor tritonclient is installed.
 """

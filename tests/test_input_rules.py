@@ -80,11 +80,12 @@ class _Response:
 def tokenizer_model(example_dir, tmp_path, monkeypatch):
     """The tokenizer model as `moai-export triton` writes it, loaded from its version directory
     with stand-ins for the stub's utilities (the real stub: tests/test_triton.py)."""
-    from moai_export.export.triton import TritonOptions, _write_models
+    from moai_export.export.triton import TritonOptions
+    from moai_export.export.triton.files import write_models
     from moai_export.model_dir import read_contract
 
     base = example_dir / "base"
-    _write_models(tmp_path, base, read_contract(base), TritonOptions(), "fp32")
+    write_models(tmp_path, base, read_contract(base), TritonOptions(), "fp32")
     version_dir = tmp_path / "moai_embedding_tokenizer" / "1"
     assert (version_dir / "moai_input_rules.py").is_file()
     pb_utils = types.SimpleNamespace(

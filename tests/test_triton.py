@@ -287,15 +287,15 @@ def _damage_query_prompt(tokenizer_dir: Path) -> None:
 def test_a_tokenizer_model_that_forgets_the_prompt_fails_the_gate(onnx_dir, tmp_path, monkeypatch):
     """Break it at export: the Triton tokenizer model's contract loses the query instruction."""
     from moai_export.errors import VerificationFailed
-    from moai_export.export import triton as triton_export
+    from moai_export.export.triton import repository as triton_repository
 
-    real = triton_export._write_models
+    real = triton_repository.write_models
 
     def damaged(staging, *args, **kwargs):
         real(staging, *args, **kwargs)
         _damage_query_prompt(staging / "moai_embedding_tokenizer" / "1")
 
-    monkeypatch.setattr(triton_export, "_write_models", damaged)
+    monkeypatch.setattr(triton_repository, "write_models", damaged)
     with pytest.raises(VerificationFailed, match="q:"):
         write_repository(onnx_dir, tmp_path / "models", TritonOptions(), log=lambda m: None)
     assert not (tmp_path / "models").exists()

@@ -24,12 +24,13 @@ def _written(options=None, contract=CONTRACT):
     """The three configs as the protobuf writer writes them: (text, protobuf message) pairs."""
     from google.protobuf.json_format import MessageToDict
 
-    from moai_export.export.triton import TritonOptions, _to_text, encoder_config, ensemble_config, tokenizer_config
+    from moai_export.export.triton import TritonOptions, encoder_config, ensemble_config, tokenizer_config
+    from moai_export.export.triton.model_configs import to_text
 
     options = options or TritonOptions()
     for config in (ensemble_config(options, contract, "fp16"), tokenizer_config(options),
                    encoder_config(options, contract.dims)):
-        yield _to_text(config), MessageToDict(config, preserving_proto_field_name=True)
+        yield to_text(config), MessageToDict(config, preserving_proto_field_name=True)
 
 
 @pytest.mark.parametrize("encoder", ["python", "onnxruntime", "engine"])
