@@ -415,3 +415,24 @@ def test_no_issue_numbers_in_docs_or_code():
     found = [f"{path.relative_to(ROOT)}: {match.group(0)!r}" for path in [*markdown_files(), *source_files()]
              for match in numbered.finditer(path.read_text(encoding="utf-8", errors="replace"))]
     assert not found, "\n".join(found)
+
+
+SOURCE_PATH = re.compile(r"(?<![\w./-])((?:moai_export|bench|serve|train|tests|triton_models|\.ci)/[\w./*-]*[\w/*])")
+
+
+def test_every_source_path_the_docs_name_exists():
+    """A file or folder of the checkout named in a README or a --help text exists (a module that
+    moved leaves no stale path behind); globs must match something."""
+    missing, checked = [], 0
+    texts = [(path.relative_to(ROOT).as_posix(), path.read_text(encoding="utf-8")) for path in markdown_files()]
+    texts += [(f"--help of {name}", text) for name, text in help_texts().items()]
+    for where, text in texts:
+        for match in SOURCE_PATH.finditer(text):
+            name = match.group(1).rstrip(".")
+            if any(re.fullmatch(r"[A-Z][A-Z0-9_-]*", part) for part in name.split("/")):
+                continue  # a placeholder (bench/results/COMMAND-DATE-TIME)
+            checked += 1
+            if not (any(ROOT.glob(name.rstrip("/"))) if "*" in name else (ROOT / name).exists()):
+                missing.append(f"{where}: {name}")
+    print(f"{checked} source paths checked")
+    assert checked > 20 and not missing, missing
