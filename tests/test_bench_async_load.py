@@ -52,7 +52,7 @@ def test_wrong_vector_is_one_for_another_text():
     recorder = Recorder(UNIT)
     assert not recorder.is_wrong(0, "query", np.array([1.0, 0.0]))
     assert recorder.is_wrong(0, "query", np.array([0.0, 1.0]))
-    assert recorder.is_wrong(1, "query", np.array([0.99, 0.141]))  # close is not the same
+    assert recorder.is_wrong(1, "query", np.array([0.141, 0.99]))  # close (cosine 0.99) is not the same
 
 
 def test_closed_loop_keeps_each_client_sequential_and_stops_sending_at_the_end():
@@ -82,8 +82,8 @@ def test_open_loop_sends_on_a_poisson_schedule_without_waiting_for_answers():
         await asyncio.sleep(0.05)  # five arrivals' worth at 100/s: they must overlap
         in_flight[0] -= 1
 
-    async def during(t0):
-        await asyncio.sleep(0.05)
+    async def during(t0):  # outlasts the arrivals: open_loop must still wait for it
+        await asyncio.sleep(0.5)
         side.append("ran")
 
     asyncio.run(open_loop(send, 100.0, 0.3, n_texts=5, during=during, seed=7))
@@ -200,5 +200,6 @@ def test_texts_pool_is_reproducible_and_every_text_differs():
 def test_rss_of_this_process_and_a_gone_one():
     mine = rss_mb([os.getpid()])
     assert 10 < mine < 100_000
-    assert rss_mb([os.getpid(), 2 ** 22 + 12345]) == pytest.approx(mine, rel=0.2)
+    assert rss_mb([os.getpid(), os.getpid()]) == pytest.approx(2 * mine, rel=0.1)  # summed over processes
+    assert rss_mb([os.getpid(), 2 ** 22 + 12345]) == pytest.approx(mine, rel=0.1)  # a gone one counts 0
     assert rss_mb([]) == 0
