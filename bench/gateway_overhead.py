@@ -23,19 +23,21 @@ import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from gateway_soak import (MODEL, Recorder, Stack, build_artifact, closed_loop, expected_vectors,  # noqa: E402
-                          gateway_request, log, texts_pool, triton_request)
-
+from moai_export.benchmark.async_load import Recorder, closed_loop, measure_saturation  # noqa: E402
+from moai_export.benchmark.gateway_bench import (TRITON_DIRECT, Senders, ServingStack,  # noqa: E402
+                                                 build_onnx_artifact, expected_vectors, log, texts_pool)
 from moai_export.evaluation.machine import default_results_dir, machine_slug  # noqa: E402
+from moai_export.export.triton import TritonOptions, write_repository  # noqa: E402
 from moai_export.serving.gateway_server import GatewayServer  # noqa: E402
 from moai_export.serving.triton_server import free_ports  # noqa: E402
 
+MODEL = TritonOptions.name  # the ensemble write_repository names by default
 HIDE_C_PARSERS = "sys.modules['uvloop'] = None; sys.modules['httptools'] = None; "
 
 
@@ -58,32 +60,26 @@ async def measure(args, triton_grpc: str, gateways: dict[str, str], pool: list[s
     import aiohttp
     import tritonclient.grpc.aio as grpc_aio
 
-    expected = await expected_vectors(triton_grpc, pool)
+    expected = await expected_vectors(triton_grpc, MODEL, pool)
     client = grpc_aio.InferenceServerClient(triton_grpc)
     rounds = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        def sender(target: str, recorder: Recorder):
-            if target == "triton-grpc":
-                return lambda i, kind, t0: triton_request(client, pool, i, kind, recorder, t0)
-            return lambda i, kind, t0: gateway_request(session, gateways[target], pool, i, kind, recorder, t0)
-
-        targets = ["triton-grpc", *gateways]
+        send_to = Senders(MODEL, pool, session, client, gateways)
+        targets = [TRITON_DIRECT, *gateways]
         log("warm-up: 5 s each")
         for target in targets:
-            await closed_loop(sender(target, Recorder(expected)), 4, 5, len(pool))
+            await closed_loop(send_to(target, Recorder(expected)), 4, 5, len(pool))
         for number in range(args.rounds):
             row = {}
             for target in targets:
-                recorder = Recorder(expected)
-                await closed_loop(sender(target, recorder), args.clients, args.seconds, len(pool))
-                summary = recorder.summary()
-                summary["rps"] = round(summary["ok"] / args.seconds, 2)
+                summary = await measure_saturation(partial(send_to, target), expected, args.clients, args.seconds,
+                                                   len(pool))
                 row[target] = summary
                 log(f"round {number + 1}: {target} {summary['rps']} req/s, p50 {summary['p50_ms']} ms, "
                     f"failed {summary['requests'] - summary['ok']}, wrong {summary['wrong_vectors']}")
             rounds.append(row)
     await client.close()
-    overhead = {target: [round(100 * (1 - r[target]["rps"] / r["triton-grpc"]["rps"]), 1) for r in rounds]
+    overhead = {target: [round(100 * (1 - r[target]["rps"] / r[TRITON_DIRECT]["rps"]), 1) for r in rounds]
                 for target in gateways}
     return {"rounds": rounds, "overhead_pct": overhead,
             "median_overhead_pct": {t: statistics.median(v) for t, v in overhead.items()}}
@@ -119,12 +115,10 @@ def main() -> int:
     parser.add_argument("--baseline-pure-python", action="store_true", help="hide uvloop and httptools from it")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    artifact = args.artifact or build_artifact(args.work)
-    from moai_export.export.triton import TritonOptions, write_repository
-
+    artifact = args.artifact or build_onnx_artifact(args.work, log)
     repo = args.work / "models"
     write_repository(artifact, repo, TritonOptions(max_batch_size=16, verify="none", force=True), log=log)
-    stack = Stack(repo, args.work, 256)
+    stack = ServingStack(repo, args.work, MODEL, 256)
     stack.triton.start(timeout=300)
     servers, gateways, described = [], {}, {}
     limits = ["--max-queue", "256", "--timeout", "15"]

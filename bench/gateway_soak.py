@@ -20,259 +20,58 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
-import random
 import sys
 import time
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from moai_export.evaluation.machine import default_results_dir  # noqa: E402
-from moai_export.serving.gateway_server import GatewayServer  # noqa: E402
-from moai_export.serving.process import group_members  # noqa: E402
-from moai_export.serving.triton_server import TritonServer, free_ports  # noqa: E402
+from moai_export.benchmark.async_load import Recorder, closed_loop, open_loop, measure_saturation  # noqa: E402
+from moai_export.benchmark.gateway_bench import (TRITON_DIRECT, Senders, ServingStack,  # noqa: E402
+                                                 build_onnx_artifact, expected_vectors, gateway_request, log,
+                                                 texts_pool)
+from moai_export.evaluation.machine import default_results_dir, machine_slug  # noqa: E402
+from moai_export.export.triton import TritonOptions, write_repository  # noqa: E402
 
-MODEL = "moai_embedding"
-KINDS = ("query", "document")
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+MODEL = TritonOptions.name  # the ensemble write_repository names by default
 
 
-# -- set-up ---------------------------------------------------------------------------------------
-
-def build_artifact(work: Path) -> Path:
-    from moai_export.example import build_example
-    from moai_export.export.onnx import OnnxOptions, export_onnx
-    from moai_export.merge import MergeOptions, merge
-
-    onnx_dir = work / "onnx-fp32"
-    if (onnx_dir / "model.onnx").is_file():
-        return onnx_dir
-    example = work / "example"
-    if not (example / "adapter").is_dir():
-        build_example(example, size="small", seed=0, steps=8, force=True, progress=False)
-    merged = work / "merged"
-    if not (merged / "config.json").is_file():
-        merge(str(example / "base"), str(example / "adapter"), merged, MergeOptions(log=log))
-    export_onnx(merged, onnx_dir, options=OnnxOptions(log=log))
-    return onnx_dir
-
-
-def texts_pool(n: int, seed: int = 0) -> list[str]:
-    """Short Korean / English retrieval texts of varied length."""
-    words = ("카드 연회비 해외 결제 수수료 포인트 적립 한도 상향 분실 신고 재발급 자동이체 할부 이자 "
-             "card annual fee foreign payment points limit lost report reissue installment interest statement").split()
-    rng = random.Random(seed)
-    return [f"{i}: " + " ".join(rng.choice(words) for _ in range(rng.randint(4, 40))) for i in range(n)]
-
-
-def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
-
-
-# -- one request, recorded ---------------------------------------------------------------------------
-
-@dataclass
-class Outcome:
-    sent: float  # seconds since the phase start
-    latency: float
-    status: int | str  # HTTP status, or the exception's name (a lost request)
-    wrong: bool = False
-    retry_after: bool = False
-
-
-@dataclass
-class Recorder:
-    expected: dict  # (text index, kind) -> unit vector
-    outcomes: list = field(default_factory=list)
-
-    def summary(self, start: float = 0.0, end: float = float("inf")) -> dict:
-        rows = [o for o in self.outcomes if start <= o.sent < end]
-        ok = [o.latency for o in rows if o.status == 200 and not o.wrong]
-        counts: dict = {}
-        for o in rows:
-            counts[str(o.status)] = counts.get(str(o.status), 0) + 1
-        refused = [o for o in rows if o.status in (429, 503)]
-        return {
-            "requests": len(rows), "ok": len(ok), "status_counts": counts,
-            "wrong_vectors": sum(o.wrong for o in rows),
-            "refused_429_503": len(refused), "refused_without_retry_after": sum(not o.retry_after for o in refused),
-            "lost": sum(1 for o in rows if not isinstance(o.status, int) or o.status not in (200, 429, 503, 499)),
-            "p50_ms": round(1000 * float(np.percentile(ok, 50)), 1) if ok else None,
-            "p99_ms": round(1000 * float(np.percentile(ok, 99)), 1) if ok else None,
-        }
-
-
-async def gateway_request(session, url: str, pool: list[str], index: int, kind: str, recorder: Recorder,
-                          t0: float, timeout: float = 60.0) -> None:
-    import aiohttp
-
-    sent = time.perf_counter()
-    payload = {"model": MODEL, "input": [pool[index]], "input_type": kind, "encoding_format": "base64"}
-    try:
-        async with session.post(f"{url}/v1/embeddings", json=payload,
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            body = await response.read()
-            outcome = Outcome(sent - t0, time.perf_counter() - sent, response.status,
-                              retry_after="Retry-After" in response.headers)
-            if response.status == 200:
-                vector = np.frombuffer(base64.b64decode(json.loads(body)["data"][0]["embedding"]), dtype="<f4")
-                outcome.wrong = float(vector @ recorder.expected[(index, kind)]) < 0.99999
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded as lost
-        outcome = Outcome(sent - t0, time.perf_counter() - sent, type(exc).__name__)
-    recorder.outcomes.append(outcome)
-
-
-async def triton_request(client, pool, index, kind, recorder, t0) -> None:
-    import tritonclient.grpc.aio as grpc_aio
-
-    sent = time.perf_counter()
-    text = grpc_aio.InferInput("TEXT", [1, 1], "BYTES")
-    text.set_data_from_numpy(np.array([[pool[index].encode()]], dtype=object))
-    kinds = grpc_aio.InferInput("KIND", [1, 1], "BYTES")
-    kinds.set_data_from_numpy(np.array([[kind.encode()]], dtype=object))
-    try:
-        result = await client.infer(MODEL, [text, kinds], client_timeout=60)
-        vector = result.as_numpy("EMBEDDING")[0]
-        recorder.outcomes.append(Outcome(sent - t0, time.perf_counter() - sent, 200,
-                                         wrong=float(vector @ recorder.expected[(index, kind)]) < 0.99999))
-    except Exception as exc:  # noqa: BLE001
-        recorder.outcomes.append(Outcome(sent - t0, time.perf_counter() - sent, type(exc).__name__))
-
-
-# -- load shapes ------------------------------------------------------------------------------------
-
-async def closed_loop(send, clients: int, seconds: float, n_texts: int) -> float:
-    """`clients` workers back to back for `seconds`; returns the phase start."""
-    t0 = time.perf_counter()
-    rng = random.Random(1)
-
-    async def worker():
-        while time.perf_counter() - t0 < seconds:
-            await send(rng.randrange(n_texts), rng.choice(KINDS), t0)
-
-    await asyncio.gather(*(worker() for _ in range(clients)))
-    return t0
-
-
-async def open_loop(send, rate: float, seconds: float, n_texts: int, during=None) -> None:
-    """Poisson arrivals at `rate`/s for `seconds`, each request its own task (none waits for
-    another); `during(t0)` runs alongside (fault injection, sampling)."""
-    t0 = time.perf_counter()
-    rng = random.Random(2)
-    tasks, next_at = [], 0.0
-    side = asyncio.create_task(during(t0)) if during else None
-    while next_at < seconds:
-        delay = t0 + next_at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(send(rng.randrange(n_texts), rng.choice(KINDS), t0)))
-        next_at += rng.expovariate(rate)
-    await asyncio.gather(*tasks)
-    if side:
-        await side
-
-
-# -- the run --------------------------------------------------------------------------------------
-
-class Stack:
-    """Triton + gateway on free loopback ports."""
-
-    def __init__(self, repo: Path, work: Path, max_queue: int):
-        self.repo, self.work = repo, work
-        self.ports = free_ports(4)
-        self.triton = TritonServer(repo, *self.ports[:3], log_path=work / "triton.log")
-        self.gateway = GatewayServer(self.triton.grpc_url, MODEL, port=self.ports[3], log_path=work / "gateway.log",
-                                     extra_args=["--max-queue", str(max_queue), "--timeout", "15"])
-        self.gateway_url = self.gateway.base_url
-
-    def start(self) -> None:
-        self.triton.start(timeout=300)
-        self.gateway.start(timeout=60)
-
-    def gateway_alive(self) -> bool:
-        return self.gateway.process is not None and self.gateway.process.poll() is None
-
-    def rss(self) -> dict:
-        return {"gateway_mb": round(rss_mb([self.gateway.process.pid]), 1),
-                "triton_mb": round(rss_mb(group_members(self.triton.process.pid)), 1)}
-
-    def stop(self) -> None:
-        self.gateway.stop()
-        self.triton.stop()
-
-
-async def expected_vectors(grpc_url: str, pool: list[str]) -> dict:
-    import tritonclient.grpc.aio as grpc_aio
-
-    client = grpc_aio.InferenceServerClient(grpc_url)
-    expected = {}
-    for kind in KINDS:
-        for start in range(0, len(pool), 8):
-            chunk = pool[start:start + 8]
-            text = grpc_aio.InferInput("TEXT", [len(chunk), 1], "BYTES")
-            text.set_data_from_numpy(np.array([[t.encode()] for t in chunk], dtype=object))
-            kinds = grpc_aio.InferInput("KIND", [len(chunk), 1], "BYTES")
-            kinds.set_data_from_numpy(np.array([[kind.encode()]] * len(chunk), dtype=object))
-            vectors = (await client.infer(MODEL, [text, kinds])).as_numpy("EMBEDDING")
-            for offset, vector in enumerate(vectors):
-                expected[(start + offset, kind)] = vector / np.linalg.norm(vector)
-    await client.close()
-    return expected
-
-
-async def run(args, stack: Stack, pool: list[str]) -> dict:
+async def run(args, stack: ServingStack, pool: list[str]) -> dict:
     import aiohttp
     import tritonclient.grpc.aio as grpc_aio
 
-    expected = await expected_vectors(stack.triton.grpc_url, pool)
+    expected = await expected_vectors(stack.triton.grpc_url, MODEL, pool)
     results: dict = {"saturation": {}, "faults": {}}
     connector = aiohttp.TCPConnector(limit=0)
+    client = grpc_aio.InferenceServerClient(stack.triton.grpc_url)
     async with aiohttp.ClientSession(connector=connector) as session:
+        send_to = Senders(MODEL, pool, session, client, {"gateway": stack.gateway_url})
+
         def via_gateway(recorder):
-            return lambda i, kind, t0: gateway_request(session, stack.gateway_url, pool, i, kind, recorder, t0)
+            return send_to("gateway", recorder)
 
         # 1. saturation, gateway and Triton direct in the same run (alternating, best of each)
-        client = grpc_aio.InferenceServerClient(stack.triton.grpc_url)
         log("warm-up: 5 s each way")
-        await closed_loop(via_gateway(Recorder(expected)), 4, 5, len(pool))
-        warm = Recorder(expected)
-        await closed_loop(lambda i, kind, t0: triton_request(client, pool, i, kind, warm, t0), 4, 5, len(pool))
+        for target in ("gateway", TRITON_DIRECT):
+            await closed_loop(send_to(target, Recorder(expected)), 4, 5, len(pool))
         for clients in args.clients:
-            for target in ("triton-grpc", "gateway"):
-                recorder = Recorder(expected)
-                send = via_gateway(recorder) if target == "gateway" else (
-                    lambda i, kind, t0, r=recorder: triton_request(client, pool, i, kind, r, t0))
+            for target in (TRITON_DIRECT, "gateway"):
                 log(f"saturation: {target}, {clients} clients, {args.saturation_seconds} s")
-                await closed_loop(send, clients, args.saturation_seconds, len(pool))
-                summary = recorder.summary()
-                summary["rps"] = round(summary["ok"] / args.saturation_seconds, 2)
+                summary = await measure_saturation(partial(send_to, target), expected, clients,
+                                                   args.saturation_seconds, len(pool))
                 results["saturation"][f"{target}@{clients}"] = summary
                 log(f"  {summary['rps']} req/s, p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms")
         await client.close()
         best = {t: max(v["rps"] for k, v in results["saturation"].items() if k.startswith(t))
-                for t in ("gateway", "triton-grpc")}
+                for t in ("gateway", TRITON_DIRECT)}
         saturation = best["gateway"]
         results["saturation_rps"] = best
-        results["gateway_overhead_pct"] = round(100 * (1 - best["gateway"] / best["triton-grpc"]), 1)
+        results["gateway_overhead_pct"] = round(100 * (1 - best["gateway"] / best[TRITON_DIRECT]), 1)
         rate = args.load * saturation
-        log(f"saturation {saturation} req/s (Triton direct {best['triton-grpc']}); soak at {rate:.1f} req/s")
+        log(f"saturation {saturation} req/s (Triton direct {best[TRITON_DIRECT]}); soak at {rate:.1f} req/s")
 
         # 2. soak
         soak = Recorder(expected)
@@ -315,7 +114,7 @@ async def run(args, stack: Stack, pool: list[str]) -> dict:
             **restart.summary(), "events_s": {k: round(v, 1) for k, v in times.items()},
             "gateway_restarted": False, "gateway_pid_unchanged": stack.gateway_alive(),
             "ok_after_recovery": sum(o.status == 200 for o in after_ready), "requests_after_recovery": len(after_ready),
-            "first_ok_after_ready_s": _first_ok_after(restart.outcomes, times["ready"]),
+            "first_ok_after_ready_s": restart.first_ok_after(times["ready"]),
         }
         log(f"  {json.dumps(results['faults']['triton_restart'])}")
 
@@ -323,7 +122,7 @@ async def run(args, stack: Stack, pool: list[str]) -> dict:
         disconnects = Recorder(expected)
         log("fault: 200 client disconnects mid-request")
         t0 = time.perf_counter()
-        await asyncio.gather(*(gateway_request(session, stack.gateway_url, pool, i % len(pool), "query",
+        await asyncio.gather(*(gateway_request(session, stack.gateway_url, MODEL, pool, i % len(pool), "query",
                                                disconnects, t0, timeout=0.005) for i in range(200)))
         check = Recorder(expected)
         await closed_loop(via_gateway(check), 4, 10, len(pool))
@@ -343,11 +142,6 @@ async def run(args, stack: Stack, pool: list[str]) -> dict:
         log(f"  {json.dumps(results['faults']['burst_3x'])}")
         results["rss_end"] = stack.rss()
     return results
-
-
-def _first_ok_after(outcomes, ready: float):
-    times = sorted(o.sent + o.latency for o in outcomes if o.status == 200 and o.sent + o.latency >= ready)
-    return round(times[0] - ready, 2) if times else None
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -413,13 +207,10 @@ def main() -> int:
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
-    artifact = args.artifact or build_artifact(args.work)
-    from moai_export.evaluation.machine import machine_slug
-    from moai_export.export.triton import TritonOptions, write_repository
-
+    artifact = args.artifact or build_onnx_artifact(args.work, log)
     repo = args.work / "models"
     write_repository(artifact, repo, TritonOptions(max_batch_size=16, verify="none", force=True), log=log)
-    stack = Stack(repo, args.work, args.max_queue)
+    stack = ServingStack(repo, args.work, MODEL, args.max_queue)
     stack.start()
     try:
         results = asyncio.run(run(args, stack, texts_pool(200)))

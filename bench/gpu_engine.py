@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -35,82 +34,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from moai_export.benchmark.deadline import DeadlineRun  # noqa: E402
+from moai_export.benchmark.result_json import json_ready, write_json  # noqa: E402
+from moai_export.benchmark.targets import Target  # noqa: E402
+
 ISSUE_TARGETS = {"engine_docs_per_s": 800.0, "engine_vs_st_bf16": 4.0, "engine_query_p50_ms": 3.0}
 
 
-class Run:
-    """Steps with a shared deadline; the report is rewritten after every step."""
+class Run(DeadlineRun):
+    """The steps' record, rewritten as OUT/gpu_engine.json and .md after every step, plus what
+    later steps take from earlier ones (the engine, the reference's figures)."""
 
-    def __init__(self, out: Path, deadline_s: float, settings: dict):
-        self.out, self.start, self.deadline_s = out, time.monotonic(), deadline_s
-        self.data = {"settings": settings, "machine": machine(), "steps": {}, "errors": {}, "skipped": []}
+    def __init__(self, out: Path, work: Path, deadline_s: float, settings: dict):
         out.mkdir(parents=True, exist_ok=True)
+        self.out, self.work = out, work
+        self.engine: Target | None = None
+        self.reference = None  # parity.ReferenceFigures of the fp32 PEFT reference, once loaded
+        super().__init__(deadline_s, {"settings": settings, "machine": machine()}, save=self.write)
 
-    def left(self) -> float:
-        return self.deadline_s - (time.monotonic() - self.start)
-
-    def step(self, name: str, needs_s: float, fn):
-        if self.left() < needs_s:
-            self.data["skipped"].append(f"{name} (needs ~{needs_s:.0f} s, {self.left():.0f} s left)")
-            print(f"SKIP {name}: {self.left():.0f} s left", flush=True)
-            self.save()
-            return None
-        print(f"== {name} ({self.left():.0f} s left)", flush=True)
-        t0 = time.monotonic()
+    def write(self, data: dict) -> None:
+        write_json(self.out / "gpu_engine.json", data)
         try:
-            result = fn()
-            self.data["steps"][name] = {"seconds": round(time.monotonic() - t0, 1), **(result or {})}
-            return result
-        except Exception as exc:  # recorded; the run goes on with what it has
-            self.data["errors"][name] = f"{type(exc).__name__}: {exc}"[:2000]
-            traceback.print_exc()
-            return None
-        finally:
-            self.save()
-
-    def save(self) -> None:
-        (self.out / "gpu_engine.json").write_text(json.dumps(clean(self.data), indent=2, ensure_ascii=False) + "\n")
-        try:
-            text = markdown(self.data)
+            text = markdown(data)
         except Exception as exc:  # the JSON holds every figure; a table bug must not end the run
             text = f"markdown failed ({type(exc).__name__}: {exc}); see gpu_engine.json\n"
         (self.out / "gpu_engine.md").write_text(text)
 
 
-def clean(value):
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def machine() -> dict:
-    import torch
+    """The library's machine description, plus what torch.compile on a GPU needs besides torch
+    (a C compiler for its launchers) and how this torch's varlen_attn is called."""
+    from moai_export.evaluation.machine import machine_description
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()}
-    for name in ("transformers", "peft", "sentence_transformers"):
-        try:
-            info[name] = __import__(name).__version__
-        except Exception as exc:  # recorded, not fatal
-            info[name] = f"missing ({exc})"
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
-    try:  # what torch.compile on a GPU needs besides torch: triton and a C compiler for its launchers
-        info["triton"] = __import__("triton").__version__
-    except Exception as exc:
-        info["triton"] = f"missing ({type(exc).__name__})"
+    info = machine_description()
     info["c_compiler"] = next((shutil.which(c) for c in (os.environ.get("CC"), "cc", "gcc") if c and shutil.which(c)), None)
     try:
-        from moai_export.engine.attention import _VARLEN_CALL
+        from moai_export.engine.attention import VARLEN_CALL
 
-        info["varlen_call"] = repr(_VARLEN_CALL)  # (causal kwargs, takes scale=) as read from this torch
+        info["varlen_call"] = repr(VARLEN_CALL)
     except Exception as exc:
         info["varlen_call"] = f"error ({type(exc).__name__}: {exc})"
     return info
@@ -141,39 +102,31 @@ def build(work: Path, size: str) -> dict:
 
 
 def untrained_example(out: Path, size: str) -> None:
-    """The example's base and a LoRA adapter of the recipe's shape (r 64, alpha 128, every
-    projection) without training: B gets small random values (PEFT starts it at zero, which
+    """The example's base and a LoRA adapter of the recipe's shape (TrainOptions' defaults: r 64,
+    alpha 128, every projection) without training: B gets small random values (PEFT starts it at zero, which
     would make the adapter a no-op that the merge's proof rejects). Throughput and parity of
     the serving paths do not depend on what the adapter learned."""
-    import shutil as _shutil
-
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModel
 
     from moai_export.example.base_model import build_base
+    from moai_export.train.options import TrainOptions
+    from moai_export.train.recipe import lora_config
 
     if out.exists():
-        _shutil.rmtree(out)
+        shutil.rmtree(out)
     (out / "base").mkdir(parents=True)
     build_base(out / "base", size, 0)
     model = AutoModel.from_pretrained(str(out / "base"), dtype=torch.float32)
-    config = LoraConfig(r=64, lora_alpha=128, lora_dropout=0.05, base_model_name_or_path=str(out / "base"),
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    adapted = get_peft_model(model, config)
+    recipe = TrainOptions(base=str(out / "base"), train=Path(), out=out)  # its defaults are the recipe
+    adapted = get_peft_model(model, lora_config(recipe))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, weight in adapted.named_parameters():
             if "lora_B" in name:
                 weight.copy_(torch.randn(weight.shape, generator=generator) * 5e-3)
     adapted.save_pretrained(str(out / "adapter"))
-
-
-def target(label: str, spec: str, embedder, load_s: float):
-    from moai_export.benchmark.targets import Target, _own_counter
-
-    counter, source = _own_counter(embedder, spec)
-    return Target(label, spec, embedder, counter, source, load_s)
 
 
 def load(spec: str):
@@ -273,7 +226,7 @@ def engine_and_parity(run: Run, merged: Path, example: Path, device: str, spec: 
         except Exception:
             pass
         raise
-    run.engine = target("engine", spec, embedder, load_s)
+    run.engine = Target.loaded("engine", spec, embedder, load_s)
     return result
 
 
@@ -295,7 +248,7 @@ def corpus(run: Run, merged: Path, device: str, dataset, documents_limit: int | 
     def measure(make, batch_size):
         t0 = time.monotonic()
         label, spec, embedder = make()
-        tgt = target(label, spec, embedder, time.monotonic() - t0)
+        tgt = Target.loaded(label, spec, embedder, time.monotonic() - t0)
         part: dict = {}
         try:
             run_corpus([tgt], dataset, part, batch_size=batch_size, limit=documents_limit, queries=queries,
@@ -327,15 +280,12 @@ def corpus(run: Run, merged: Path, device: str, dataset, documents_limit: int | 
         plan += [("st-bf16", lambda: st("bf16"), 128, 30), ("torch-bf16", lambda: torch_spec("bf16"), 128, 30),
                  ("st-fp32", lambda: st("fp32"), 128, 45)]
     for label, make, batch_size, needs_s in plan:
-        if run.left() < needs_s:
-            run.data["skipped"].append(f"corpus {label} (needs ~{needs_s} s, {run.left():.0f} s left)")
-            print(f"SKIP corpus {label}: {run.left():.0f} s left", flush=True)
+        if not run.fits(f"corpus {label}", needs_s):
             continue
         try:
             measure(make, batch_size)
         except Exception as exc:
-            run.data["errors"][f"corpus {label}"] = f"{type(exc).__name__}: {exc}"[:1000]
-            traceback.print_exc()
+            run.record_error(f"corpus {label}", exc)
         finally:
             summarize(result)
             run.save()
@@ -364,7 +314,6 @@ def triton_on_gpu(run: Run, merged: Path, device: str, dataset, documents_limit:
     numpy 2 environment). The engine model passes tensors by DLPack and is not affected.
     Parity against the fp32 PEFT reference, the corpus in requests of the model's batch size,
     batch-1 query p50/p99, all over HTTP with binary tensors."""
-    import http.client
     import importlib.util
 
     spec = importlib.util.find_spec("pytriton")  # located, not imported: its client needs more packages
@@ -373,11 +322,10 @@ def triton_on_gpu(run: Run, merged: Path, device: str, dataset, documents_limit:
         return {"measured": False, "reason": "no tritonserver on this machine (nvidia-pytriton not installed); "
                                              "carry its wheel with bench/prepare_gpu_carry.sh --triton"}
     from moai_export.benchmark.corpus import run_corpus
-    from moai_export.embedders.base import TokenEmbedder
+    from moai_export.embedders.triton_encoder import TritonEncoderEmbedder
     from moai_export.export.triton import TritonOptions, write_repository
     from moai_export.gates import gate_for
     from moai_export.inputs import ContractTokenizer
-    from moai_export.batching import FixedCount
     from moai_export.model_dir import read_contract
     from moai_export.serving.triton_server import TritonServer, free_ports
 
@@ -395,43 +343,15 @@ def triton_on_gpu(run: Run, merged: Path, device: str, dataset, documents_limit:
                     "note": "encoder model alone (client-side tokenization); eager engine in the python backend"}
     run.data["steps"]["triton"] = result
     contract = read_contract(merged)
-
-    class TritonEncoder(TokenEmbedder):
-        """Padded token batches to the encoder model (what the ensemble's second step gets) over
-        Triton's HTTP API with binary tensors, on one keep-alive connection: standard library
-        only (tritonclient needs grpcio/protobuf/rapidjson versions the image may not have)."""
-
-        policy = FixedCount(options.max_batch_size)
-
-        def __init__(self):
-            super().__init__(contract, ContractTokenizer.from_dir(merged, contract))
-            self.connection = http.client.HTTPConnection(*server.http_url.split(":"), timeout=60)
-            self.name, self.precision = "triton-engine", "bf16" if device.startswith("cuda") else "fp32"
-
-        def forward(self, input_ids, attention_mask):
-            arrays = [np.ascontiguousarray(a, dtype="<i8") for a in (input_ids, attention_mask)]
-            header = json.dumps({
-                "inputs": [{"name": name, "shape": list(a.shape), "datatype": "INT64",
-                            "parameters": {"binary_data_size": a.nbytes}}
-                           for name, a in zip(("input_ids", "attention_mask"), arrays)],
-                "outputs": [{"name": "sentence_embedding", "parameters": {"binary_data": True}}]}).encode()
-            self.connection.request("POST", f"/v2/models/{encoder}/infer", body=header + b"".join(a.tobytes() for a in arrays),
-                                    headers={"Content-Type": "application/octet-stream",
-                                             "Inference-Header-Content-Length": str(len(header))})
-            response = self.connection.getresponse()
-            body = response.read()
-            if response.status != 200:
-                raise RuntimeError(f"Triton {response.status}: {body[:300]!r}")
-            json_length = int(response.getheader("Inference-Header-Content-Length") or len(body))
-            return np.frombuffer(body[json_length:], dtype="<f4").reshape(len(arrays[0]), -1)
-
     try:
-        embedder = TritonEncoder()
+        embedder = TritonEncoderEmbedder(server.http_url, encoder, contract, ContractTokenizer.from_dir(merged, contract),
+                                         max_batch_size=options.max_batch_size, name="triton-engine",
+                                         precision="bf16" if device.startswith("cuda") else "fp32")
         if run.reference is not None:
             report = run.reference.gate_with(embedder, gate_for("triton", embedder.precision))
             result["parity"] = {k: v for k, v in report.to_dict().items() if k != "probes"}
         part: dict = {}
-        run_corpus([target("triton-engine", f"http://{server.http_url}/v2/models/{encoder}", embedder, result["start_s"])],
+        run_corpus([Target.loaded("triton-engine", f"http://{server.http_url}/v2/models/{encoder}", embedder, result["start_s"])],
                    dataset, part, batch_size=options.max_batch_size, limit=documents_limit, queries=queries,
                    log=lambda m: print(m, flush=True))
         result["corpus"] = part["targets"][0]
@@ -473,7 +393,7 @@ def markdown(data: dict) -> str:
             lines.append(f"| {r['target']} | {r['precision']} | {r.get('batch_size') or 'own'} | {r['docs_per_s']:.1f} | "
                          f"{r['real_tokens_per_s']:.0f} | {mfu} | {gib} | {warm} | {r['query_p50_ms']:.2f} | "
                          f"{r['query_p99_ms']:.2f} |")
-        lines += ["", f"issue targets: `{json.dumps(clean(c.get('issue_targets', {})))}`", ""]
+        lines += ["", f"issue targets: `{json.dumps(json_ready(c.get('issue_targets', {})))}`", ""]
     if "triton" in steps:
         t = steps["triton"]
         lines += ["## Triton on the GPU (engine encoder model, HTTP binary tensors)", ""]
@@ -511,11 +431,8 @@ def main(argv: list[str] | None = None) -> int:
 
     on_gpu = args.device.startswith("cuda")
     dtype = "bf16" if on_gpu else "fp32"
-    run = Run(args.out, args.deadline, vars(args) | {"dataset": str(args.dataset), "out": str(args.out),
-                                                     "work": str(args.work)})
-    run.engine = None
-    run.reference = None
-    run.work = args.work
+    run = Run(args.out, args.work, args.deadline, vars(args) | {"dataset": str(args.dataset), "out": str(args.out),
+                                                                "work": str(args.work)})
     dataset = load_beir(args.dataset)
     documents = dataset.documents()[:args.limit]
     merged, example = args.work / "merged", args.work / "example"

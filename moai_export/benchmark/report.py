@@ -3,7 +3,6 @@ and PNG plots. Written also for an interrupted run, marked as such."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -11,33 +10,13 @@ from typing import Sequence
 import numpy as np
 
 from . import plots
+from .result_json import write_json
 from ..evaluation.retrieval_metrics import METRICS, PRIMARY
 
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.md"
 NOISE_NOTE = ("Targets were measured side by side in one run (each cell runs every target back to back), "
               "so compare the ratios; absolute figures move with machine load.")
-
-
-def _clean(value):
-    """JSON-safe copy: NaN/inf -> null, numpy -> Python, keys starting with '_' dropped
-    (in-memory arrays kept for the plots)."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: Path, data: dict) -> Path:
-    path.write_text(json.dumps(_clean(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
 
 
 def _f(value, digits: int = 1, suffix: str = "") -> str:

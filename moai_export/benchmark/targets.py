@@ -30,6 +30,12 @@ class Target:
     load_s: float
 
     @classmethod
+    def loaded(cls, label: str, spec: str, embedder: Embedder, load_s: float) -> "Target":
+        """An Embedder loaded from `spec`, counting tokens with its own tokenizer (see own_counter)."""
+        counter, source = own_counter(embedder, spec)
+        return cls(label, spec, embedder, counter, source, load_s)
+
+    @classmethod
     def in_hand(cls, embedder: Embedder) -> "Target":
         """An Embedder already loaded (the demo's variants), labelled by its name; it counts no tokens."""
         return cls(embedder.name, "", embedder, None, "none", 0.0)
@@ -64,7 +70,7 @@ def split_label(text: str) -> tuple[str, str]:
     return text, text
 
 
-def _own_counter(embedder: Embedder, spec: str) -> tuple[ContractTokenizer | None, str]:
+def own_counter(embedder: Embedder, spec: str) -> tuple[ContractTokenizer | None, str]:
     """The tokenizer the target itself runs, else the tokenizer.json of the directory the spec
     names (e.g. plain sentence-transformers over a model directory)."""
     tokenizer = getattr(embedder, "tokenizer", None)
@@ -98,8 +104,7 @@ def load_targets(texts: Sequence[str], *, tokenizer_dir: Path | None = None,
         start = time.perf_counter()
         # a benchmark measures any configuration; one no gate admitted is named loudly
         embedder = load_embedder(spec, name=label, admission="warn")
-        counter, source = _own_counter(embedder, spec)
-        targets.append(Target(label, spec, embedder, counter, source, time.perf_counter() - start))
+        targets.append(Target.loaded(label, spec, embedder, time.perf_counter() - start))
     shared: tuple[ContractTokenizer, str] | None = None
     if tokenizer_dir is not None:
         if not (Path(tokenizer_dir) / "tokenizer.json").is_file():

@@ -38,7 +38,7 @@ class Packing:
 
 
 def varlen_available() -> bool:
-    return _VARLEN_CALL is not None
+    return VARLEN_CALL is not None
 
 
 def flex_available() -> bool:
@@ -100,8 +100,8 @@ def _varlen_call_kwargs(varlen_attn=None) -> tuple[dict, bool] | None:
     return causal, "scale" in parameters
 
 
-_VARLEN_CALL = _varlen_call_kwargs()
-_VARLEN_CAUSAL, _VARLEN_TAKES_SCALE = _VARLEN_CALL or ({}, False)
+VARLEN_CALL = _varlen_call_kwargs()  # (causal kwargs, takes scale=) of this torch's varlen_attn, or None
+_VARLEN_CAUSAL, _VARLEN_TAKES_SCALE = VARLEN_CALL or ({}, False)
 
 
 def varlen(q, k, v, packing: Packing, scale: float) -> torch.Tensor:
@@ -120,7 +120,7 @@ def varlen(q, k, v, packing: Packing, scale: float) -> torch.Tensor:
 
 def check_varlen_scale(scale: float, head_dim: int) -> None:
     """A varlen_attn without scale= can only run models scaled by 1/sqrt(head_dim)."""
-    if _VARLEN_CALL and not _VARLEN_TAKES_SCALE and abs(scale - head_dim ** -0.5) > 1e-9:
+    if VARLEN_CALL and not _VARLEN_TAKES_SCALE and abs(scale - head_dim ** -0.5) > 1e-9:
         raise MoaiError(f"this torch's varlen_attn takes no scale= and the model's attention scale is {scale}, "
                         f"not 1/sqrt({head_dim}): use attention=flex or sdpa")
 

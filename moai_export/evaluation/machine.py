@@ -9,7 +9,7 @@ import socket
 from importlib import metadata
 
 PACKAGES = ("torch", "transformers", "sentence-transformers", "onnxruntime", "onnxruntime-gpu", "peft",
-            "tritonclient", "vllm", "numpy")
+            "tritonclient", "vllm", "numpy", "triton")  # triton: torch.compile's GPU kernels
 
 
 def _cpu_model() -> str:
@@ -36,6 +36,19 @@ def _gpus() -> list[str]:
     except Exception:  # a broken CUDA setup must not stop a CPU benchmark
         pass
     return []
+
+
+def _cuda() -> dict:
+    """The CUDA build of torch and the first GPU's compute capability (what kernels it can run)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return {"cuda": torch.version.cuda,
+                    "gpu_capability": ".".join(map(str, torch.cuda.get_device_capability(0)))}
+    except Exception:  # as in _gpus
+        pass
+    return {}
 
 
 def _versions() -> dict[str, str]:
@@ -72,6 +85,7 @@ def machine_description() -> dict:
         "usable_cpus": usable,
         "memory_gb": _memory_gb(),
         "gpus": gpus,
+        **_cuda(),
         "python": platform.python_version(),
         "torch_threads": _torch_threads(),
         "packages": _versions(),
