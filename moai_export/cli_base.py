@@ -75,8 +75,8 @@ def library_option(source: str, *param_decls: str, field: str | None = None, **a
 
 class LibraryDefaultOption(click.Option):
     """Reads its default from the library when the command runs or shows its help, not when the
-    command line is built: the modules that declare the defaults load torch, and `moai-export
-    --help` must stay instant."""
+    command line is built: the modules that declare the defaults load torch, which only the
+    command that uses them should pay for."""
 
     def __init__(self, *param_decls, default_source: str, default_field: str | None = None, **attrs):
         super().__init__(*param_decls, **attrs)
@@ -95,13 +95,13 @@ def declared_default(source: str, name: str):
     module, _, attribute = source.partition(":")
     owner = getattr(importlib.import_module(module, __package__), attribute)
     if dataclasses.is_dataclass(owner):
-        field = {f.name: f for f in dataclasses.fields(owner)}[name]
-        if field.default is not dataclasses.MISSING:
+        field = {f.name: f for f in dataclasses.fields(owner)}.get(name)
+        if field is not None and field.default is not dataclasses.MISSING:
             return field.default
-        if field.default_factory is not dataclasses.MISSING:
+        if field is not None and field.default_factory is not dataclasses.MISSING:
             return field.default_factory()
     else:
-        default = inspect.signature(owner).parameters[name].default
-        if default is not inspect.Parameter.empty:
-            return default
-    raise TypeError(f"{source} declares no default for {name}")
+        parameter = inspect.signature(owner).parameters.get(name)
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    raise TypeError(f"{source} declares no default for {name!r}")
