@@ -149,7 +149,7 @@ def _common(f):
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N texts of each workload.")
 @throughput_option("--batch-sizes", help="Texts per request.")
 @throughput_option("--concurrency",
-                        help="Closed-loop client counts (each sends its next request when the last returns). "
+                   help="Closed-loop client counts (each sends its next request when the last returns). "
                         "Empty string: no closed loop.")
 @click.option("--rate", "rates", default=None,
               help="Open-loop offered request rates (requests/s), e.g. 1,2,4: requests are sent on schedule "
