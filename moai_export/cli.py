@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .cli_base import EXIT_INTERRUPTED, EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, overrides_from
+from .cli_base import (EXIT_INTERRUPTED, EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, library_option,
+                       overrides_from)
 from .errors import VerificationFailed
 from .kinds import describe_recognised, kind_names
 
 DTYPE_CHOICE = click.Choice(["fp32", "bf16", "fp16"])
+
+# Each command's defaults are those of the options the library takes (cli_base.library_option).
+example_option = partial(library_option, ".example:build_example")
+merge_option = partial(library_option, ".merge:MergeOptions")
+onnx_option = partial(library_option, ".export.onnx:OnnxOptions")
+triton_option = partial(library_option, ".export.triton:TritonOptions")
+vllm_option = partial(library_option, ".export.vllm:VllmOptions")
+train_option = partial(library_option, ".train.options:TrainOptions")
+demo_option = partial(library_option, ".demo:run_demo")
+gateway_option = partial(library_option, ".gateway.config:GatewayConfig")
 
 
 @click.group(cls=MoaiGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,10 +51,10 @@ def main() -> None:
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create (base/ and adapter/).")
-@click.option("--size", type=click.Choice(["tiny", "small", "full"]), default="tiny", show_default=True,
-              help="tiny/small for tests and demos; full = the real Qwen3-Embedding-0.6B shape (28 layers, 1024 hidden).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights, data order and dropout.")
-@click.option("--steps", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA training steps.")
+@example_option("--size", type=click.Choice(["tiny", "small", "full"]),
+                help="tiny/small for tests and demos; full = the real Qwen3-Embedding-0.6B shape (28 layers, 1024 hidden).")
+@example_option("--seed", type=int, help="Seeds weights, data order and dropout.")
+@example_option("--steps", type=click.IntRange(min=1), help="LoRA training steps.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def example(out: Path, size: str, seed: int, steps: int, force: bool) -> None:
     """Build the offline example: a random-weight Qwen3 embedding base (MoAI's tokenizer,
@@ -58,7 +70,7 @@ def example(out: Path, size: str, seed: int, steps: int, force: bool) -> None:
 @click.option("--base", required=True, help="Base model: local directory or hub id (e.g. Qwen/Qwen3-Embedding-0.6B).")
 @click.option("--adapter", required=True, help="LoRA adapter: local directory or hub id.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create.")
-@click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True, help="dtype of the saved weights.")
+@merge_option("--dtype", type=DTYPE_CHOICE, help="dtype of the saved weights.")
 @click.option("--max-tokens", type=click.IntRange(min=2), default=None,
               help="Override the maximum sequence length (default: from the model's sentence-transformers files).")
 @gate_options
@@ -96,14 +108,14 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, min_rank_a
 @main.command()
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="fp32; fp16 (traced from a half-precision model); int8 (dynamic per-channel quantization).")
-@click.option("--int8-method", type=click.Choice(["dynamic", "weight-only"]), default="dynamic", show_default=True,
-              help="int8 only: dynamic (int8 weights and activations, fastest on CPU) or weight-only "
-                   "(int8 weight blocks; more accurate on models with outlier activations).")
+@onnx_option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+             help="fp32; fp16 (traced from a half-precision model); int8 (dynamic per-channel quantization).")
+@onnx_option("--int8-method", type=click.Choice(["dynamic", "weight-only"]),
+             help="int8 only: dynamic (int8 weights and activations, fastest on CPU) or weight-only "
+                  "(int8 weight blocks; more accurate on models with outlier activations).")
 @click.option("--reference", default=None,
               help="Reference for the gate, e.g. BASE+ADAPTER (the PEFT reference). Default: SOURCE in float32 torch.")
-@click.option("--opset", type=click.IntRange(min=14), default=18, show_default=True, help="ONNX opset.")
+@onnx_option("--opset", type=click.IntRange(min=14), help="ONNX opset.")
 @gate_options
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_abs, min_rank_agreement, force):
@@ -175,37 +187,36 @@ def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, mi
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repo", type=click.Path(path_type=Path), default=Path("triton_models"), show_default=True,
               help="Model repository to write into (other models there are kept).")
-@click.option("--name", default="moai_embedding", show_default=True,
-              help="Ensemble name; the tokenizer and encoder models get _tokenizer / _encoder suffixes.")
-@click.option("--encoder", type=click.Choice(["python", "onnxruntime", "engine"]), default="python", show_default=True,
-              help="python: onnxruntime inside the python backend (runs anywhere, incl. the local CPU server); "
-                   "onnxruntime: Triton's ONNX Runtime backend (NVIDIA's container, GPU); "
-                   "engine: ARTIFACT is a merged model, run by the packed engine in the python backend "
-                   "(GPU with --engine-device cuda; no TensorRT or onnxruntime-gpu needed).")
-@click.option("--engine-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="engine encoder: KIND_CPU or KIND_GPU instances.")
+@triton_option("--name", help="Ensemble name; the tokenizer and encoder models get _tokenizer / _encoder suffixes.")
+@triton_option("--encoder", type=click.Choice(["python", "onnxruntime", "engine"]),
+               help="python: onnxruntime inside the python backend (runs anywhere, incl. the local CPU server); "
+                    "onnxruntime: Triton's ONNX Runtime backend (NVIDIA's container, GPU); "
+                    "engine: ARTIFACT is a merged model, run by the packed engine in the python backend "
+                    "(GPU with --engine-device cuda; no TensorRT or onnxruntime-gpu needed).")
+@triton_option("--engine-device", type=click.Choice(["cpu", "cuda"]),
+               help="engine encoder: KIND_CPU or KIND_GPU instances.")
 @click.option("--engine-dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
               help="engine encoder: compute dtype (default: bf16 on cuda, fp32 on cpu).")
-@click.option("--engine-max-batch-tokens", type=click.IntRange(min=16), default=16384, show_default=True,
-              help="engine encoder: real tokens per forward pass (Triton's batches are cut under it).")
+@triton_option("--engine-max-batch-tokens", type=click.IntRange(min=16),
+               help="engine encoder: real tokens per forward pass (Triton's batches are cut under it).")
 @click.option("--engine-compile", is_flag=True, help="engine encoder: torch.compile (warm-up at model load).")
 @click.option("--engine-env", default=None, metavar="DIR",
               help="engine encoder: the Python environment (venv or unpacked conda env) with torch and transformers "
                    "that Triton activates for the encoder (EXECUTION_ENV_PATH; the Triton runtime env has no torch). "
                    "Default: the environment running this command; name the serving machine's when the repository "
                    "moves there.")
-@click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
-              help="Dynamic batching: how long a request may wait for others to join its batch.")
-@click.option("--preferred-batch-sizes", default="8,16,32", show_default=True,
-              help="Dynamic batching: comma-separated preferred sizes (those above --max-batch-size are dropped).")
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Encoder instances.")
-@click.option("--intra-op-threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="python encoder: onnxruntime threads per instance (0: onnxruntime's default).")
+@triton_option("--max-batch-size", type=click.IntRange(min=1))
+@triton_option("--max-queue-delay-us", type=click.IntRange(min=0),
+               help="Dynamic batching: how long a request may wait for others to join its batch.")
+@triton_option("--preferred-batch-sizes",
+               help="Dynamic batching: comma-separated preferred sizes (those above --max-batch-size are dropped).")
+@triton_option("--instances", type=click.IntRange(min=1), help="Encoder instances.")
+@triton_option("--intra-op-threads", type=click.IntRange(min=0),
+               help="python encoder: onnxruntime threads per instance (0: onnxruntime's default).")
 @click.option("--tensorrt", is_flag=True, help="onnxruntime encoder: enable the TensorRT execution accelerator.")
-@click.option("--tensorrt-precision", type=click.Choice(["FP16", "FP32"]), default="FP16", show_default=True)
-@click.option("--version", "model_version", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Version folder to write (other versions of these models are kept).")
+@triton_option("--tensorrt-precision", type=click.Choice(["FP16", "FP32"]))
+@triton_option("--version", "model_version", field="version", type=click.IntRange(min=1),
+               help="Version folder to write (other versions of these models are kept).")
 @click.option("--reference", default=None,
               help="Reference for the gate (default: the one the ONNX artifact was gated against, when loadable).")
 @click.option("--verify-with", default=None, metavar="URL",
@@ -254,9 +265,8 @@ def triton(artifact, repo, name, encoder, engine_device, engine_dtype, engine_ma
 @main.command()
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create.")
-@click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True, help="dtype of the saved weights.")
-@click.option("--served-model-name", default="moai-embedding", show_default=True,
-              help="The model name clients send (written into the serve arguments).")
+@vllm_option("--dtype", type=DTYPE_CHOICE, help="dtype of the saved weights.")
+@vllm_option("--served-model-name", help="The model name clients send (written into the serve arguments).")
 @click.option("--reference", default=None,
               help="Reference for the gate, e.g. BASE+ADAPTER. Default: SOURCE in float32 torch.")
 @gate_options
@@ -293,30 +303,29 @@ def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, 
 @click.option("--eval-split", type=float, default=None, help="Validation: hold out this fraction of the training queries.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Run directory: adapter/, checkpoints/, training_report.json, training_curves.png, model_card.md.")
-@click.option("--lora-r", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lora-alpha", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lora-dropout", type=click.FloatRange(0, 1), default=0.05, show_default=True)
-@click.option("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", show_default=True,
-              help="Comma-separated module names.")
-@click.option("--batch-size", type=click.IntRange(min=2), default=256, show_default=True,
+@train_option("--lora-r", type=click.IntRange(min=1))
+@train_option("--lora-alpha", type=click.IntRange(min=1))
+@train_option("--lora-dropout", type=click.FloatRange(0, 1))
+@train_option("--lora-targets", help="Comma-separated module names.")
+@train_option("--batch-size", type=click.IntRange(min=2),
               help="Per device: each query's in-batch negatives are the other documents of the global batch.")
-@click.option("--mini-batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+@train_option("--mini-batch-size", type=click.IntRange(min=1),
               help="Cached loss: texts through the model at once (bounds memory, not the negatives).")
-@click.option("--lr", type=float, default=1e-4, show_default=True)
-@click.option("--scheduler", default="cosine", show_default=True, help="transformers' lr_scheduler_type.")
-@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
-@click.option("--max-steps", type=int, default=-1, show_default=True, help="> 0: stop after this many steps.")
-@click.option("--eval-steps", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+@train_option("--lr", field="learning_rate", type=float)
+@train_option("--scheduler", help="transformers' lr_scheduler_type.")
+@train_option("--warmup-ratio", type=click.FloatRange(0, 1))
+@train_option("--weight-decay", type=float)
+@train_option("--epochs", type=click.FloatRange(min=0, min_open=True))
+@train_option("--max-steps", type=int, help="> 0: stop after this many steps.")
+@train_option("--eval-steps", type=click.FloatRange(min=0, min_open=True),
               help="Evaluate and save every this many steps (< 1: a fraction of the whole run).")
-@click.option("--early-stopping-patience", type=click.IntRange(min=0), default=3, show_default=True,
+@train_option("--early-stopping-patience", type=click.IntRange(min=0),
               help="Stop after this many evaluations without a better NDCG@10 (0: never).")
-@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bfloat16 mixed precision.")
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True)
+@train_option("--bf16/--no-bf16", help="bfloat16 mixed precision.")
+@train_option("--gradient-checkpointing/--no-gradient-checkpointing")
 @click.option("--max-tokens", type=click.IntRange(min=2), default=None, help="Default: the base's contract (1024).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--report-to", type=click.Choice(["none", "tensorboard", "wandb"]), default="none", show_default=True)
+@train_option("--seed", type=int)
+@train_option("--report-to", type=click.Choice(["none", "tensorboard", "wandb"]))
 @click.option("--resume", is_flag=True, help="Continue OUT's run from its last complete checkpoint.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def train(base, train_file, eval_dir, eval_split, out, lora_r, lora_alpha, lora_dropout, lora_targets, batch_size,
@@ -368,8 +377,7 @@ def _reference(spec: str | None):
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("build/demo"), show_default=True,
               help="Working directory for every stage's artifact.")
-@click.option("--size", type=click.Choice(["tiny", "small", "full"]), default="tiny", show_default=True,
-              help="Size of the example model.")
+@demo_option("--size", type=click.Choice(["tiny", "small", "full"]), help="Size of the example model.")
 @click.option("--force", is_flag=True, help="Replace artifacts left by an earlier run.")
 def demo(out: Path, size: str, force: bool) -> None:
     """Run the whole pipeline on the built-in example and print one table of parity and
@@ -384,26 +392,24 @@ def demo(out: Path, size: str, force: bool) -> None:
               help="Triton's gRPC endpoint serving the ensemble written by `moai-export triton`.")
 @click.option("--model", required=True, help="The ensemble's name in Triton (e.g. moai_embedding).")
 @click.option("--served-model-name", default=None, help="The name clients send as `model` (default: --model).")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@gateway_option("--host")
+@gateway_option("--port", type=click.IntRange(1, 65535))
 @click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
               help="Accept this Bearer key (repeatable). Also read from $MOAI_GATEWAY_API_KEYS (comma-separated) "
                    "and --api-key-file. No key anywhere: the gateway is open.")
 @click.option("--api-key-file", type=click.Path(path_type=Path), default=None,
               help="File of accepted keys, one a line (# comments).")
-@click.option("--max-texts", type=click.IntRange(min=1), default=256, show_default=True, help="Texts per request (400 above).")
-@click.option("--max-chars", type=click.IntRange(min=1), default=32768, show_default=True,
-              help="Characters per text (400 above).")
-@click.option("--max-body-bytes", type=click.IntRange(min=1), default=4 * 1024 * 1024, show_default=True,
-              help="Request body size (413 above).")
-@click.option("--max-in-flight", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Requests sent to Triton at once; more wait in a queue.")
-@click.option("--max-queue", type=click.IntRange(min=0), default=512, show_default=True,
-              help="Waiting requests beyond --max-in-flight; more are refused with 429 and Retry-After.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-              help="Seconds for one Triton call (and the longest wait in the queue); then 503.")
-@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
-              show_default=True)
+@gateway_option("--max-texts", type=click.IntRange(min=1), help="Texts per request (400 above).")
+@gateway_option("--max-chars", type=click.IntRange(min=1), help="Characters per text (400 above).")
+@gateway_option("--max-body-bytes", type=click.IntRange(min=1), help="Request body size (413 above).")
+@gateway_option("--max-in-flight", type=click.IntRange(min=1),
+                help="Requests sent to Triton at once; more wait in a queue.")
+@gateway_option("--max-queue", type=click.IntRange(min=0),
+                help="Waiting requests beyond --max-in-flight; more are refused with 429 and Retry-After.")
+@gateway_option("--timeout", field="upstream_timeout", type=click.FloatRange(min=0.1),
+                help="Seconds for one Triton call (and the longest wait in the queue); then 503.")
+@library_option(".gateway.server:serve", "--log-level",
+                type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def gateway(triton_url, model, served_model_name, host, port, api_keys, api_key_file, max_texts, max_chars,
             max_body_bytes, max_in_flight, max_queue, timeout, log_level):
     """Serve OpenAI's embeddings API in front of a Triton ensemble: POST /v1/embeddings (input,

@@ -1,7 +1,12 @@
 """What every command line of this package shares (`moai-export`, `moai-bench`): errors become
-one line and an exit code, and the parity gate's overrides are spelled the same everywhere."""
+one line and an exit code, the parity gate's overrides are spelled the same everywhere, and an
+option's default is the library's own (declared once, in the options dataclass the command fills)."""
 
 from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
 
 import click
 
@@ -56,3 +61,47 @@ def overrides_from(min_cosine, max_abs, min_rank_agreement):
     from .gates import GateOverrides
 
     return GateOverrides(min_cosine=min_cosine, max_abs=max_abs, min_rank_agreement=min_rank_agreement)
+
+
+def library_option(source: str, *param_decls: str, field: str | None = None, **attrs):
+    """click.option whose default, shown in --help, is the library's: the default of `field`
+    (default: the option's own name) in `source`, "module:Name" with the module relative to
+    moai_export, where Name is a dataclass (the field's default or default_factory) or a
+    function (the keyword's default). Lists and tuples become comma-separated text, as the
+    options take them."""
+    return click.option(*param_decls, cls=LibraryDefaultOption, default_source=source, default_field=field,
+                        show_default=True, **attrs)
+
+
+class LibraryDefaultOption(click.Option):
+    """Reads its default from the library when the command runs or shows its help, not when the
+    command line is built: the modules that declare the defaults load torch, which only the
+    command that uses them should pay for."""
+
+    def __init__(self, *param_decls, default_source: str, default_field: str | None = None, **attrs):
+        super().__init__(*param_decls, **attrs)
+        self.default_source = default_source
+        self.default_field = default_field or self.name
+
+    def get_default(self, ctx: click.Context, call: bool = True):
+        if ctx.lookup_default(self.name, call=False) is not None:  # a context's default_map still wins
+            return super().get_default(ctx, call=call)
+        value = declared_default(self.default_source, self.default_field)
+        return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def declared_default(source: str, name: str):
+    """The default that `source` ("module:Name", see library_option) declares for `name`."""
+    module, _, attribute = source.partition(":")
+    owner = getattr(importlib.import_module(module, __package__), attribute)
+    if dataclasses.is_dataclass(owner):
+        field = {f.name: f for f in dataclasses.fields(owner)}.get(name)
+        if field is not None and field.default is not dataclasses.MISSING:
+            return field.default
+        if field is not None and field.default_factory is not dataclasses.MISSING:
+            return field.default_factory()
+    else:
+        parameter = inspect.signature(owner).parameters.get(name)
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    raise TypeError(f"{source} declares no default for {name!r}")

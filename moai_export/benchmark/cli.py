@@ -7,18 +7,23 @@ import datetime as dt
 import os
 import shlex
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import click
 
-from ..cli_base import EXIT_INTERRUPTED, EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, overrides_from
+from ..cli_base import (EXIT_INTERRUPTED, EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, library_option,
+                        overrides_from)
 from ..errors import MoaiError
 from ..kinds import kind_names
 
 TARGET_HELP = ("[LABEL=]SPEC, repeatable; the first is the baseline the ratios/deltas use. SPEC: BASE+ADAPTER, "
                f"a bare artifact directory, or a spec of any kind ({kind_names()}; openai-http:// is the "
                "gateway). LABEL names it in tables, e.g. int8=onnx:build/onnx-int8.")
+
+# Each command's defaults are those of the settings or keywords the benchmark modules take.
+throughput_option = partial(library_option, ".benchmark.throughput:ThroughputSettings")
 
 
 class BenchGroup(MoaiGroup):
@@ -142,31 +147,29 @@ def _common(f):
               help="Which texts to send [default: both for --workload, document for generated].")
 @click.option("--with-title", is_flag=True, help="BEIR documents as title + newline + text.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N texts of each workload.")
-@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Texts per request.")
-@click.option("--concurrency", default="1", show_default=True,
-              help="Closed-loop client counts (each sends its next request when the last returns). "
-                   "Empty string: no closed loop.")
+@throughput_option("--batch-sizes", help="Texts per request.")
+@throughput_option("--concurrency",
+                   help="Closed-loop client counts (each sends its next request when the last returns). "
+                        "Empty string: no closed loop.")
 @click.option("--rate", "rates", default=None,
               help="Open-loop offered request rates (requests/s), e.g. 1,2,4: requests are sent on schedule "
                    "whether or not earlier ones returned; latency counts from the due time. Requests "
                    "already due when the bound is reached still run (a backlog drains).")
-@click.option("--arrival", type=click.Choice(["uniform", "poisson"]), default="uniform", show_default=True,
-              help="Open-loop arrival process.")
-@click.option("--max-inflight", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Open loop: most requests in flight at once.")
-@click.option("--requests", type=click.IntRange(min=0), default=50, show_default=True,
-              help="Measured requests per cell (0: bound by --seconds only).")
-@click.option("--seconds", type=click.FloatRange(min=0), default=20.0, show_default=True,
-              help="Seconds per cell (0: bound by --requests only); requests in flight still finish.")
-@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Untimed requests per cell and target before measuring (before its first round).")
-@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Runs of every cell, the targets interleaved round by round; each target's fastest run "
-                   "(most sentences/s: the least disturbed by other load) is the one reported.")
-@click.option("--settle", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Idle seconds before each target's cell: a vLLM engine keeps polling for about a second "
-                   "after its last request and slows whatever runs next on a small machine.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds generated texts and Poisson arrivals.")
+@throughput_option("--arrival", type=click.Choice(["uniform", "poisson"]), help="Open-loop arrival process.")
+@throughput_option("--max-inflight", type=click.IntRange(min=1), help="Open loop: most requests in flight at once.")
+@throughput_option("--requests", type=click.IntRange(min=0),
+                   help="Measured requests per cell (0: bound by --seconds only).")
+@throughput_option("--seconds", type=click.FloatRange(min=0),
+                   help="Seconds per cell (0: bound by --requests only); requests in flight still finish.")
+@throughput_option("--warmup", type=click.IntRange(min=0),
+                   help="Untimed requests per cell and target before measuring (before its first round).")
+@throughput_option("--rounds", type=click.IntRange(min=1),
+                   help="Runs of every cell, the targets interleaved round by round; each target's fastest run "
+                        "(most sentences/s: the least disturbed by other load) is the one reported.")
+@throughput_option("--settle", type=click.FloatRange(min=0),
+                   help="Idle seconds before each target's cell: a vLLM engine keeps polling for about a second "
+                        "after its last request and slows whatever runs next on a small machine.")
+@throughput_option("--seed", type=int, help="Seeds generated texts and Poisson arrivals.")
 @_common
 def throughput(targets, workloads, token_lengths, text_count, kind, with_title, limit, batch_sizes, concurrency,
                rates, arrival, max_inflight, requests, seconds, warmup, rounds, settle, seed, out, tokenizer, quiet):
@@ -226,8 +229,8 @@ def throughput(targets, workloads, token_lengths, text_count, kind, with_title, 
 @click.option("--reference", default=None,
               help="[LABEL=]SPEC the deltas and parity are taken against (placed before the targets). "
                    "Default: the first --target.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Texts per encode call.")
+@library_option(".benchmark.retrieval:run_retrieval", "--batch-size", type=click.IntRange(min=1),
+                help="Texts per encode call.")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None,
               help="Evaluate only the first N queries that have qrels (the whole corpus is still searched).")
 @click.option("--with-title", is_flag=True, help="Documents as title + newline + text.")
@@ -286,8 +289,8 @@ def _dimension_list(text: str | None) -> list[int]:
               help="Passed to every target's encode call (e.g. 128 for sentence-transformers). Default: none, "
                    "each target batches by itself (the engine's token budget, a torch target's policy).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N documents.")
-@click.option("--queries", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Batch-1 queries timed after the corpus (p50/p99); the dataset's queries, repeated if needed.")
+@library_option(".benchmark.corpus:run_corpus", "--queries", type=click.IntRange(min=1),
+                help="Batch-1 queries timed after the corpus (p50/p99); the dataset's queries, repeated if needed.")
 @click.option("--with-title", is_flag=True, help="Documents as title + newline + text.")
 @_common
 def corpus(dataset, targets, batch_size, limit, queries, with_title, out, tokenizer, quiet):
@@ -320,12 +323,13 @@ def corpus(dataset, targets, batch_size, limit, queries, with_title, out, tokeni
 @click.option("--target", "targets", multiple=True, required=True, help=TARGET_HELP)
 @click.option("--dataset", type=click.Path(path_type=Path), default=None,
               help="Also compare on a BEIR dataset's queries and documents (top-10 agreement over its corpus).")
+# run_parity takes every text unless told; the command caps a dataset at 500 to stay a quick check.
 @click.option("--max-texts", type=click.IntRange(min=1), default=500, show_default=True,
               help="With --dataset: at most this many queries and documents.")
 @gate_options
 @click.option("--strict", is_flag=True, help="Exit 3 (verification failed) when any target does not PASS.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Texts per encode call.")
+@library_option(".benchmark.parity_run:run_parity", "--batch-size", type=click.IntRange(min=1),
+                help="Texts per encode call.")
 @_common
 def parity(reference, targets, dataset, max_texts, min_cosine, max_abs, min_rank_agreement, strict, batch_size,
            out, tokenizer, quiet):

@@ -29,8 +29,8 @@ CELL_KEYS = ("workload", "batch_size", "mode", "level")
 
 @dataclass
 class ThroughputSettings:
-    batch_sizes: list[int]
-    concurrency: list[int]  # closed-loop client counts (empty: no closed loop)
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])  # texts per request
+    concurrency: list[int] = field(default_factory=lambda: [1])  # closed-loop client counts (empty: no closed loop)
     rates: list[float] = field(default_factory=list)  # open-loop requests/s (empty: no open loop)
     requests: int | None = 50
     seconds: float | None = 20.0
