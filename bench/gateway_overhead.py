@@ -30,12 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moai_export.benchmark.async_load import Recorder, closed_loop, measure_saturation  # noqa: E402
-from moai_export.benchmark.gateway_bench import (TRITON_DIRECT, Senders, ServingStack,  # noqa: E402
-                                                 build_onnx_artifact, expected_vectors, log, texts_pool)
+from moai_export.benchmark.gateway_bench import (
+    TRITON_DIRECT,
+    Senders,
+    ServingStack,
+    build_onnx_artifact,
+    expected_vectors,
+    log,
+    texts_pool,
+)
 from moai_export.evaluation.machine import default_results_dir, machine_slug  # noqa: E402
 from moai_export.export.triton import TritonOptions, write_repository  # noqa: E402
-from moai_export.serving.gateway_server import GatewayServer  # noqa: E402
-from moai_export.serving.triton_server import free_ports  # noqa: E402
+from moai_export.launchers.gateway_server import GatewayServer  # noqa: E402
+from moai_export.launchers.triton_server import free_ports  # noqa: E402
 
 MODEL = TritonOptions.name  # the ensemble write_repository names by default
 HIDE_C_PARSERS = "sys.modules['uvloop'] = None; sys.modules['httptools'] = None; "
@@ -50,9 +57,9 @@ class SourceGateway(GatewayServer):
     pure_python: bool = False
 
     def command(self) -> tuple[list[str], dict[str, str]]:
-        command, env = super().command()  # [python, -m, moai_export.cli, gateway, ...]
+        command, env = super().command()  # [python, -m, moai_export.commands.export_cli, gateway, ...]
         code = (f"import sys; sys.path.insert(0, {str(self.source)!r}); "
-                + (HIDE_C_PARSERS if self.pure_python else "") + "from moai_export.cli import main; main()")
+                + (HIDE_C_PARSERS if self.pure_python else "") + "from moai_export.commands.export_cli import main; main()")
         return [sys.executable, "-c", code, *command[3:]], env
 
 

@@ -29,10 +29,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from moai_export.benchmark.async_load import Recorder, closed_loop, open_loop, measure_saturation  # noqa: E402
-from moai_export.benchmark.gateway_bench import (TRITON_DIRECT, Senders, ServingStack,  # noqa: E402
-                                                 build_onnx_artifact, expected_vectors, gateway_request, log,
-                                                 texts_pool)
+from moai_export.benchmark.async_load import (  # noqa: E402
+    Recorder,
+    closed_loop,
+    measure_saturation,
+    open_loop,
+)
+from moai_export.benchmark.gateway_bench import (
+    TRITON_DIRECT,
+    Senders,
+    ServingStack,
+    build_onnx_artifact,
+    expected_vectors,
+    gateway_request,
+    log,
+    texts_pool,
+)
 from moai_export.evaluation.machine import default_results_dir, machine_slug  # noqa: E402
 from moai_export.export.triton import TritonOptions, write_repository  # noqa: E402
 

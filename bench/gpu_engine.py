@@ -79,7 +79,7 @@ def machine() -> dict:
 
 def build(work: Path, size: str) -> dict:
     from moai_export.example import build_example
-    from moai_export.merge import MergeOptions, merge
+    from moai_export.export.merge import MergeOptions, merge
 
     t0 = time.monotonic()
     result: dict = {}
@@ -201,8 +201,8 @@ def engine_and_parity(run: Run, merged: Path, example: Path, device: str, spec: 
     """Load the engine as it serves (warm-up timed), gate it against the fp32 PEFT reference,
     and check that a text's vector does not depend on its batch."""
     from moai_export.embedders import load_embedder
-    from moai_export.gates import gate_for
-    from moai_export.parity import ReferenceFigures
+    from moai_export.gates.parity import ReferenceFigures
+    from moai_export.gates.table import gate_for
 
     embedder, load_s = load(spec)
     try:
@@ -324,10 +324,10 @@ def triton_on_gpu(run: Run, merged: Path, device: str, dataset, documents_limit:
     from moai_export.benchmark.corpus import run_corpus
     from moai_export.embedders.triton_encoder import TritonEncoderEmbedder
     from moai_export.export.triton import TritonOptions, write_repository
-    from moai_export.gates import gate_for
-    from moai_export.inputs import ContractTokenizer
-    from moai_export.model_dir import read_contract
-    from moai_export.serving.triton_server import TritonServer, free_ports
+    from moai_export.gates.table import gate_for
+    from moai_export.launchers.triton_server import TritonServer, free_ports
+    from moai_export.model_files.contract_tokenizer import ContractTokenizer
+    from moai_export.model_files.model_contract import read_contract
 
     os.environ["MOAI_TRITONSERVER_DIR"] = str(server_dir)
     options = TritonOptions(encoder="engine", engine_device="cuda" if device.startswith("cuda") else "cpu",

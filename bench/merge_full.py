@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--dtype", default="fp32")
     args = parser.parse_args()
-    cli = [sys.executable, "-m", "moai_export.cli"]
+    cli = [sys.executable, "-m", "moai_export.commands.export_cli"]
     example = args.work / "example"
     if not (example / "adapter" / "adapter_config.json").is_file():
         subprocess.run(cli + ["example", "--out", str(example), "--size", "full", "--steps", "2", "--force"],

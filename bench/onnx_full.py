@@ -46,7 +46,7 @@ def main() -> None:
     rows = []
     for precision in args.precision or ["fp32", "int8"]:
         out = args.work / f"onnx-{precision}"
-        cmd = [sys.executable, "-m", "moai_export.cli", "onnx", str(merged), "--out", str(out),
+        cmd = [sys.executable, "-m", "moai_export.commands.export_cli", "onnx", str(merged), "--out", str(out),
                "--precision", precision, "--force"]
         wall, peak, code = run(cmd)
         report_path = out / "moai_parity.json"

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
+from moai_export.evaluation.finance_triplets import TRIPLETS
 from moai_export.evaluation.machine import default_results_dir, machine_description
 from moai_export.example.base_model import build_base
-from moai_export.evaluation.finance_triplets import TRIPLETS
 from moai_export.train import TrainOptions, train
 
 

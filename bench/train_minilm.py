@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from moai_export.evaluation.machine import default_results_dir, machine_description
 from moai_export.evaluation.beir import load_beir
+from moai_export.evaluation.machine import default_results_dir, machine_description
 from moai_export.train import TrainOptions, train
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from moai_export.evaluation.machine import default_results_dir
 from moai_export.export.triton import TritonOptions, write_repository
-from moai_export.serving.triton_server import TritonServer, free_ports
+from moai_export.launchers.triton_server import TritonServer, free_ports
 
 
 def main() -> int:
@@ -41,7 +41,7 @@ def main() -> int:
     http, grpc, metrics = free_ports(3)
     with TritonServer(args.repo, http, grpc, metrics, log_path=args.repo.parent / "server.log").start(timeout=300):
         command = [
-            sys.executable, "-m", "moai_export.benchmark.cli", "throughput",
+            sys.executable, "-m", "moai_export.commands.bench_cli", "throughput",
             "--target", f"in-process=onnx:{args.artifact}",
             "--target", f"triton-grpc=triton-grpc://127.0.0.1:{grpc}/moai_embedding",
             "--target", f"triton-http=triton-http://127.0.0.1:{http}/moai_embedding",

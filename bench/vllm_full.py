@@ -16,8 +16,8 @@ from pathlib import Path
 
 from moai_export.evaluation.machine import default_results_dir
 from moai_export.export.vllm import VllmOptions, export_vllm
-from moai_export.serving.process import free_ports
-from moai_export.serving.vllm_server import VllmServer
+from moai_export.launchers.process import free_ports
+from moai_export.launchers.vllm_server import VllmServer
 
 
 def main() -> int:
@@ -34,7 +34,7 @@ def main() -> int:
     (port,) = free_ports(1)
     with VllmServer(args.vllm_dir, port=port, log_path=args.vllm_dir.parent / "vllm-server.log").start(timeout=600):
         command = [
-            sys.executable, "-m", "moai_export.benchmark.cli", "throughput",
+            sys.executable, "-m", "moai_export.commands.bench_cli", "throughput",
             "--target", f"torch-fp32=torch:{args.merged}",
             "--target", f"vllm-offline-fp32=vllm:{args.vllm_dir}",
             "--target", f"vllm-offline-bf16=vllm:{args.vllm_dir}?dtype=bfloat16",

@@ -31,7 +31,7 @@ def example_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def merged_dir(example_dir, tmp_path_factory) -> Path:
-    from moai_export.merge import MergeOptions, merge
+    from moai_export.export.merge import MergeOptions, merge
 
     out = tmp_path_factory.mktemp("merged") / "fp32"
     merge(str(example_dir / "base"), str(example_dir / "adapter"), out, MergeOptions(log=lambda m: None))

@@ -1,4 +1,4 @@
-"""The one reader of server addresses (moai_export.addresses): HOST:PORT with IPv6 in brackets,
+"""The one reader of server addresses (moai_export.core.addresses): HOST:PORT with IPv6 in brackets,
 SCHEME://HOST:PORT, HOST:PORT/MODEL of remote specs, and gRPC targets naming several servers;
 every bad input is an error that says what is wrong and what was expected."""
 
@@ -8,8 +8,15 @@ import re
 
 import pytest
 
-from moai_export.addresses import Endpoint, GrpcTarget, parse_grpc_target, parse_host_port, parse_location, parse_url
-from moai_export.errors import MoaiError
+from moai_export.core.addresses import (
+    Endpoint,
+    GrpcTarget,
+    parse_grpc_target,
+    parse_host_port,
+    parse_location,
+    parse_url,
+)
+from moai_export.core.errors import MoaiError
 
 
 @pytest.mark.parametrize("text, endpoint, shown", [

@@ -8,8 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from moai_export.benchmark.cli import main
 from moai_export.benchmark.workloads import LengthSpec, generate_texts
+from moai_export.commands.bench_cli import main
 from moai_export.evaluation.beir import write_beir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -43,8 +43,8 @@ def invoke(*args):
 
 
 def assert_png(path):
-    from PIL import Image
     import matplotlib.image
+    from PIL import Image
 
     data = path.read_bytes()
     assert data.startswith(PNG_SIGNATURE), path
@@ -136,9 +136,9 @@ def test_parity_run_table_and_plot(merged_dir, onnx_dir, dataset, tmp_path):
 
 def test_interrupted_run_writes_what_it_has(merged_dir, tmp_path):
     """Ctrl-C after the first cells: the report is written, marked, and the exit code is 130."""
-    from moai_export.benchmark import cli
     from moai_export.benchmark.throughput import ThroughputSettings, run_throughput
     from moai_export.benchmark.workloads import Workload
+    from moai_export.commands import bench_cli as cli
 
     rows: list[dict] = []
 
@@ -182,8 +182,8 @@ def test_missing_qrels_is_named(dataset, tmp_path):
 
 
 def test_generated_lengths_are_what_they_say(merged_dir):
-    from moai_export.model_dir import read_contract
-    from moai_export.inputs import ContractTokenizer
+    from moai_export.model_files.contract_tokenizer import ContractTokenizer
+    from moai_export.model_files.model_contract import read_contract
 
     tokenizer = ContractTokenizer.from_dir(merged_dir, read_contract(merged_dir))
     texts, measured = generate_texts(LengthSpec.parse("64"), 12, tokenizer, seed=3)

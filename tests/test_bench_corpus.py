@@ -6,8 +6,8 @@ import json
 
 from click.testing import CliRunner
 
-from moai_export.benchmark.cli import main
 from moai_export.benchmark.corpus import flops_per_token, model_config_for
+from moai_export.commands.bench_cli import main
 from moai_export.evaluation.beir import write_beir
 
 

@@ -12,9 +12,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from moai_export.benchmark.cli import main as bench_main
-from moai_export.cli import main
-from moai_export.cli_base import LibraryDefaultOption
+from moai_export.commands.base import LibraryDefaultOption
+from moai_export.commands.bench_cli import main as bench_main
+from moai_export.commands.export_cli import main
 
 # Defaults that belong to the command line alone, (command, option) -> why: the library takes no
 # such setting, or the command differs from the library on purpose.
@@ -70,18 +70,18 @@ def test_library_defaults_resolve_and_help_shows_them():
 # must reach the library as the library's own default. (command line, the call, settings given)
 CALLS = [
     (["example", "--out", "{tmp}/o"], "moai_export.example.build_example", {"out"}),
-    (["merge", "--base", "b", "--adapter", "a", "--out", "{tmp}/o"], "moai_export.merge.merge",
+    (["merge", "--base", "b", "--adapter", "a", "--out", "{tmp}/o"], "moai_export.export.merge.merge",
      {"base", "adapter", "out"}),
     (["onnx", "{tmp}", "--out", "{tmp}/o"], "moai_export.export.onnx.export_onnx", {"source", "out"}),
     (["triton", "{tmp}"], "moai_export.export.triton.write_repository", {"artifact", "repo"}),
     (["vllm", "{tmp}", "--out", "{tmp}/o"], "moai_export.export.vllm.export_vllm", {"source", "out"}),
     (["train", "--base", "b", "--train", "{tmp}/t.jsonl", "--out", "{tmp}/o", "--eval-split", "0.1"],
      "moai_export.train.train", {"base", "train", "out", "eval_split"}),
-    (["demo"], "moai_export.demo.run_demo", {"out"}),
+    (["demo"], "moai_export.commands.demo.run_demo", {"out"}),
     (["gateway", "--triton", "grpc://127.0.0.1:8001", "--model", "m"], "moai_export.gateway.server.serve",
      {"triton", "model"}),
 ]
-RETURNS = {"moai_export.example.build_example": {"losses": [1.0]}, "moai_export.demo.run_demo": ""}
+RETURNS = {"moai_export.example.build_example": {"losses": [1.0]}, "moai_export.commands.demo.run_demo": ""}
 
 
 def _capture(monkeypatch, target: str) -> tuple[list, inspect.Signature]:
@@ -136,7 +136,7 @@ def test_a_command_passes_the_librarys_defaults(argv, target, given, tmp_path, m
 def test_throughput_passes_the_settings_defaults(tmp_path, monkeypatch):
     from moai_export.benchmark.throughput import ThroughputSettings
 
-    calls, _ = _capture(monkeypatch, "moai_export.benchmark.cli._run")
+    calls, _ = _capture(monkeypatch, "moai_export.commands.bench_cli._run")
     result = CliRunner().invoke(bench_main, ["throughput", "--target", "x", "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert calls[0]["settings"] == ThroughputSettings().to_dict()

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from moai_export.contract import QWEN3_QUERY_PROMPT, EmbeddingContract
-from moai_export.model_dir import read_contract
-from moai_export.errors import MoaiError
-from moai_export.sentence_transformers_format import derive_contract
+from moai_export.core.contract import QWEN3_QUERY_PROMPT, EmbeddingContract
+from moai_export.core.errors import MoaiError
+from moai_export.model_files.model_contract import read_contract
+from moai_export.model_files.sentence_transformers_format import derive_contract
 
 
 def test_example_base_contract_is_moai(example_dir):

@@ -4,7 +4,7 @@ Every `moai-export` / `moai-bench` command line the project's Markdown files and
 own --help texts show (code blocks, inline code, help examples) names a subcommand that exists
 and only options that subcommand has; every script shown (`bench/*.py`, `serve/*/*.sh`,
 `train/*.sh`) exists and takes the flags shown; README.md holds the one table of exit codes,
-equal to `moai_export.cli_base`'s constants, and no doc or help text claims another code for a
+equal to `moai_export.commands.base`'s constants, and no doc or help text claims another code for a
 failed gate. Placeholders (DIR, BASE+ADAPTER, ...) are never checked; `[--x]` optional parts and
 `a|b` alternatives are checked one by one.
 """
@@ -22,14 +22,14 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
-from moai_export import cli_base
-from moai_export.benchmark.cli import main as bench_main
-from moai_export.cli import main as export_main
+from moai_export.commands import base as cli_base
+from moai_export.commands.bench_cli import main as bench_main
+from moai_export.commands.export_cli import main as export_main
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS: dict[str, click.Group] = {"moai-export": export_main, "moai-bench": bench_main}
 # `python -m MODULE ...` that is one of the programs above (torchrun runs training this way)
-MODULE_PROGRAMS = {"moai_export.train": ("moai-export", "train"), "moai_export.cli": ("moai-export", None)}
+MODULE_PROGRAMS = {"moai_export.train": ("moai-export", "train"), "moai_export.commands.export_cli": ("moai-export", None)}
 # The files the docs test must find commands in (the rest is found by walking the tree).
 REQUIRED_DOCS = ("README.md", "bench/README.md", "serve/triton/README.md", "serve/vllm/README.md",
                  "serve/gateway/README.md")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from moai_export.core.errors import MoaiError
 from moai_export.embedders.peft_reference import PeftEmbedder
 from moai_export.embedders.sentence_transformers import SentenceTransformerEmbedder
 from moai_export.embedders.torch_model import TorchEmbedder
-from moai_export.errors import MoaiError
-from moai_export.parity import cosine_rows
-from moai_export.probes import long_text
+from moai_export.gates.parity import cosine_rows
+from moai_export.gates.probes import long_text
 
 TEXTS = [
     "BC카드 연회비는 어떻게 되나요?",
@@ -108,7 +108,7 @@ def test_matryoshka_dims_are_the_renormalized_prefix(merged_dir, merged):
 
 def test_token_budget_policy_restores_order_and_matches_fixed_batches(merged):
     """Length-sorted batches under a token budget: the same vectors, in input order."""
-    from moai_export.batching import FixedCount, TokenBudget, padded_tokens
+    from moai_export.core.batching import FixedCount, TokenBudget, padded_tokens
 
     texts = [TEXTS[i % len(TEXTS)] + f" {i}" for i in range(11)]
     fixed = merged.encode(texts, "document", batch_size=4)

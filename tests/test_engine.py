@@ -13,13 +13,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from moai_export.batching import TokenBudget
-from moai_export.cli import main
+from moai_export.commands.export_cli import main
+from moai_export.core.batching import TokenBudget
+from moai_export.core.errors import MoaiError
 from moai_export.embedders import load_embedder
 from moai_export.engine.attention import resolve_backend
 from moai_export.engine.packing import pack, token_bucket, unpad
-from moai_export.errors import MoaiError
-from moai_export.probes import long_text
+from moai_export.gates.probes import long_text
 
 # Mixed lengths: one-word queries next to texts cut at max tokens.
 TEXTS = ["짧은 질문", "BC카드 연회비는 어떻게 되나요? " * 8, long_text(1024), "a", "retrieval " * 50,

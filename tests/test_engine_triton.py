@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from moai_export.admission import read_manifest
+from moai_export.artifacts.admission import read_manifest
+from moai_export.core.errors import MoaiError, VerificationFailed
 from moai_export.embedders import load_embedder
-from moai_export.errors import MoaiError, VerificationFailed
 from moai_export.export.triton import TritonOptions, encoder_config, write_repository
-from moai_export.serving.triton_server import runtime_venv
+from moai_export.launchers.triton_server import runtime_venv
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI") and not list(runtime_venv().glob("lib/python3*/site-packages/pytriton/tritonserver")),

@@ -8,17 +8,27 @@ import math
 import numpy as np
 import pytest
 
-from moai_export.evaluation.retrieval_metrics import (
-    METRICS, accuracy_at_k, evaluate, map_at_k, mrr_at_k, ndcg_at_k, rank, recall_at_k, similarity_scores,
-)
+from moai_export.core.errors import MoaiError
 from moai_export.evaluation.beir import load_beir, write_beir
-from moai_export.errors import MoaiError
+from moai_export.evaluation.retrieval_metrics import (
+    METRICS,
+    accuracy_at_k,
+    evaluate,
+    map_at_k,
+    mrr_at_k,
+    ndcg_at_k,
+    rank,
+    recall_at_k,
+    similarity_scores,
+)
 
 ST_KS = dict(mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 10], precision_recall_at_k=[1, 10], map_at_k=[10])
 
 
 def st_evaluator(queries: dict, corpus: dict, relevant: dict):
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator,
+    )
 
     return InformationRetrievalEvaluator(queries=queries, corpus=corpus, relevant_docs=relevant, write_csv=False,
                                          batch_size=16, **ST_KS)

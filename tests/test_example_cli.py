@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from moai_export.admission import sha256_file
-from moai_export.cli import main
+from moai_export.artifacts.admission import sha256_file
+from moai_export.commands.export_cli import main
 
 
 def test_example_follows_moai_recipe(example_dir):

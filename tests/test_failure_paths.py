@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from moai_export.artifacts import atomic_output_dir, remove_leftovers
-from moai_export.cli import main
-from moai_export.errors import MoaiError
+from moai_export.artifacts.directories import atomic_output_dir, remove_leftovers
+from moai_export.commands.export_cli import main
+from moai_export.core.errors import MoaiError
 
 
 def _mount_tmpfs(path: Path, size: str, read_only: bool) -> bool:
@@ -116,7 +116,7 @@ def test_a_real_sigkill_during_merge_is_cleaned_by_the_next_run(example_dir, tmp
     import time
 
     out = tmp_path / "merged"
-    command = [sys.executable, "-m", "moai_export.cli", "merge", "--base", str(example_dir / "base"),
+    command = [sys.executable, "-m", "moai_export.commands.export_cli", "merge", "--base", str(example_dir / "base"),
                "--adapter", str(example_dir / "adapter"), "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -134,7 +134,11 @@ def test_a_real_sigkill_during_merge_is_cleaned_by_the_next_run(example_dir, tmp
 def test_exit_codes_mean_one_thing(example_dir, tmp_path):
     usage = CliRunner().invoke(main, ["onnx", str(tmp_path), "--out", str(tmp_path / "o"), "--precision", "fp23"])
     assert usage.exit_code == 2  # click's usage error
-    from moai_export.cli_base import EXIT_ERROR, EXIT_USAGE, EXIT_VERIFICATION_FAILED
+    from moai_export.commands.base import (
+        EXIT_ERROR,
+        EXIT_USAGE,
+        EXIT_VERIFICATION_FAILED,
+    )
 
     assert (EXIT_ERROR, EXIT_USAGE, EXIT_VERIFICATION_FAILED) == (1, 2, 3)
     failed = CliRunner().invoke(main, ["merge", "--base", str(example_dir / "base"), "--adapter",
@@ -149,7 +153,7 @@ def test_verify_json_that_cannot_be_written_fails_before_the_work(filesystem, tm
 
 
 def test_bench_output_that_cannot_be_written_fails_before_loading(filesystem, merged_dir):
-    from moai_export.benchmark.cli import main as bench
+    from moai_export.commands.bench_cli import main as bench
 
     out = filesystem("read-only") / "bench"
     result = CliRunner().invoke(bench, ["parity", "--reference", f"torch:{merged_dir}", "--target",

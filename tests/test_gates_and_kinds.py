@@ -10,13 +10,19 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from moai_export.admission import (NotAdmitted, ServingConfig, admission_entry, record_admission,
-                                   require_admitted, shipped_files)
-from moai_export.artifacts import MANIFEST_FILE, write_manifest
-from moai_export.cli import main
-from moai_export.errors import MoaiError
-from moai_export.gates import GATES, gate_for
-from moai_export.kinds import KINDS, parse_spec
+from moai_export.artifacts.admission import (
+    NotAdmitted,
+    ServingConfig,
+    admission_entry,
+    record_admission,
+    require_admitted,
+    shipped_files,
+)
+from moai_export.artifacts.directories import MANIFEST_FILE, write_manifest
+from moai_export.artifacts.kinds import KINDS, parse_spec
+from moai_export.commands.export_cli import main
+from moai_export.core.errors import MoaiError
+from moai_export.gates.table import GATES, gate_for
 
 
 def test_an_override_replaces_only_its_own_number():
@@ -116,11 +122,11 @@ def test_verify_refuses_a_missing_artifact_before_loading_the_reference(tmp_path
 
 
 @pytest.mark.parametrize("module, must_not_load", [
-    ("moai_export.contract", "moai_export.sentence_transformers_format"),
-    ("moai_export.benchmark.cli", "moai_export.cli"),
+    ("moai_export.core.contract", "moai_export.model_files.sentence_transformers_format"),
+    ("moai_export.commands.bench_cli", "moai_export.commands.export_cli"),
     ("moai_export.embedders.vllm", "moai_export.export.vllm"),
-    ("moai_export.admission", "numpy"),  # the launchers use it without the toolkit's stack
-    ("moai_export.kinds", "torch"),
+    ("moai_export.artifacts.admission", "numpy"),  # the launchers use it without the toolkit's stack
+    ("moai_export.artifacts.kinds", "torch"),
 ])
 def test_no_import_cycles_and_light_modules_stay_light(module, must_not_load):
     code = f"import sys, {module}; print({must_not_load!r} in sys.modules)"

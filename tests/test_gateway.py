@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from moai_export.cli import main
+from moai_export.commands.export_cli import main
 from moai_export.embedders import load_embedder
+from moai_export.gates.parity import cosine_rows
+from moai_export.gates.probes import long_text
 from moai_export.gateway.config import load_api_keys
-from moai_export.parity import cosine_rows
-from moai_export.probes import long_text
-from moai_export.serving.triton_server import TritonServer, free_ports, runtime_venv
+from moai_export.launchers.triton_server import TritonServer, free_ports, runtime_venv
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI") and not list(runtime_venv().glob("lib/python3*/site-packages/pytriton/tritonserver")),
@@ -63,7 +63,7 @@ def gateway(triton, repo, tmp_path_factory):
     (port,) = free_ports(1)
     log = tmp_path_factory.mktemp("gw") / "gateway.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "moai_export.cli", "gateway", "--triton", f"grpc://{triton.grpc_url}",
+        [sys.executable, "-m", "moai_export.commands.export_cli", "gateway", "--triton", f"grpc://{triton.grpc_url}",
          "--model", MODEL, "--port", str(port), "--max-texts", "16",
          "--max-chars", "20000", "--max-body-bytes", "200000", "--timeout", "5"],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT,
@@ -218,7 +218,7 @@ def test_body_size_json_and_routes(gateway):
 def test_empty_text_is_an_error_in_every_variant(gateway, triton, reference):
     """One policy: the in-process Embedder, the Triton ensemble and the gateway all refuse ""
     (naming its position) instead of embedding the end token alone."""
-    from moai_export.errors import MoaiError
+    from moai_export.core.errors import MoaiError
 
     url, _ = gateway
     with pytest.raises(MoaiError, match="text 1 is empty"):

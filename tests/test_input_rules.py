@@ -1,4 +1,4 @@
-"""One reader of the input rules (moai_export.input_rules) and its three answer shapes: an
+"""One reader of the input rules (moai_export.core.input_rules) and its three answer shapes: an
 Embedder raises InvalidInput (a MoaiError), the gateway answers OpenAI's 400 naming `input[i]`,
 and the Triton tokenizer model, which runs where moai_export is not installed, answers a
 Triton INVALID_ARG error naming `TEXT item i` from the copy written beside it."""
@@ -13,8 +13,8 @@ import types
 import numpy as np
 import pytest
 
-from moai_export.errors import MoaiError
-from moai_export.input_rules import InvalidInput, check_texts
+from moai_export.core.errors import MoaiError
+from moai_export.core.input_rules import InvalidInput, check_texts
 
 
 @pytest.mark.parametrize("texts, reason, index, message", [
@@ -82,7 +82,7 @@ def tokenizer_model(example_dir, tmp_path, monkeypatch):
     with stand-ins for the stub's utilities (the real stub: tests/test_triton.py)."""
     from moai_export.export.triton import TritonOptions
     from moai_export.export.triton.files import write_models
-    from moai_export.model_dir import read_contract
+    from moai_export.model_files.model_contract import read_contract
 
     base = example_dir / "base"
     write_models(tmp_path, base, read_contract(base), TritonOptions(), "fp32")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moai_export.model_dir import read_contract
-from moai_export.errors import MoaiError
-from moai_export.inputs import ContractTokenizer
+from moai_export.core.errors import MoaiError
+from moai_export.model_files.contract_tokenizer import ContractTokenizer
+from moai_export.model_files.model_contract import read_contract
 
 EOT = 151643
 KOREAN_IDS = [4897, 129616, 29346, 77353, 61741, 70582, 16560, 130108, 97143, 60315, 35711, 30]

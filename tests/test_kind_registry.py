@@ -12,17 +12,24 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from moai_export.admission import MANIFEST_FILE, NotAdmitted
-from moai_export.errors import MoaiError
-from moai_export.kinds import KINDS, kind_named, load_embedder, parse_spec, registered
+from moai_export.artifacts.admission import MANIFEST_FILE, NotAdmitted
+from moai_export.artifacts.kinds import (
+    KINDS,
+    kind_named,
+    load_embedder,
+    parse_spec,
+    registered,
+)
+from moai_export.core.errors import MoaiError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_new_kind_is_its_module_and_its_entry(example_dir, merged_dir, tmp_path):
-    from moai_export.benchmark.cli import main as bench
-    from moai_export.cli import main as cli
     from toy_kind import KIND
+
+    from moai_export.commands.bench_cli import main as bench
+    from moai_export.commands.export_cli import main as cli
 
     artifact = tmp_path / "merged"
     shutil.copytree(merged_dir, artifact)
@@ -87,8 +94,8 @@ def test_the_readme_kinds_table_is_the_registry():
 
 
 def test_help_texts_name_every_kind():
-    from moai_export.benchmark.cli import TARGET_HELP
-    from moai_export.cli import VERIFY_HELP
+    from moai_export.commands.bench_cli import TARGET_HELP
+    from moai_export.commands.export_cli import VERIFY_HELP
 
     for kind in KINDS:
         assert kind.prefix in VERIFY_HELP and kind.prefix in TARGET_HELP, kind.name

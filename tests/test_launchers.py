@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from moai_export.serving.process import STATE_FILE, group_members
-from moai_export.serving.triton_server import SHM_DIR, free_ports, runtime_venv
-from moai_export.serving.vllm_server import vllm_venv
+from moai_export.launchers.process import STATE_FILE, group_members
+from moai_export.launchers.triton_server import SHM_DIR, free_ports, runtime_venv
+from moai_export.launchers.vllm_server import vllm_venv
 
 ROOT = Path(__file__).resolve().parents[1]
 GRACE = 30.0  # the launchers' stop grace (20 s) plus the leftover sweep
@@ -167,7 +167,7 @@ def test_next_triton_launch_removes_what_a_killed_launcher_left(triton_repo, tmp
 @pytest.fixture(scope="module")
 def vllm_dir(merged_dir, tmp_path_factory):
     from moai_export.export.vllm import write_vllm_dir
-    from moai_export.model_dir import read_contract
+    from moai_export.model_files.model_contract import read_contract
 
     out = tmp_path_factory.mktemp("launch-vllm") / "vllm"
     out.mkdir()
@@ -211,7 +211,7 @@ def test_vllm_launcher_leaves_no_engine_behind(vllm_dir, tmp_path, fault):
 def test_tritonserver_dir_override(monkeypatch, tmp_path):
     """$MOAI_TRITONSERVER_DIR (the wheel installed with pip --target, as on the GPU machine)
     is used as given, and a folder without the server is named in the error."""
-    from moai_export.serving.triton_server import TritonLaunchError, _pytriton_dir
+    from moai_export.launchers.triton_server import TritonLaunchError, _pytriton_dir
 
     monkeypatch.setenv("MOAI_TRITONSERVER_DIR", str(tmp_path))
     with pytest.raises(TritonLaunchError, match=f"MOAI_TRITONSERVER_DIR={tmp_path}: no bin/tritonserver"):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from moai_export.artifacts import MANIFEST_FILE, PARITY_FILE
-from moai_export.verification import PROBES_FILE
-from moai_export.contract import CONTRACT_FILE
-from moai_export.model_dir import read_contract
-from moai_export.errors import VerificationFailed
-from moai_export.merge import MergeOptions, merge
-from moai_export.tokenizer import appended_end_token
+from moai_export.artifacts.directories import MANIFEST_FILE, PARITY_FILE
+from moai_export.core.contract import CONTRACT_FILE
+from moai_export.core.errors import VerificationFailed
+from moai_export.export.merge import MergeOptions, merge
+from moai_export.gates.verification import PROBES_FILE
+from moai_export.model_files.model_contract import read_contract
+from moai_export.model_files.qwen3_tokenizer import appended_end_token
 
 
 def quiet(**kwargs) -> MergeOptions:

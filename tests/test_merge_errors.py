@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from moai_export.cli import main
+from moai_export.commands.export_cli import main
 
 
 def run_merge(base, adapter, out, *extra):
@@ -183,7 +183,7 @@ def test_interrupt_midway_leaves_nothing(example_dir, tmp_path, sig):
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "moai_export.cli", "merge", "--base", str(example_dir / "base"),
+        [sys.executable, "-m", "moai_export.commands.export_cli", "merge", "--base", str(example_dir / "base"),
          "--adapter", str(example_dir / "adapter"), "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
     )

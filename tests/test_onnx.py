@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from moai_export.cli import main
+from moai_export.commands.export_cli import main
+from moai_export.core.errors import MoaiError, VerificationFailed
 from moai_export.embedders.onnx_runtime import OnnxEmbedder
 from moai_export.embedders.peft_reference import PeftEmbedder
 from moai_export.embedders.torch_model import TorchEmbedder
-from moai_export.errors import MoaiError, VerificationFailed
 from moai_export.export import onnx as onnx_export
 from moai_export.export.onnx import OnnxOptions, export_onnx
-from moai_export.gates import GateOverrides, gate_for
-from moai_export.parity import cosine_rows
+from moai_export.gates.parity import cosine_rows
+from moai_export.gates.table import GateOverrides, gate_for
 
 TEXTS = ["BC카드 연회비는 어떻게 되나요?", "a", "해외 결제 수수료 " * 30, "Credit limit review every six months."]
 

@@ -96,7 +96,7 @@ def cycles(edges: dict[str, dict[str, set[str]]]) -> list[list[str]]:
 def test_no_import_cycle_between_subpackages_and_root_modules():
     edges = package_graph()
     assert "evaluation" in edges.get("train", {}) and "benchmark" not in edges.get("train", {})
-    assert set(edges.get("evaluation", {})) <= {"errors"}  # shared by every layer, so it sits below them
+    assert set(edges.get("evaluation", {})) <= {"core"}  # shared by every layer, so it sits below them
     found = cycles(edges)
     detail = [f"{a} -> {b} ({', '.join(sorted(edges[a][b]))})" for group in found for a in group for b in group
               if b in edges.get(a, {})]
@@ -111,3 +111,32 @@ def test_no_package_imports_another_packages_private_names():
             if _unit(module) != source:
                 private += [f"{path.relative_to(ROOT)}: {'.'.join(module)}.{n}" for n in names if n.startswith("_")]
     assert not private, private
+
+
+# The layers, lowest first: a folder imports only folders of its own layer or below. Same-layer
+# imports are allowed where listed in SAME_LAYER (the engine runs the torch embedder's model).
+LAYERS = (
+    ("core",),  # foundation: errors, contract, input rules, batching, pooling, addresses
+    ("model_files", "evaluation"),  # files on disk; evaluation code and data
+    ("artifacts",),  # artifact directories, manifests, admission, the registry of kinds
+    ("launchers",),  # the servers' launchers (standard library only)
+    ("embedders", "engine"),  # the variants
+    ("gates",),  # parity gates and verification records
+    ("train", "example", "export"),  # the stages that write artifacts
+    ("gateway", "benchmark"),  # serving in front of Triton; measuring every variant
+    ("commands",),  # moai-export, moai-bench, the demo, verify
+)
+SAME_LAYER = {("engine", "embedders"), ("example", "train"), ("export", "train")}
+
+
+def test_the_root_holds_only_layer_folders_and_each_imports_downward():
+    modules = sorted(p.name for p in ROOT.glob("*.py") if p.name != "__init__.py")
+    assert not modules, f"modules at the package root (put each in its layer's folder): {modules}"
+    layer = {unit: level for level, units in enumerate(LAYERS) for unit in units}
+    folders = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set(layer), f"folders without a layer, or layers without a folder: {folders ^ set(layer)}"
+    upward = [f"{source} -> {target} ({', '.join(sorted(files))})"
+              for source, targets in package_graph().items() if source in layer
+              for target, files in targets.items() if target in layer
+              if layer[target] > layer[source] or (layer[target] == layer[source] and (source, target) not in SAME_LAYER)]
+    assert not upward, "imports that run up or across a layer: " + "; ".join(upward)

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from moai_export import pids
-from moai_export.admission import file_record, sha256_file
-from moai_export.artifacts import remove_leftovers, weights_digest
+from moai_export.artifacts.admission import file_record, sha256_file
+from moai_export.artifacts.directories import remove_leftovers, weights_digest
+from moai_export.core import pids
 
 
 @pytest.fixture

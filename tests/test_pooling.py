@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from moai_export.pooling import ContractPooler, pool
+from moai_export.core.pooling import ContractPooler, pool
 
 HIDDEN = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
 

@@ -8,7 +8,7 @@ import json
 import torch
 from click.testing import CliRunner
 
-from moai_export.cli import main
+from moai_export.commands.export_cli import main
 
 
 def make_bert_adapter(minilm, out):

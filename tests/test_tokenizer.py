@@ -9,8 +9,8 @@ import pathlib
 import pytest
 import tokenizers
 
-from moai_export import tokenizer as qt
-from moai_export.errors import MoaiError
+from moai_export.core.errors import MoaiError
+from moai_export.model_files import qwen3_tokenizer as qt
 
 REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared/data/tokenizers/qwen3-embedding"
 needs_reference = pytest.mark.skipif(

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from moai_export.cli import main
-from moai_export.errors import MoaiError
+from moai_export.commands.export_cli import main
+from moai_export.core.errors import MoaiError
 from moai_export.evaluation.finance_triplets import TRIPLETS
 from moai_export.train import TrainOptions, train
 from moai_export.train.data import read_pairs
@@ -108,7 +108,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint_with_bf16_and_checkpoi
 
 def test_recipe_defaults_reach_the_training_arguments(base, tmp_path):
     options = TrainOptions(base=str(base), train=tmp_path / "x.jsonl", out=tmp_path / "run")
-    from moai_export.model_dir import read_contract
+    from moai_export.model_files.model_contract import read_contract
 
     contract = read_contract(base)
     args = training_arguments(options, tmp_path / "c", contract, similarity="cosine")

@@ -16,13 +16,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from moai_export.cli import main
+from moai_export.commands.export_cli import main
+from moai_export.core.errors import MoaiError
 from moai_export.embedders import load_embedder
-from moai_export.errors import MoaiError
 from moai_export.export.triton import TritonOptions, parse_config, write_repository
-from moai_export.parity import cosine_rows
-from moai_export.probes import long_text
-from moai_export.serving.triton_server import TritonLaunchError, TritonServer, free_ports, runtime_venv
+from moai_export.gates.parity import cosine_rows
+from moai_export.gates.probes import long_text
+from moai_export.launchers.triton_server import (
+    TritonLaunchError,
+    TritonServer,
+    free_ports,
+    runtime_venv,
+)
 
 # Skipped only outside CI, where someone ran pytest without `make test`; in CI a missing
 # runtime is a failure, never a silent skip.
@@ -286,7 +291,7 @@ def _damage_query_prompt(tokenizer_dir: Path) -> None:
 
 def test_a_tokenizer_model_that_forgets_the_prompt_fails_the_gate(onnx_dir, tmp_path, monkeypatch):
     """Break it at export: the Triton tokenizer model's contract loses the query instruction."""
-    from moai_export.errors import VerificationFailed
+    from moai_export.core.errors import VerificationFailed
     from moai_export.export.triton import repository as triton_repository
 
     real = triton_repository.write_models
@@ -304,7 +309,7 @@ def test_a_tokenizer_model_that_forgets_the_prompt_fails_the_gate(onnx_dir, tmp_
 def test_unverified_repository_is_refused_until_verify_admits_it(onnx_dir, example_dir, tmp_path):
     repo = tmp_path / "models"
     write_repository(onnx_dir, repo, TritonOptions(verify="none", tensorrt=False), log=lambda m: None)
-    launcher = [sys.executable, "-m", "moai_export.serving.triton_server", "--repo", str(repo),
+    launcher = [sys.executable, "-m", "moai_export.launchers.triton_server", "--repo", str(repo),
                 "--http-port", "1", "--grpc-port", "2", "--metrics-port", "3"]
     refused = subprocess.run(launcher, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "not verified for triton on cpu in fp32, python" in refused.stderr
@@ -318,7 +323,7 @@ def test_unverified_repository_is_refused_until_verify_admits_it(onnx_dir, examp
     results = json.loads((tmp_path / "v.json").read_text())["results"]
     assert [(r["kind"], r["passed"]) for r in results] == [("triton", True), ("triton", False)]
     assert results[0]["admitted"] is True and "admitted" not in results[1]
-    from moai_export.triton_admission import check_repository_admitted
+    from moai_export.artifacts.triton_admission import check_repository_admitted
 
     check_repository_admitted(repo, "moai_embedding")  # the launcher now serves it
 

@@ -1,4 +1,4 @@
-"""The one reader of a Triton model configuration (moai_export.triton_config): a standard-library
+"""The one reader of a Triton model configuration (moai_export.model_files.triton_config): a standard-library
 parser of protobuf's text format, checked against what the protobuf writer of `moai-export
 triton` really writes, and against the JSON form a server answers with."""
 
@@ -10,10 +10,15 @@ import sys
 
 import pytest
 
-from moai_export.contract import EmbeddingContract
-from moai_export.errors import MoaiError
-from moai_export.triton_config import (CONTRACT_PARAMETER, PRECISION_PARAMETER, REPOSITORY_ID_PARAMETER,
-                                       ModelConfigFields, read_model_config)
+from moai_export.core.contract import EmbeddingContract
+from moai_export.core.errors import MoaiError
+from moai_export.model_files.triton_config import (
+    CONTRACT_PARAMETER,
+    PRECISION_PARAMETER,
+    REPOSITORY_ID_PARAMETER,
+    ModelConfigFields,
+    read_model_config,
+)
 
 CONTRACT = EmbeddingContract(pooling="lasttoken", normalize=True, dims=64, max_tokens=512, padding_side="left",
                              pad_token="<|endoftext|>", pad_token_id=7, end_token="<|endoftext|>", end_token_id=7,
@@ -24,7 +29,12 @@ def _written(options=None, contract=CONTRACT):
     """The three configs as the protobuf writer writes them: (text, protobuf message) pairs."""
     from google.protobuf.json_format import MessageToDict
 
-    from moai_export.export.triton import TritonOptions, encoder_config, ensemble_config, tokenizer_config
+    from moai_export.export.triton import (
+        TritonOptions,
+        encoder_config,
+        ensemble_config,
+        tokenizer_config,
+    )
     from moai_export.export.triton.model_configs import to_text
 
     options = options or TritonOptions()
@@ -90,7 +100,7 @@ class Refuse:
         if name.split('.')[0] in ('google', 'tritonclient', 'numpy', 'torch'):
             raise ImportError('not installed: ' + name)
 sys.meta_path.insert(0, Refuse())
-from moai_export.admission import repository_id
+from moai_export.artifacts.admission import repository_id
 print(repository_id({str(tmp_path)!r}))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

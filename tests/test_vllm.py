@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from moai_export.cli import main
+from moai_export.commands.export_cli import main
+from moai_export.core.errors import MoaiError, VerificationFailed
 from moai_export.embedders import load_embedder
-from moai_export.errors import MoaiError, VerificationFailed
 from moai_export.export import vllm as vllm_export
 from moai_export.export.vllm import VllmOptions, export_vllm
-from moai_export.parity import cosine_rows
-from moai_export.probes import long_text
-from moai_export.serving.triton_server import free_ports
-from moai_export.serving.vllm_server import VllmServer, vllm_venv
+from moai_export.gates.parity import cosine_rows
+from moai_export.gates.probes import long_text
+from moai_export.launchers.triton_server import free_ports
+from moai_export.launchers.vllm_server import VllmServer, vllm_venv
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI") and not (vllm_venv() / "bin" / "python").is_file(),
@@ -87,7 +87,7 @@ def test_artifact_pins_pooler_prompts_and_tokenizer(vllm_dir):
 
 
 def _launch(vllm_dir, *args):
-    command = [sys.executable, "-m", "moai_export.serving.vllm_server", str(vllm_dir), "--port", "1", *args]
+    command = [sys.executable, "-m", "moai_export.launchers.vllm_server", str(vllm_dir), "--port", "1", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 

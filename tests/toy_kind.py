@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moai_export.admission import require_admitted
+from moai_export.artifacts.admission import require_admitted
+from moai_export.artifacts.kinds import Kind, Option, kind_named
 from moai_export.embedders.torch_model import TorchEmbedder
-from moai_export.kinds import Kind, Option, kind_named
 
 KIND = Kind("toy", "DIR: a merged directory in transformers, admitted under its own runtime word",
             "toy_kind:from_spec", "torch", options=(Option("device"),), runtime="toy-runtime",

@@ -21,7 +21,7 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
-from ..input_rules import KINDS
+from ..core.input_rules import KINDS
 from .stats import percentile
 
 Send = Callable[[int, str, float], Awaitable[None]]

@@ -16,9 +16,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import MoaiError
+from ..artifacts.kinds import parse_spec
+from ..core.errors import MoaiError
 from ..evaluation.beir import BeirDataset
-from ..kinds import parse_spec
 from .stats import percentile
 from .targets import Target
 from .workloads import length_stats

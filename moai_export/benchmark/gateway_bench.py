@@ -16,11 +16,11 @@ from typing import Callable
 
 import numpy as np
 
+from ..core.input_rules import KINDS
 from ..embedders.triton import ensemble_inputs
-from ..input_rules import KINDS
-from ..serving.gateway_server import GatewayServer
-from ..serving.process import group_members
-from ..serving.triton_server import TritonServer, free_ports
+from ..launchers.gateway_server import GatewayServer
+from ..launchers.process import group_members
+from ..launchers.triton_server import TritonServer, free_ports
 from .async_load import Outcome, Recorder, Send
 from .process_memory import rss_mb
 
@@ -36,8 +36,8 @@ def build_onnx_artifact(work: Path, log: Callable[[str], None] = log) -> Path:
     """The `small` example (4 layers, hidden 256), merged and exported to fp32 ONNX under `work`
     (each stage skipped when its output is there already)."""
     from ..example import build_example
+    from ..export.merge import MergeOptions, merge
     from ..export.onnx import OnnxOptions, export_onnx
-    from ..merge import MergeOptions, merge
 
     onnx_dir = work / "onnx-fp32"
     if (onnx_dir / "model.onnx").is_file():

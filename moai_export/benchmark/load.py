@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from ..errors import MoaiError
+from ..core.errors import MoaiError
 from .stats import Sample
 
 MAX_ERROR_MESSAGES = 5

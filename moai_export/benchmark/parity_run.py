@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from ..artifacts.kinds import parse_spec
 from ..evaluation.beir import BeirDataset
-from ..gates import GateOverrides
-from ..kinds import parse_spec
-from ..parity import ReferenceFigures
+from ..gates.parity import ReferenceFigures
+from ..gates.table import GateOverrides
 from .retrieval import encode_all, vector_parity
 from .targets import Target
 

@@ -8,7 +8,8 @@ from typing import Sequence
 import matplotlib.ticker
 import numpy as np
 
-from ..evaluation.plotting import panel_grid, pyplot as plt, save_figure
+from ..evaluation.plotting import panel_grid, save_figure
+from ..evaluation.plotting import pyplot as plt
 
 PCTS = ("p50", "p90", "p95", "p99", "max")
 

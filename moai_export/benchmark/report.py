@@ -9,9 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..evaluation.retrieval_metrics import METRICS, PRIMARY
 from . import plots
 from .result_json import write_json
-from ..evaluation.retrieval_metrics import METRICS, PRIMARY
 
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.md"

@@ -10,8 +10,15 @@ import numpy as np
 from tqdm import tqdm
 
 from ..evaluation.beir import BeirDataset
-from ..evaluation.retrieval_metrics import MAX_K, METRICS, PRIMARY, evaluate, rank, similarity_scores
-from ..parity import cosine_rows, rank_agreement
+from ..evaluation.retrieval_metrics import (
+    MAX_K,
+    METRICS,
+    PRIMARY,
+    evaluate,
+    rank,
+    similarity_scores,
+)
+from ..gates.parity import cosine_rows, rank_agreement
 from .targets import Target
 from .workloads import length_stats
 
@@ -90,7 +97,7 @@ def dimension_sweep(queries: np.ndarray, documents: np.ndarray, dimensions: Sequ
                     corpus_ids, qids, relevant, domains) -> list[dict]:
     """Metrics of the same vectors cut to each Matryoshka width (the first k components,
     renormalized: what `dims=k` / the gateway's `dimensions` return), one encoding for all."""
-    from ..contract import truncate_dimensions
+    from ..core.contract import truncate_dimensions
 
     sweep = []
     for dims in dimensions:

@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..core.errors import MoaiError
 from ..embedders import load_embedder
 from ..embedders.base import Embedder
-from ..errors import MoaiError
-from ..inputs import ContractTokenizer
+from ..model_files.contract_tokenizer import ContractTokenizer
 
 _LABEL = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
 

@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from ..core.errors import MoaiError
 from ..embedders.base import Embedder
-from ..errors import MoaiError
 from .load import Bounds, Clock, RequestStream, closed_loop, open_loop, warm_up
 from .stats import summarize
 from .targets import Target

@@ -14,11 +14,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import MoaiError
+from ..core.errors import MoaiError
 from ..evaluation.beir import BeirDataset
 from ..evaluation.finance_triplets import TRIPLETS
-from ..inputs import ContractTokenizer
-from ..probes import probe_set
+from ..gates.probes import probe_set
+from ..model_files.contract_tokenizer import ContractTokenizer
 
 
 @dataclass

@@ -19,10 +19,15 @@ from typing import Sequence
 
 import numpy as np
 
-from ..batching import BatchPolicy, FixedCount
-from ..contract import EmbeddingContract, check_dimensions, check_kind, truncate_dimensions
-from ..errors import MoaiError
-from ..input_rules import check_texts
+from ..core.batching import BatchPolicy, FixedCount
+from ..core.contract import (
+    EmbeddingContract,
+    check_dimensions,
+    check_kind,
+    truncate_dimensions,
+)
+from ..core.errors import MoaiError
+from ..core.input_rules import check_texts
 
 
 def check_vectors(vectors: np.ndarray, expected: tuple[int, int], name: str) -> np.ndarray:

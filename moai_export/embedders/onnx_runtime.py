@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model_dir import read_contract
-from ..errors import MoaiError
-from ..inputs import ContractTokenizer
+from ..core.errors import MoaiError
+from ..model_files.contract_tokenizer import ContractTokenizer
+from ..model_files.model_contract import read_contract
 from .base import TokenEmbedder
 
 ONNX_FILE = "model.onnx"
@@ -42,8 +42,8 @@ class OnnxEmbedder(TokenEmbedder):
     ):
         import onnxruntime as ort
 
-        from ..admission import require_admitted
-        from ..kinds import kind_named
+        from ..artifacts.admission import require_admitted
+        from ..artifacts.kinds import kind_named
 
         directory = Path(directory)
         if provider in PROVIDERS:
@@ -98,13 +98,13 @@ def _check_signature(session, path: Path, dims: int) -> None:
 
 
 def onnx_precision(directory: Path) -> str:
-    from ..admission import read_manifest
+    from ..artifacts.admission import read_manifest
 
     return ((read_manifest(directory) or {}).get("options", {}).get("precision")) or "fp32"
 
 
 def serving_config(directory: Path, provider: str):
-    from ..kinds import kind_named
+    from ..artifacts.kinds import kind_named
 
     return kind_named("onnx").serving_config(PROVIDER_DEVICES.get(provider, provider), onnx_precision(directory),
                                              provider)

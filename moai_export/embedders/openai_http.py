@@ -16,9 +16,9 @@ import threading
 
 import numpy as np
 
-from ..addresses import parse_location
-from ..contract import EmbeddingContract
-from ..errors import MoaiError
+from ..core.addresses import parse_location
+from ..core.contract import EmbeddingContract
+from ..core.errors import MoaiError
 from .base import TextEmbedder
 
 API_KEY_ENV = "MOAI_GATEWAY_API_KEY"

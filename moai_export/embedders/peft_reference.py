@@ -6,10 +6,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..adapter import AdapterInfo, load_adapter, read_adapter
-from ..contract import EmbeddingContract
-from ..model_dir import read_contract
-from ..inputs import ContractTokenizer
+from ..core.contract import EmbeddingContract
+from ..model_files.contract_tokenizer import ContractTokenizer
+from ..model_files.lora_adapter import AdapterInfo, load_adapter, read_adapter
+from ..model_files.model_contract import read_contract
 from .torch_model import ContractEncoder, TorchEmbedder, load_backbone
 
 
@@ -67,8 +67,8 @@ class PeftEmbedder(TorchEmbedder):
 
 def from_spec(location: str, *, name: str, device: str = "cpu", dims: int | None = None) -> PeftEmbedder:
     """BASE+ADAPTER, each a local directory or a hub id."""
-    from ..errors import MoaiError
-    from ..sources import resolve_model_dir
+    from ..core.errors import MoaiError
+    from ..model_files.sources import resolve_model_dir
 
     base, sep, adapter = location.partition("+")
     if not sep or not base or not adapter:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model_dir import read_contract
+from ..model_files.model_contract import read_contract
 from .base import Embedder
 
 
@@ -19,8 +19,8 @@ class SentenceTransformerEmbedder(Embedder):
                  admission: str = "require"):
         from sentence_transformers import SentenceTransformer
 
-        from ..admission import require_admitted
-        from ..kinds import kind_named
+        from ..artifacts.admission import require_admitted
+        from ..artifacts.kinds import kind_named
         from .torch_model import check_device, manifest_dtype
 
         super().__init__(read_contract(Path(directory)), dims=dims)

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contract import EmbeddingContract
-from ..model_dir import read_contract
-from ..errors import MoaiError
-from ..inputs import ContractTokenizer
-from ..pooling import ContractPooler
+from ..core.contract import EmbeddingContract
+from ..core.errors import MoaiError
+from ..core.pooling import ContractPooler
+from ..model_files.contract_tokenizer import ContractTokenizer
+from ..model_files.model_contract import read_contract
 from .base import TokenEmbedder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,9 +80,9 @@ class TorchEmbedder(TokenEmbedder):
     def from_dir(cls, directory: Path, *, dtype: str = "fp32", device: str = "cpu", name: str | None = None,
                  dims: int | None = None, repair_tokenizer: bool = False, admission: str = "require"):
         """A merged (or any sentence-transformers) model directory. `repair_tokenizer` only for
-        a source directory (see ContractTokenizer); `admission`: see moai_export.admission."""
-        from ..admission import require_admitted
-        from ..kinds import kind_named
+        a source directory (see ContractTokenizer); `admission`: see moai_export.artifacts.admission."""
+        from ..artifacts.admission import require_admitted
+        from ..artifacts.kinds import kind_named
 
         directory = Path(directory)
         if dtype not in DTYPES:
@@ -118,7 +118,7 @@ class TorchEmbedder(TokenEmbedder):
 
 def manifest_dtype(directory: Path) -> str:
     """The dtype a gated directory was saved (and verified) in; fp32 for anything else."""
-    from ..admission import read_manifest
+    from ..artifacts.admission import read_manifest
 
     manifest = read_manifest(directory) or {}
     return manifest.get("options", {}).get("dtype") or "fp32"

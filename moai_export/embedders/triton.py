@@ -10,16 +10,21 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from pathlib import Path
-
-from ..addresses import parse_location
-from ..contract import EmbeddingContract
-from ..errors import MoaiError
-from ..triton_config import (CONFIG_FILE, CONTRACT_PARAMETER, PRECISION_PARAMETER, REPOSITORY_ID_PARAMETER,
-                             ModelConfigFields, read_model_config)
+from ..core.addresses import parse_location
+from ..core.contract import EmbeddingContract
+from ..core.errors import MoaiError
+from ..model_files.triton_config import (
+    CONFIG_FILE,
+    CONTRACT_PARAMETER,
+    PRECISION_PARAMETER,
+    REPOSITORY_ID_PARAMETER,
+    ModelConfigFields,
+    read_model_config,
+)
 from .base import TextEmbedder
 
 PROTOCOLS = ("http", "grpc")
@@ -168,12 +173,12 @@ class TritonRepositoryEmbedder(TritonEmbedder):
     def __init__(self, repository: Path, model: str | None = None, *, name: str | None = None,
                  dims: int | None = None, start_timeout: float = 180.0, log_path: Path | None = None,
                  admission: str = "require"):
-        from ..serving.process import LaunchError
-        from ..serving.triton_server import TritonServer, free_ports
+        from ..launchers.process import LaunchError
+        from ..launchers.triton_server import TritonServer, free_ports
 
         repository = Path(repository)
         model = model or ensemble_name(repository)
-        from ..triton_admission import check_repository_admitted
+        from ..artifacts.triton_admission import check_repository_admitted
 
         check_repository_admitted(repository, model, mode=admission)
         http, grpc, metrics = free_ports(3)
@@ -189,7 +194,7 @@ class TritonRepositoryEmbedder(TritonEmbedder):
         except BaseException:
             self.server.stop()
             raise
-        from ..triton_admission import recorded_repository_config
+        from ..artifacts.triton_admission import recorded_repository_config
 
         self.serving = recorded_repository_config(repository / model, self.precision)
         self.artifact_dir = repository / model
@@ -225,8 +230,8 @@ def _remote(location: str, protocol: str, name: str, options: dict) -> TritonEmb
     repository = options.pop("repository", None)
     embedder = TritonEmbedder(address, model, protocol=protocol, name=name, **options)
     if repository:
-        from ..admission import repository_id
-        from ..triton_admission import recorded_repository_config
+        from ..artifacts.admission import repository_id
+        from ..artifacts.triton_admission import recorded_repository_config
 
         ensemble_dir = Path(repository) / model
         served_here = (ensemble_dir / CONFIG_FILE).is_file() and embedder.repository_id == repository_id(ensemble_dir)

@@ -14,11 +14,11 @@ import json
 
 import numpy as np
 
-from ..addresses import parse_host_port
-from ..batching import FixedCount
-from ..contract import EmbeddingContract
-from ..errors import MoaiError
-from ..inputs import ContractTokenizer
+from ..core.addresses import parse_host_port
+from ..core.batching import FixedCount
+from ..core.contract import EmbeddingContract
+from ..core.errors import MoaiError
+from ..model_files.contract_tokenizer import ContractTokenizer
 from .base import TokenEmbedder
 
 INPUTS = ("input_ids", "attention_mask")

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..addresses import parse_location
-from ..contract import EmbeddingContract
-from ..errors import MoaiError
-from ..inputs import ContractTokenizer
-from ..model_dir import read_contract
-from ..serving.vllm_server import SERVE_FILE, VllmServer, vllm_venv
+from ..core.addresses import parse_location
+from ..core.contract import EmbeddingContract
+from ..core.errors import MoaiError
+from ..launchers.vllm_server import SERVE_FILE, VllmServer, vllm_venv
+from ..model_files.contract_tokenizer import ContractTokenizer
+from ..model_files.model_contract import read_contract
 from .base import TextEmbedder, TokenEmbedder
 
 WORKER = Path(__file__).resolve().parents[1] / "serving" / "vllm_worker.py"
@@ -49,10 +49,10 @@ class VllmOfflineEmbedder(TokenEmbedder):
     def __init__(self, directory: Path, *, dtype: str = "float32", start_timeout: float = 300.0,
                  log_path: Path | None = None, name: str | None = None, dims: int | None = None,
                  admission: str = "require"):
-        from ..admission import require_admitted
-        from ..batching import FixedCount
-        from ..kinds import kind_named
-        from ..serving.vllm_server import VLLM_DTYPES
+        from ..artifacts.admission import require_admitted
+        from ..artifacts.kinds import kind_named
+        from ..core.batching import FixedCount
+        from ..launchers.vllm_server import VLLM_DTYPES
 
         directory = Path(directory)
         kind = kind_named("vllm-offline")
@@ -197,11 +197,9 @@ class VllmServedEmbedder(VllmHttpEmbedder):
     def __init__(self, directory: Path, *, device: str | None = None, dtype: str | None = None,
                  start_timeout: float = 400.0, log_path: Path | None = None, name: str | None = None,
                  dims: int | None = None, admission: str = "require"):
-        from ..admission import require_admitted
-        from ..kinds import kind_named
-        from ..serving.process import free_ports
-
-        from ..serving.process import LaunchError
+        from ..artifacts.admission import require_admitted
+        from ..artifacts.kinds import kind_named
+        from ..launchers.process import LaunchError, free_ports
 
         directory = Path(directory)
         self.server = VllmServer(directory, port=free_ports(1)[0], dtype=dtype, device=device, log_path=log_path)
@@ -251,6 +249,6 @@ def gate_precision(weights_dtype: str, compute_dtype: str) -> str:
 
 
 def _gate_precision(directory: Path, compute_dtype: str) -> str:
-    from ..admission import read_manifest
+    from ..artifacts.admission import read_manifest
 
     return gate_precision(((read_manifest(directory) or {}).get("options") or {}).get("dtype", "fp32"), compute_dtype)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import MoaiError
+from ..core.errors import MoaiError
 
 BACKENDS = ("auto", "varlen", "flex", "sdpa", "masked")
 

@@ -20,13 +20,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..batching import TokenBudget
-from ..contract import EmbeddingContract
+from ..core.batching import TokenBudget
+from ..core.contract import EmbeddingContract
+from ..core.errors import MoaiError
 from ..embedders.base import TokenEmbedder, check_vectors
 from ..embedders.torch_model import DTYPES, check_device, load_backbone
-from ..errors import MoaiError
-from ..inputs import ContractTokenizer
-from ..model_dir import read_contract
+from ..model_files.contract_tokenizer import ContractTokenizer
+from ..model_files.model_contract import read_contract
 from .attention import resolve_backend
 from .model import PackedQwen3, pool_packed
 from .packing import PackedBatch, pack, unpad
@@ -215,7 +215,7 @@ class EngineEmbedder(TokenEmbedder):
     @classmethod
     def from_dir(cls, directory: Path, options: EngineOptions, *, name: str | None = None,
                  dims: int | None = None, admission: str = "require") -> "EngineEmbedder":
-        from ..admission import require_admitted
+        from ..artifacts.admission import require_admitted
 
         directory = Path(directory)
         options = options.check()
@@ -232,7 +232,7 @@ class EngineEmbedder(TokenEmbedder):
 
 def engine_spec(directory: Path, options: EngineOptions) -> str:
     """The spec that loads (and `moai-export verify` admits) exactly this configuration."""
-    from ..kinds import kind_named
+    from ..artifacts.kinds import kind_named
 
     compiled = {"compile": True, "cuda_graphs": options.cuda_graphs} if options.compile else {}
     return kind_named("engine").format_spec(directory, device=options.device, dtype=options.dtype,
@@ -243,7 +243,7 @@ def serving_config(options: EngineOptions):
     """What a gate admits and a load must match: device, dtype and HOW it runs (the attention
     kernel, compiled, CUDA graphs): eager sdpa and compiled masked attention are different code,
     and a pass of one must not admit the other."""
-    from ..kinds import kind_named
+    from ..artifacts.kinds import kind_named
 
     backend = resolve_backend(options.attention, options.device, DTYPES[options.dtype], compiled=options.compile)
     on_gpu = options.device.startswith("cuda")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import MoaiError
+from ..core.errors import MoaiError
 from .attention import ATTENTION, Packing, check_varlen_scale, document_block_mask
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import MoaiError
+from ..core.errors import MoaiError
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
 QRELS_CANDIDATES = ("qrels.tsv", "qrels/test.tsv")

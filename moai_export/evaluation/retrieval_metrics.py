@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import MoaiError
+from ..core.errors import MoaiError
 
 PRIMARY = "ndcg@10"
 METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "accuracy@1", "map@10")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..artifacts import atomic_output_dir, write_manifest
+from ..artifacts.directories import atomic_output_dir, write_manifest
 from .base_model import SIZES, build_base
 from .train import train_adapter
 

@@ -21,24 +21,24 @@ import logging
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..artifacts import atomic_output_dir, check_target, size_of
-from ..contract import EmbeddingContract
+from ..artifacts.directories import atomic_output_dir, check_target, size_of
+from ..core.contract import EmbeddingContract
+from ..core.errors import MoaiError
 from ..embedders.base import Embedder
 from ..embedders.onnx_runtime import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, OnnxEmbedder
 from ..embedders.torch_model import ContractEncoder, load_backbone
-from ..errors import MoaiError
-from ..gates import GateOverrides
-from ..inputs import ContractTokenizer, write_tokenizer_files
-from ..model_dir import read_contract
-from ..verification import GateRun
-from .gate import admit, load_candidate, reference_figures, shipped_file_failures
+from ..gates.table import GateOverrides
+from ..gates.verification import GateRun
+from ..model_files.contract_tokenizer import ContractTokenizer, write_tokenizer_files
+from ..model_files.model_contract import read_contract
+from .exporter import admit, load_candidate, reference_figures, shipped_file_failures
 
 ONNX_DATA = "model.onnx_data"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -116,7 +116,7 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
 
 def serving_config_for(precision: str):
     """What the gate ran: onnxruntime's CPU provider on the graph of `precision`."""
-    from ..kinds import kind_named
+    from ..artifacts.kinds import kind_named
 
     return kind_named("onnx").serving_config("cpu", precision, "cpu")
 

@@ -17,17 +17,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import atomic_output_dir, check_target, size_of, write_json
-from ..contract import EmbeddingContract
+from ..artifacts.directories import atomic_output_dir, check_target, size_of, write_json
+from ..core.contract import EmbeddingContract
+from ..core.errors import MoaiError
 from ..embedders.base import Embedder
-from ..errors import MoaiError
-from ..gates import GateOverrides
-from ..inputs import write_tokenizer_files
-from ..model_dir import read_contract
-from ..sentence_transformers_format import write_sentence_transformers_files
-from ..serving.vllm_server import SERVE_FILE
-from ..verification import GateRun
-from .gate import admit, load_candidate, reference_figures, shipped_file_failures
+from ..gates.table import GateOverrides
+from ..gates.verification import GateRun
+from ..launchers.vllm_server import SERVE_FILE
+from ..model_files.contract_tokenizer import write_tokenizer_files
+from ..model_files.model_contract import read_contract
+from ..model_files.sentence_transformers_format import write_sentence_transformers_files
+from .exporter import admit, load_candidate, reference_figures, shipped_file_failures
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 POOLING_TYPES = {"lasttoken": "LAST", "mean": "MEAN", "cls": "CLS"}

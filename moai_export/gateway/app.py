@@ -22,10 +22,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..contract import KINDS, check_dimensions, truncate_dimensions
+from ..core.contract import KINDS, check_dimensions, truncate_dimensions
+from ..core.errors import MoaiError
+from ..core.input_rules import InvalidInput, check_texts
 from ..embedders.base import check_vectors
-from ..errors import MoaiError
-from ..input_rules import InvalidInput, check_texts
 from .auth import KeyChecker
 from .config import GatewayConfig
 from .errors import ApiError, invalid_input, unavailable

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..addresses import parse_grpc_target
-from ..errors import MoaiError
+from ..core.addresses import parse_grpc_target
+from ..core.errors import MoaiError
 
 API_KEYS_ENV = "MOAI_GATEWAY_API_KEYS"  # comma-separated keys
 

@@ -7,7 +7,7 @@ import json
 
 from starlette.responses import Response
 
-from ..input_rules import InvalidInput
+from ..core.input_rules import InvalidInput
 
 # status -> OpenAI's error type
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
@@ -35,7 +35,7 @@ def unavailable(message: str) -> ApiError:
 
 
 def invalid_input(error: InvalidInput) -> ApiError:
-    """A text that breaks moai_export.input_rules: 400, the text named by its place in `input`."""
+    """A text that breaks moai_export.core.input_rules: 400, the text named by its place in `input`."""
     message = error.naming(f"input[{error.index}]")
     if error.reason == "invalid_input" and error.index is not None:
         message += " (only strings are accepted, no token arrays: Triton tokenizes with the model's contract)"

@@ -9,9 +9,9 @@ import asyncio
 
 import numpy as np
 
-from ..contract import EmbeddingContract
+from ..core.contract import EmbeddingContract
+from ..core.errors import MoaiError
 from ..embedders.triton import ServedEnsemble, ensemble_inputs
-from ..errors import MoaiError
 from .errors import ApiError, unavailable
 
 # Retry reconnecting quickly: gRPC's default backoff grows to 2 minutes, which would keep the

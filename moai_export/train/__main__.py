@@ -2,7 +2,7 @@
 
 import sys
 
-from ..cli import main
+from ..commands.export_cli import main
 
 if __name__ == "__main__":
     main(["train", *sys.argv[1:]], prog_name="python -m moai_export.train")

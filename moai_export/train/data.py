@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from ..core.errors import MoaiError
 from ..evaluation.beir import load_beir
-from ..errors import MoaiError
 
 COLUMNS = ("query", "positive", "negative")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..artifacts import write_json
+from ..artifacts.directories import write_json
 from ..evaluation.machine import machine_description
 from ..evaluation.retrieval_metrics import METRICS, PRIMARY
 

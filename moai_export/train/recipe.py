@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.contract import EmbeddingContract
 from ..evaluation.retrieval_metrics import METRICS, PRIMARY
-from ..contract import EmbeddingContract
 from .data import Validation
 from .options import TrainOptions
 
@@ -23,7 +23,9 @@ def lora_config(options: TrainOptions):
 def ir_evaluator(validation: Validation, contract: EmbeddingContract, batch_size: int, *, progress: bool = False):
     """Binary-relevance IR metrics (the ones `moai-bench retrieval` reports), with the contract's
     prompts: queries carry the instruction, as they will when served."""
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator,
+    )
 
     return InformationRetrievalEvaluator(
         validation.queries, validation.corpus, validation.relevant, name=EVAL_NAME,
@@ -67,7 +69,7 @@ def check_report_to(report_to: str) -> None:
     """Fail now, not after loading the model, when the logging integration is not installed."""
     import importlib.util
 
-    from ..errors import MoaiError
+    from ..core.errors import MoaiError
 
     modules = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}.get(report_to, ())
     if modules and not any(importlib.util.find_spec(m) for m in modules):

@@ -16,4 +16,4 @@ export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 args=("$@")
 case " $* " in *" --triton"*) ;; *) args+=(--triton grpc://127.0.0.1:8001) ;; esac
 case " $* " in *" --model"*) ;; *) args+=(--model moai_embedding) ;; esac
-exec "$python" -m moai_export.cli gateway "${args[@]}"
+exec "$python" -m moai_export.commands.export_cli gateway "${args[@]}"

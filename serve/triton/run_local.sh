@@ -12,4 +12,4 @@ repo="$1"; shift
 python="${MOAI_PYTHON:-$root/.venv/bin/python}"
 [ -x "$python" ] || python=python3
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-exec "$python" -m moai_export.serving.triton_server --repo "$repo" "$@"
+exec "$python" -m moai_export.launchers.triton_server --repo "$repo" "$@"

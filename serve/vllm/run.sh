@@ -11,4 +11,4 @@ fi
 python="${MOAI_PYTHON:-$root/.venv/bin/python}"
 [ -x "$python" ] || python=python3
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-exec "$python" -m moai_export.serving.vllm_server "$@"
+exec "$python" -m moai_export.launchers.vllm_server "$@"

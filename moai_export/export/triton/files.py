@@ -11,13 +11,13 @@ import struct
 from importlib import resources
 from pathlib import Path
 
-from ...admission import MANIFEST_FILE
-from ...artifacts import PARITY_FILE, write_json
-from ...contract import EmbeddingContract
+from ...artifacts.admission import MANIFEST_FILE
+from ...artifacts.directories import PARITY_FILE, write_json
+from ...core.contract import EmbeddingContract
 from ...embedders.onnx_runtime import ONNX_FILE
-from ...inputs import write_tokenizer_files
-from ...triton_config import CONFIG_FILE
-from ...verification import PROBES_FILE
+from ...gates.verification import PROBES_FILE
+from ...model_files.contract_tokenizer import write_tokenizer_files
+from ...model_files.triton_config import CONFIG_FILE
 from ..onnx import ONNX_DATA
 from .model_configs import encoder_config, ensemble_config, to_text, tokenizer_config
 from .options import TritonOptions
@@ -33,7 +33,7 @@ def write_models(staging: Path, artifact: Path, contract: EmbeddingContract, opt
     tok_dir = staging / names["tokenizer"] / version
     tok_dir.mkdir(parents=True)
     copy_source("tokenizer_model.py", tok_dir / "model.py")
-    copy_source("input_rules.py", tok_dir / "moai_input_rules.py", package="moai_export")
+    copy_source("input_rules.py", tok_dir / "moai_input_rules.py", package="moai_export.core")
     write_tokenizer_files(artifact, contract, tok_dir, with_config=False)
     contract.save(tok_dir)
     (staging / names["tokenizer"] / "warmup").mkdir(exist_ok=True)
@@ -71,7 +71,7 @@ def write_models(staging: Path, artifact: Path, contract: EmbeddingContract, opt
 def rewrite_manifest_files(staging: Path, names: dict) -> None:
     """The ensemble's manifest covers the files of all three models (relative to the repository):
     the repository is verified, and admitted, as a whole."""
-    from ...admission import MANIFEST_FILE, file_record
+    from ...artifacts.admission import MANIFEST_FILE, file_record
 
     path = staging / names["ensemble"] / MANIFEST_FILE
     manifest = json.loads(path.read_text(encoding="utf-8"))

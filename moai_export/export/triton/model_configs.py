@@ -1,5 +1,5 @@
 """The three models' `config.pbtxt`, built as Triton ModelConfig protobuf messages so they parse
-by construction (the readers of what was written: moai_export.triton_config)."""
+by construction (the readers of what was written: moai_export.model_files.triton_config)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import json
 import sys
 import uuid
 
-from ...contract import EmbeddingContract
+from ...core.contract import EmbeddingContract
 from ...embedders.onnx_runtime import ONNX_FILE, OUTPUT_NAME
-from ...triton_config import CONTRACT_PARAMETER, PRECISION_PARAMETER, REPOSITORY_ID_PARAMETER
+from ...model_files.triton_config import (
+    CONTRACT_PARAMETER,
+    PRECISION_PARAMETER,
+    REPOSITORY_ID_PARAMETER,
+)
 from .options import TritonOptions, engine_options, moai_source_root
+
 
 def _model_config():
     from tritonclient.grpc import model_config_pb2
@@ -27,7 +32,7 @@ def to_text(config) -> str:
 def parse_config(text: str):
     """Parse config.pbtxt text against Triton's ModelConfig schema (raises on anything unknown):
     the check that what this module writes is a valid config. Readers of the fields moai-export
-    needs use moai_export.triton_config (no protobuf needed)."""
+    needs use moai_export.model_files.triton_config (no protobuf needed)."""
     from google.protobuf import text_format
 
     return text_format.Parse(text, _model_config().ModelConfig())

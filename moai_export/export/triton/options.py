@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...addresses import parse_url
-from ...admission import ServingConfig
-from ...errors import MoaiError
-from ...gates import GateOverrides
+from ...artifacts.admission import ServingConfig
+from ...core.addresses import parse_url
+from ...core.errors import MoaiError
+from ...gates.table import GateOverrides
 
 ENCODERS = ("python", "onnxruntime", "engine")
 
@@ -76,7 +76,7 @@ def served_precision(options: TritonOptions, artifact_precision: str) -> str:
 
 
 def serving_config(options: TritonOptions, precision: str) -> ServingConfig:
-    from ...triton_admission import repository_serving_config
+    from ...artifacts.triton_admission import repository_serving_config
 
     return repository_serving_config(options.encoder, precision, options.tensorrt, options.engine_device)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...addresses import parse_url
-from ...admission import ServingConfig, read_manifest, repository_id
-from ...errors import MoaiError, VerificationFailed
-from ...verification import GateRun, VerificationRecord, chain_of
-from ..gate import format_gate_table
+from ...artifacts.admission import ServingConfig, read_manifest, repository_id
+from ...core.addresses import parse_url
+from ...core.errors import MoaiError, VerificationFailed
+from ...gates.verification import GateRun, VerificationRecord, chain_of
+from ..exporter import format_gate_table
 from .options import VERIFY_SCHEMES
+
 
 def wait_for_repository(address: str, model: str, protocol: str, wanted: str, wait_s: float, name: str):
     """A client of the server at `address` once it serves the ensemble with this repository id:
@@ -40,7 +41,7 @@ def verify_remote(repo: Path, model: str, url: str, figures, gate, config: Servi
                   log, wait_s: float = 600.0) -> None:
     """Gate a server that serves the published `repo` (e.g. NVIDIA's container on a GPU) and record
     the result in the repository; the server must serve exactly these files."""
-    from ...admission import record_admission
+    from ...artifacts.admission import record_admission
 
     protocol, endpoint = parse_url(url, VERIFY_SCHEMES, "--verify-with")
     address = str(endpoint)

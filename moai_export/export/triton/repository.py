@@ -7,17 +7,29 @@ import shutil
 import sys
 from pathlib import Path
 
-from ...admission import read_manifest
-from ...artifacts import PARITY_FILE, atomic_output_dir, check_output_location, write_manifest
+from ...artifacts.admission import read_manifest
+from ...artifacts.directories import (
+    PARITY_FILE,
+    atomic_output_dir,
+    check_output_location,
+    write_manifest,
+)
+from ...core.errors import MoaiError
 from ...embedders.base import Embedder
 from ...embedders.onnx_runtime import ONNX_FILE
-from ...errors import MoaiError
-from ...model_dir import read_contract
-from ...verification import GateRun
-from ..gate import admit, load_candidate, reference_figures
+from ...gates.verification import GateRun
+from ...model_files.model_contract import read_contract
+from ..exporter import admit, load_candidate, reference_figures
 from .files import link_tree, rewrite_manifest_files, write_models
-from .options import TritonOptions, check_options, engine_options, served_precision, serving_config
+from .options import (
+    TritonOptions,
+    check_options,
+    engine_options,
+    served_precision,
+    serving_config,
+)
 from .remote import verify_remote
+
 
 def write_repository(artifact: Path, repo: Path, options: TritonOptions | None = None, log=print, *,
                      reference: Embedder | None = None, reference_label: str | None = None) -> dict:

@@ -4,7 +4,7 @@ truncation to max_tokens with the end token kept last (tokenizer.json's post-pro
 appends it), padding on the contract's side to the longest text of this execution. num_tokens
 [n, 1] is each text's real token count (the ensemble's TOKENS output: usage without re-tokenizing).
 
-The input rules are moai_export's own (moai_export/input_rules.py), copied beside this file as
+The input rules are moai_export's own (moai_export/core/input_rules.py), copied beside this file as
 moai_input_rules.py: this stub has no moai_export to import them from."""
 
 import json

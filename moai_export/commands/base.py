@@ -10,7 +10,7 @@ import inspect
 
 import click
 
-from .errors import MoaiError, VerificationFailed
+from ..core.errors import MoaiError, VerificationFailed
 
 # One meaning per exit code, in every command of `moai-export` and `moai-bench` (README: "Exit codes").
 EXIT_OK = 0
@@ -36,7 +36,7 @@ class MoaiGroup(click.Group):
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(EXIT_ERROR)
         except OSError as exc:
-            from .artifacts import describe_os_error
+            from ..artifacts.directories import describe_os_error
 
             click.secho(f"error: {describe_os_error(exc)}", fg="red", err=True)
             ctx.exit(EXIT_ERROR)
@@ -47,7 +47,7 @@ class MoaiGroup(click.Group):
 
 def gate_options(function):
     """--min-cosine / --max-abs / --min-rank-agreement: each replaces only its own number of the
-    gate the artifact's kind and precision get from the gate table (moai_export/gates.py)."""
+    gate the artifact's kind and precision get from the gate table (moai_export/gates/table.py)."""
     function = click.option("--min-rank-agreement", type=float, default=None,
                             help="Gate override: top-10 overlap on the retrieval probe.")(function)
     function = click.option("--max-abs", type=float, default=None,
@@ -58,7 +58,7 @@ def gate_options(function):
 
 
 def overrides_from(min_cosine, max_abs, min_rank_agreement):
-    from .gates import GateOverrides
+    from ..gates.table import GateOverrides
 
     return GateOverrides(min_cosine=min_cosine, max_abs=max_abs, min_rank_agreement=min_rank_agreement)
 
@@ -93,7 +93,8 @@ class LibraryDefaultOption(click.Option):
 def declared_default(source: str, name: str):
     """The default that `source` ("module:Name", see library_option) declares for `name`."""
     module, _, attribute = source.partition(":")
-    owner = getattr(importlib.import_module(module, __package__), attribute)
+    # sources name their module from the package root (".export.merge"), wherever this file lives
+    owner = getattr(importlib.import_module(module, "moai_export"), attribute)
     if dataclasses.is_dataclass(owner):
         field = {f.name: f for f in dataclasses.fields(owner)}.get(name)
         if field is not None and field.default is not dataclasses.MISSING:

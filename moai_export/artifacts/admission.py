@@ -20,8 +20,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import MoaiError
-from .triton_config import REPOSITORY_ID_PARAMETER, read_model_config
+from ..core.errors import MoaiError
+from ..model_files.triton_config import REPOSITORY_ID_PARAMETER, read_model_config
 
 MANIFEST_FILE = "moai_manifest.json"
 # Stages whose artifacts are published by a parity gate (an example base is not).

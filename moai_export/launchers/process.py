@@ -30,7 +30,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..pids import alive, proc_stat, start_time
+from ..core.pids import alive, proc_stat, start_time
 
 STATE_FILE = "launcher.json"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)

@@ -13,10 +13,16 @@ from typing import Callable
 
 import click
 
-from ..cli_base import (EXIT_INTERRUPTED, EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, library_option,
-                        overrides_from)
-from ..errors import MoaiError
-from ..kinds import kind_names
+from ..artifacts.kinds import kind_names
+from ..core.errors import MoaiError
+from .base import (
+    EXIT_INTERRUPTED,
+    EXIT_VERIFICATION_FAILED,
+    MoaiGroup,
+    gate_options,
+    library_option,
+    overrides_from,
+)
 
 TARGET_HELP = ("[LABEL=]SPEC, repeatable; the first is the baseline the ratios/deltas use. SPEC: BASE+ADAPTER, "
                f"a bare artifact directory, or a spec of any kind ({kind_names()}; openai-http:// is the "
@@ -85,11 +91,10 @@ def _log(quiet: bool) -> Callable[[str], None]:
 def _run(command: str, out: Path | None, target_texts: list[str], tokenizer: Path | None, settings: dict,
          quiet: bool, body: Callable[[list, dict], None], results: object) -> None:
     """Load targets, run `body`, and write the report even when Ctrl-C cut the run short."""
+    from ..artifacts.directories import check_output_location
+    from ..benchmark.report import write_report
+    from ..benchmark.targets import close_all, load_targets
     from ..evaluation.machine import machine_description
-    from .report import write_report
-    from .targets import close_all, load_targets
-
-    from ..artifacts import check_output_location
 
     out = out or _default_out(command)
     check_output_location(out, directory=True)  # in under a second, before any target loads
@@ -112,7 +117,7 @@ def _run(command: str, out: Path | None, target_texts: list[str], tokenizer: Pat
             click.secho("interrupted before anything was measured; nothing written", fg="yellow", err=True)
             sys.exit(EXIT_INTERRUPTED)
         raise MoaiError("nothing was measured")
-    from .report import MARKDOWN
+    from ..benchmark.report import MARKDOWN
 
     click.echo(MARKDOWN[data["command"]](data))  # the results first: a failed write must not lose them
     written = write_report(data, out)
@@ -184,10 +189,10 @@ def throughput(targets, workloads, token_lengths, text_count, kind, with_title, 
         --target torch:build/merged --target onnx:build/onnx-int8 --target st:build/merged \\
         --batch-sizes 1,8,32 --concurrency 1,4 --tokens 64,256 --requests 20 --seconds 30
     """
+    from ..benchmark.targets import first_counter
+    from ..benchmark.throughput import ThroughputSettings, run_throughput
+    from ..benchmark.workloads import LengthSpec, beir_workloads, generated_workload
     from ..evaluation.beir import load_beir
-    from .throughput import ThroughputSettings, run_throughput
-    from .targets import first_counter
-    from .workloads import LengthSpec, beir_workloads, generated_workload
 
     settings = ThroughputSettings(
         batch_sizes=_ints(batch_sizes, "--batch-sizes"), concurrency=_ints(concurrency, "--concurrency"),
@@ -214,7 +219,7 @@ def throughput(targets, workloads, token_lengths, text_count, kind, with_title, 
         try:
             run_throughput(loaded, wl, settings, rows, progress=not quiet, log=_log(quiet))
         finally:
-            from .throughput import add_ratios
+            from ..benchmark.throughput import add_ratios
 
             add_ratios(rows)
             data["workloads"] = [w.to_dict() for w in wl]
@@ -249,9 +254,9 @@ def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, 
         --reference peft:build/example/base+build/example/adapter \\
         --target torch:build/merged --target int8=onnx:build/onnx-int8
     """
-    from ..contract import check_dimensions
+    from ..benchmark.retrieval import run_retrieval
+    from ..core.contract import check_dimensions
     from ..evaluation.beir import load_beir
-    from .retrieval import run_retrieval
 
     sizes = _dimension_list(dimensions)
     data_set = load_beir(dataset)
@@ -303,8 +308,8 @@ def corpus(dataset, targets, batch_size, limit, queries, with_title, out, tokeni
     moai-bench corpus --dataset BEIR_DIR --target 'st=st:build/merged?device=cuda' \\
         --target 'engine=engine:build/merged?device=cuda&compile=true'
     """
+    from ..benchmark.corpus import run_corpus
     from ..evaluation.beir import load_beir
-    from .corpus import run_corpus
 
     data_set = load_beir(dataset)
     result: dict = {}
@@ -343,8 +348,8 @@ def parity(reference, targets, dataset, max_texts, min_cosine, max_abs, min_rank
     moai-bench parity --reference peft:build/example/base+build/example/adapter \\
         --target onnx:build/onnx-int8 --target triton-grpc://127.0.0.1:8001/moai_embedding
     """
+    from ..benchmark.parity_run import run_parity
     from ..evaluation.beir import load_beir
-    from .parity_run import run_parity
 
     data_set = load_beir(dataset) if dataset else None
     result: dict = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from .errors import MoaiError
+from ..core.errors import MoaiError
 from .parity import Thresholds
 
 

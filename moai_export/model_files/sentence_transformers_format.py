@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .contract import EmbeddingContract
-from .errors import MoaiError
+from ..core.contract import EmbeddingContract
+from ..core.errors import MoaiError
 
 MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "config_sentence_transformers.json"
@@ -76,7 +76,7 @@ def derive_contract(directory: Path) -> EmbeddingContract:
     """Derive the contract of a sentence-transformers model directory."""
     import tokenizers
 
-    from .tokenizer import END_OF_TEXT, appended_end_token
+    from .qwen3_tokenizer import END_OF_TEXT, appended_end_token
 
     directory = Path(directory)
     if not directory.is_dir():

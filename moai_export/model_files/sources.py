@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import MoaiError
+from ..core.errors import MoaiError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

@@ -9,22 +9,28 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .cli_base import (EXIT_INTERRUPTED, EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, library_option,
-                       overrides_from)
-from .errors import VerificationFailed
-from .kinds import describe_recognised, kind_names
+from .. import __version__
+from ..artifacts.kinds import describe_recognised, kind_names
+from ..core.errors import VerificationFailed
+from .base import (
+    EXIT_INTERRUPTED,
+    EXIT_VERIFICATION_FAILED,
+    MoaiGroup,
+    gate_options,
+    library_option,
+    overrides_from,
+)
 
 DTYPE_CHOICE = click.Choice(["fp32", "bf16", "fp16"])
 
 # Each command's defaults are those of the options the library takes (cli_base.library_option).
 example_option = partial(library_option, ".example:build_example")
-merge_option = partial(library_option, ".merge:MergeOptions")
+merge_option = partial(library_option, ".export.merge:MergeOptions")
 onnx_option = partial(library_option, ".export.onnx:OnnxOptions")
 triton_option = partial(library_option, ".export.triton:TritonOptions")
 vllm_option = partial(library_option, ".export.vllm:VllmOptions")
 train_option = partial(library_option, ".train.options:TrainOptions")
-demo_option = partial(library_option, ".demo:run_demo")
+demo_option = partial(library_option, ".commands.demo:run_demo")
 gateway_option = partial(library_option, ".gateway.config:GatewayConfig")
 
 
@@ -59,7 +65,7 @@ def main() -> None:
 def example(out: Path, size: str, seed: int, steps: int, force: bool) -> None:
     """Build the offline example: a random-weight Qwen3 embedding base (MoAI's tokenizer,
     prompts and pooling) and a LoRA adapter trained on it with MoAI's recipe."""
-    from .example import build_example
+    from ..example import build_example
 
     summary = build_example(out, size=size, seed=seed, steps=steps, force=force)
     click.echo(f"example ({size}) written to {out}: base/ and adapter/; "
@@ -88,8 +94,8 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, min_rank_a
     """
     import json
 
-    from .merge import MergeOptions
-    from .merge import merge as run_merge
+    from ..export.merge import MergeOptions
+    from ..export.merge import merge as run_merge
 
     options = MergeOptions(dtype=dtype, max_tokens=max_tokens, force=force,
                            overrides=overrides_from(min_cosine, max_abs, min_rank_agreement),
@@ -125,7 +131,7 @@ def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_
     [batch, dims] float32. It is published only if it passes the parity gate against the
     reference; otherwise nothing is written and the exit code is 3.
     """
-    from .export.onnx import OnnxOptions, export_onnx
+    from ..export.onnx import OnnxOptions, export_onnx
 
     options = OnnxOptions(precision=precision, int8_method=int8_method, opset=opset,
                           overrides=overrides_from(min_cosine, max_abs, min_rank_agreement), force=force, log=_log)
@@ -141,7 +147,7 @@ ARTIFACTS are specs ({kind_names()}) or bare directories, recognised by what the
 \b
 {describe_recognised()}
 
-Gates come from one table by kind and precision (moai_export/gates.py); each override
+Gates come from one table by kind and precision (moai_export/gates/table.py); each override
 replaces only its own number. A configuration that passes is admitted: launchers and
 Embedders refuse configurations no gate admitted (e.g. run this with --device cuda on the
 GPU machine before serving bfloat16 there).
@@ -165,8 +171,8 @@ GPU machine before serving bfloat16 there).
 def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, min_rank_agreement, json_path):
     import json
 
-    from .artifacts import check_output_location
-    from .export.gate import format_gate_table
+    from ..artifacts.directories import check_output_location
+    from ..export.exporter import format_gate_table
     from .verify import verify as run_verify
 
     check_output_location(json_path, directory=False)  # now, not after minutes of verification
@@ -241,7 +247,7 @@ def triton(artifact, repo, name, encoder, engine_device, engine_dtype, engine_ma
     Or on GPUs:          see serve/triton/README.md (NVIDIA's container)
     Check it:            moai-export verify triton-grpc://127.0.0.1:8001/moai_embedding --reference BASE+ADAPTER
     """
-    from .export.triton import TritonOptions, write_repository
+    from ..export.triton import TritonOptions, write_repository
 
     try:
         preferred = tuple(int(x) for x in preferred_batch_sizes.split(",") if x.strip())
@@ -286,7 +292,7 @@ def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, 
     Serve it:   serve/vllm/run.sh OUT              (127.0.0.1:8000)
     Check it:   moai-export verify vllm-http://127.0.0.1:8000/moai-embedding --reference BASE+ADAPTER
     """
-    from .export.vllm import VllmOptions, export_vllm
+    from ..export.vllm import VllmOptions, export_vllm
 
     options = VllmOptions(dtype=dtype, served_model_name=served_model_name, force=force, log=_log,
                           overrides=overrides_from(min_cosine, max_abs, min_rank_agreement))
@@ -340,8 +346,8 @@ def train(base, train_file, eval_dir, eval_split, out, lora_r, lora_alpha, lora_
     Continue:   the same command with --resume (after Ctrl-C the last complete checkpoint is kept)
     Then:       moai-export merge --base BASE --adapter run/adapter --out merged
     """
-    from .train import TrainOptions
-    from .train import train as run_training
+    from ..train import TrainOptions
+    from ..train import train as run_training
 
     if eval_dir is None and eval_split is None:
         raise click.UsageError("give --eval BEIR_DIR or --eval-split FRACTION (the best checkpoint is chosen on it)")
@@ -369,7 +375,7 @@ def _reference(spec: str | None):
     """The --reference Embedder, or None (the exporter then uses its source in float32 torch)."""
     if not spec:
         return None
-    from .embedders import load_embedder
+    from ..embedders import load_embedder
 
     return load_embedder(spec, name=f"reference ({spec})")
 
@@ -425,8 +431,8 @@ def gateway(triton_url, model, served_model_name, host, port, api_keys, api_key_
     needs no model files: the contract comes from the ensemble's config, usage tokens from its
     TOKENS output (repositories written before TOKENS existed: re-run `moai-export triton`).
     """
-    from .gateway.config import GatewayConfig, load_api_keys, parse_triton_url
-    from .gateway.server import serve
+    from ..gateway.config import GatewayConfig, load_api_keys, parse_triton_url
+    from ..gateway.server import serve
 
     config = GatewayConfig(parse_triton_url(triton_url), model, served_model_name=served_model_name,
                            host=host, port=port, api_keys=load_api_keys(api_keys, api_key_file),
@@ -444,7 +450,7 @@ def contract(model_dir: Path, max_tokens: int | None) -> None:
     """Print the embedding contract of MODEL_DIR (pooling, prompts, end token, ...) as JSON."""
     import json
 
-    from .model_dir import read_contract
+    from ..model_files.model_contract import read_contract
 
     click.echo(json.dumps(read_contract(model_dir, max_tokens=max_tokens).to_dict(), indent=2, ensure_ascii=False))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MoaiError
+from ..core.errors import MoaiError
 from .safetensors_files import read_index
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -10,7 +10,7 @@ the standard library, lays out what the server expects:
 If the stub cannot start, tritonserver waits in "loading" forever: readiness has a deadline,
 and a server that misses it is killed.
 
-    python -m moai_export.serving.triton_server --repo triton_models [--http-port 8000 ...]
+    python -m moai_export.launchers.triton_server --repo triton_models [--http-port 8000 ...]
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Serve a repository no parity gate admitted (says so loudly).")
     args, extra = parser.parse_known_args(argv)
     try:
-        from ..admission import admission_mode, repository_ensembles
-        from ..triton_admission import check_repository_admitted
+        from ..artifacts.admission import admission_mode, repository_ensembles
+        from ..artifacts.triton_admission import check_repository_admitted
 
         for model in repository_ensembles(args.repo):
             check_repository_admitted(args.repo, model, mode=admission_mode(allow_unverified=args.allow_unverified))

@@ -6,7 +6,7 @@
                     (runtime, device, dtype, the server's own prompt and truncation)
         run = GateRun(figures.gate_with(candidate, gate), gate, config)   # gate: the table's cell
         admit(tmp, [run], ...)  # refuse (nothing published) or write the verification record
-                                # (moai_export.verification) + manifest: every file's hash,
+                                # (moai_export.gates.verification) + manifest: every file's hash,
                                 # `admitted_for` the configurations gated
     # renamed into place only now
 
@@ -18,12 +18,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..artifacts import PARITY_FILE, weights_digest, write_manifest
+from ..artifacts.directories import PARITY_FILE, weights_digest, write_manifest
+from ..core.errors import VerificationFailed
+from ..core.text_tables import format_table
 from ..embedders.base import Embedder
-from ..errors import VerificationFailed
-from ..parity import ReferenceFigures
-from ..report import format_table
-from ..verification import PROBES_FILE, GateRun, VerificationRecord, chain_of
+from ..gates.parity import ReferenceFigures
+from ..gates.verification import PROBES_FILE, GateRun, VerificationRecord, chain_of
 
 
 def reference_figures(source: Path, reference: Embedder | None, label: str | None, *, log,
@@ -51,7 +51,7 @@ def reference_figures(source: Path, reference: Embedder | None, label: str | Non
 def load_candidate(factory, what: str):
     """The written artifact, loaded as it will serve; a load failure (a shipped file the runtime
     refuses) is a verification failure: nothing is published."""
-    from ..errors import MoaiError
+    from ..core.errors import MoaiError
 
     try:
         return factory()
@@ -65,7 +65,7 @@ def load_candidate(factory, what: str):
 def shipped_file_failures(directory: Path, contract, figures: ReferenceFigures) -> list[str]:
     """Checks of the files an artifact ships that its vectors alone cannot show (a consumer
     reading tokenizer.json with plain `tokenizers`), on the probe texts."""
-    from ..inputs import shipped_tokenizer_failures
+    from ..model_files.contract_tokenizer import shipped_tokenizer_failures
 
     if not (Path(directory) / "tokenizer.json").is_file():
         return []

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MoaiError
+from ..core.errors import MoaiError
 
 CONFIG_FILE = "config.pbtxt"
 CONTRACT_PARAMETER = "moai_contract"  # the embedding contract, as JSON: clients need no other source

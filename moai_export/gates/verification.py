@@ -26,17 +26,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-
-import numpy as np
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .admission import MANIFEST_FILE, ServingConfig, admission_entry, read_manifest
-from .artifacts import PARITY_FILE, tool_versions, write_json
-from .gates import Gate
+import numpy as np
+
+from ..artifacts.admission import (
+    MANIFEST_FILE,
+    ServingConfig,
+    admission_entry,
+    read_manifest,
+)
+from ..artifacts.directories import PARITY_FILE, tool_versions, write_json
 from .parity import GateReport
 from .probes import Probe
+from .table import Gate
 
 PROBES_FILE = "moai_probes.json"
 RECORD_VERSION = 1

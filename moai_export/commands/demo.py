@@ -11,15 +11,15 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
-from .benchmark.throughput import time_side_by_side
-from .evaluation.finance_triplets import TRIPLETS
-from .example import build_example
-from .export.onnx import OnnxOptions, export_onnx
-from .gates import gate_for
-from .kinds import load_embedder, parse_spec
-from .merge import MergeOptions, merge
-from .parity import ReferenceFigures
-from .report import format_table
+from ..artifacts.kinds import load_embedder, parse_spec
+from ..benchmark.throughput import time_side_by_side
+from ..core.text_tables import format_table
+from ..evaluation.finance_triplets import TRIPLETS
+from ..example import build_example
+from ..export.merge import MergeOptions, merge
+from ..export.onnx import OnnxOptions, export_onnx
+from ..gates.parity import ReferenceFigures
+from ..gates.table import gate_for
 
 ONNX_PRECISIONS = ("fp32", "int8")
 
@@ -34,10 +34,10 @@ def _variant(spec: str, name: str) -> tuple:
 def _start_vllm(out: Path, merged_dir: Path, reference, force: bool, log, running: ExitStack) -> list:
     """Export the vLLM directory (gated on a real vLLM server), serve it with vLLM's
     OpenAI-compatible server, and return its Embedder (/v2/embed, server-side prompt)."""
-    from .errors import MoaiError
-    from .export.vllm import VllmOptions, export_vllm
-    from .serving.triton_server import free_ports
-    from .serving.vllm_server import VllmLaunchError, VllmServer
+    from ..core.errors import MoaiError
+    from ..export.vllm import VllmOptions, export_vllm
+    from ..launchers.triton_server import free_ports
+    from ..launchers.vllm_server import VllmLaunchError, VllmServer
 
     vllm_dir = out / "vllm"
     log(f"[5/6] vllm -> {vllm_dir}; starting the vLLM server (CPU, float32, 127.0.0.1)")
@@ -57,8 +57,8 @@ def _start_vllm(out: Path, merged_dir: Path, reference, force: bool, log, runnin
 def _start_triton(out: Path, reference, force: bool, log, running: ExitStack) -> list:
     """Write a Triton repository for the int8 graph (verified on a real local tritonserver before
     it is published), serve it on free ports, and return the HTTP and gRPC Embedders."""
-    from .export.triton import TritonOptions, write_repository
-    from .serving.triton_server import TritonLaunchError, TritonServer, free_ports
+    from ..export.triton import TritonOptions, write_repository
+    from ..launchers.triton_server import TritonLaunchError, TritonServer, free_ports
 
     repo = out / "triton_models"
     log(f"[4/6] triton repository -> {repo}; starting tritonserver (CPU, 127.0.0.1)")
@@ -79,8 +79,8 @@ def _start_triton(out: Path, reference, force: bool, log, running: ExitStack) ->
 
 def _start_gateway(out: Path, triton, log, running: ExitStack) -> list:
     """The OpenAI-compatible gateway in front of that Triton, driven over HTTP like any client."""
-    from .serving.gateway_server import GatewayServer
-    from .serving.triton_server import TritonLaunchError, free_ports
+    from ..launchers.gateway_server import GatewayServer
+    from ..launchers.triton_server import TritonLaunchError, free_ports
 
     (port,) = free_ports(1)
     try:

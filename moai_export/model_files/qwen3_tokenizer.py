@@ -20,7 +20,7 @@ import tempfile
 import tokenizers
 from tokenizers import processors
 
-from moai_export.errors import MoaiError
+from moai_export.core.errors import MoaiError
 
 END_OF_TEXT: str = "<|endoftext|>"
 END_OF_TEXT_ID: int = 151643

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .contract import EmbeddingContract
-from .errors import MoaiError
+from ..core.contract import EmbeddingContract
+from ..core.errors import MoaiError
 
 
 @dataclass
@@ -66,7 +66,7 @@ class ContractTokenizer:
         """`repair`: restore a missing end-token post-processor in memory. Only for SOURCES (a
         hub snapshot saved without it): an artifact must ship a tokenizer that appends the end
         token by itself, or every consumer not using this class pools the wrong token."""
-        from .tokenizer import appended_end_token, ensure_end_token
+        from .qwen3_tokenizer import appended_end_token, ensure_end_token
 
         self.contract = contract
         if contract.end_token is not None and appended_end_token(tokenizer) != contract.end_token:
@@ -139,7 +139,7 @@ def write_tokenizer_files(source: Path, contract: EmbeddingContract, out: Path, 
 
     import tokenizers
 
-    from .tokenizer import appended_end_token, ensure_end_token
+    from .qwen3_tokenizer import appended_end_token, ensure_end_token
 
     source, out = Path(source), Path(out)
     tokenizer = tokenizers.Tokenizer.from_file(str(source / "tokenizer.json"))

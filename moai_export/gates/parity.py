@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .embedders.base import Embedder
+from ..embedders.base import Embedder
 from .probes import Probe
 
 

@@ -68,7 +68,7 @@ def probe_set(max_tokens: int) -> list[Probe]:
 def retrieval_probe() -> tuple[list[str], list[str]]:
     """(queries, documents) for a small retrieval check: the example's Korean finance
     triplets, every positive and hard negative in one corpus."""
-    from .evaluation.finance_triplets import TRIPLETS
+    from ..evaluation.finance_triplets import TRIPLETS
 
     queries = [q for q, _, _ in TRIPLETS]
     documents = [p for _, p, _ in TRIPLETS] + [n for _, _, n in TRIPLETS]

@@ -10,11 +10,12 @@ to its manifest's `admitted_for`: that is how a GPU configuration is admitted on
 
 from __future__ import annotations
 
-from .admission import changed_files, read_manifest, record_admission
-from .gates import GateOverrides
-from .kinds import load_embedder, parse_spec
-from .parity import ReferenceFigures
-from .verification import GateRun, VerificationRecord
+from ..artifacts.admission import changed_files, read_manifest, record_admission
+from ..artifacts.kinds import load_embedder, parse_spec
+from ..gates.parity import ReferenceFigures
+from ..gates.table import GateOverrides
+from ..gates.verification import GateRun, VerificationRecord
+
 
 def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | None = None,
            device: str | None = None, admit: bool = True, log=print, dims: int | None = None) -> tuple[dict, list]:

@@ -7,7 +7,7 @@ import json
 import struct
 from pathlib import Path
 
-from .errors import MoaiError
+from ..core.errors import MoaiError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
