@@ -211,10 +211,10 @@ def test_vllm_launcher_leaves_no_engine_behind(vllm_dir, tmp_path, fault):
 def test_tritonserver_dir_override(monkeypatch, tmp_path):
     """$MOAI_TRITONSERVER_DIR (the wheel installed with pip --target, as on the GPU machine)
     is used as given, and a folder without the server is named in the error."""
-    from moai_export.launchers.triton_server import TritonLaunchError, _pytriton_dir
+    from moai_export.launchers.triton_server import LaunchError, _pytriton_dir
 
     monkeypatch.setenv("MOAI_TRITONSERVER_DIR", str(tmp_path))
-    with pytest.raises(TritonLaunchError, match=f"MOAI_TRITONSERVER_DIR={tmp_path}: no bin/tritonserver"):
+    with pytest.raises(LaunchError, match=f"MOAI_TRITONSERVER_DIR={tmp_path}: no bin/tritonserver"):
         _pytriton_dir(runtime_venv())
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "tritonserver").write_text("")

@@ -23,7 +23,7 @@ from moai_export.export.triton import TritonOptions, parse_config, write_reposit
 from moai_export.gates.parity import cosine_rows
 from moai_export.gates.probes import long_text
 from moai_export.launchers.triton_server import (
-    TritonLaunchError,
+    LaunchError,
     TritonServer,
     free_ports,
     runtime_venv,
@@ -210,7 +210,7 @@ def test_launcher_kills_a_server_that_never_gets_ready(tmp_path):
         'input { name: "X" data_type: TYPE_FP32 dims: [1] }\noutput { name: "Y" data_type: TYPE_FP32 dims: [1] }\n')
     server = TritonServer(tmp_path / "repo", *free_ports(3))
     started = time.monotonic()
-    with pytest.raises(TritonLaunchError, match="not ready"):
+    with pytest.raises(LaunchError, match="not ready"):
         server.start(timeout=6)
     assert time.monotonic() - started < 30
     assert server.process.poll() is not None  # killed

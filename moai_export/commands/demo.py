@@ -37,7 +37,7 @@ def _start_vllm(out: Path, merged_dir: Path, reference, force: bool, log, runnin
     from ..core.errors import MoaiError
     from ..export.vllm import VllmOptions, export_vllm
     from ..launchers.triton_server import free_ports
-    from ..launchers.vllm_server import VllmLaunchError, VllmServer
+    from ..launchers.vllm_server import LaunchError, VllmServer
 
     vllm_dir = out / "vllm"
     log(f"[5/6] vllm -> {vllm_dir}; starting the vLLM server (CPU, float32, 127.0.0.1)")
@@ -45,8 +45,8 @@ def _start_vllm(out: Path, merged_dir: Path, reference, force: bool, log, runnin
         export_vllm(merged_dir, vllm_dir, reference=reference, options=VllmOptions(force=force, log=log))
         (port,) = free_ports(1)
         server = running.enter_context(VllmServer(vllm_dir, port=port, log_path=out / "vllm.log"))
-    except (VllmLaunchError, MoaiError) as exc:
-        if "runtime not found" not in str(exc) and not isinstance(exc, VllmLaunchError):
+    except (LaunchError, MoaiError) as exc:
+        if "runtime not found" not in str(exc) and not isinstance(exc, LaunchError):
             raise
         log(f"warning: vLLM skipped: {exc}")
         return []
@@ -58,7 +58,7 @@ def _start_triton(out: Path, reference, force: bool, log, running: ExitStack) ->
     """Write a Triton repository for the int8 graph (verified on a real local tritonserver before
     it is published), serve it on free ports, and return the HTTP and gRPC Embedders."""
     from ..export.triton import TritonOptions, write_repository
-    from ..launchers.triton_server import TritonLaunchError, TritonServer, free_ports
+    from ..launchers.triton_server import LaunchError, TritonServer, free_ports
 
     repo = out / "triton_models"
     log(f"[4/6] triton repository -> {repo}; starting tritonserver (CPU, 127.0.0.1)")
@@ -67,7 +67,7 @@ def _start_triton(out: Path, reference, force: bool, log, running: ExitStack) ->
     http, grpc, metrics = free_ports(3)
     try:
         server = running.enter_context(TritonServer(repo, http, grpc, metrics, log_path=out / "triton.log"))
-    except TritonLaunchError as exc:
+    except LaunchError as exc:
         log(f"warning: Triton skipped: {exc}")
         return []
     log(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}")
@@ -80,13 +80,13 @@ def _start_triton(out: Path, reference, force: bool, log, running: ExitStack) ->
 def _start_gateway(out: Path, triton, log, running: ExitStack) -> list:
     """The OpenAI-compatible gateway in front of that Triton, driven over HTTP like any client."""
     from ..launchers.gateway_server import GatewayServer
-    from ..launchers.triton_server import TritonLaunchError, free_ports
+    from ..launchers.triton_server import LaunchError, free_ports
 
     (port,) = free_ports(1)
     try:
         gateway = running.enter_context(GatewayServer(triton.grpc_url, "moai_embedding", port=port,
                                                       log_path=out / "gateway.log").start())
-    except TritonLaunchError as exc:  # the launchers' LaunchError
+    except LaunchError as exc:
         log(f"warning: gateway skipped: {exc}")
         return []
     log(f"gateway ready: {gateway.base_url}/v1/embeddings (OpenAI API) -> Triton gRPC {triton.grpc_url}")

@@ -25,8 +25,7 @@ from pathlib import Path
 
 from .process import LaunchError, ManagedServer, free_ports
 
-TritonLaunchError = LaunchError  # the name callers catch
-__all__ = ["TritonServer", "TritonLaunchError", "free_ports", "runtime_venv"]
+__all__ = ["TritonServer", "LaunchError", "free_ports", "runtime_venv"]
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
@@ -42,11 +41,11 @@ def _pytriton_dir(venv: Path) -> Path:
     if os.environ.get("MOAI_TRITONSERVER_DIR"):
         server_dir = Path(os.environ["MOAI_TRITONSERVER_DIR"])
         if not (server_dir / "bin" / "tritonserver").is_file():
-            raise TritonLaunchError(f"MOAI_TRITONSERVER_DIR={server_dir}: no bin/tritonserver there")
+            raise LaunchError(f"MOAI_TRITONSERVER_DIR={server_dir}: no bin/tritonserver there")
         return server_dir
     candidates = sorted(venv.glob("lib/python3*/site-packages/pytriton/tritonserver"))
     if not candidates:
-        raise TritonLaunchError(
+        raise LaunchError(
             f"no tritonserver in {venv}; create the runtime environment with serve/triton/setup_env.sh"
         )
     return candidates[0]
@@ -83,7 +82,7 @@ class TritonServer(ManagedServer):
         python_tag = f"{sys.version_info.major}.{sys.version_info.minor}"
         stub = server_dir / "python_backend_stubs" / python_tag / "triton_python_backend_stub"
         if not stub.is_file():
-            raise TritonLaunchError(f"no python backend stub for Python {python_tag} in {server_dir}")
+            raise LaunchError(f"no python backend stub for Python {python_tag} in {server_dir}")
         backends = self.workdir / "backends"
         shutil.copytree(server_dir / "backends", backends)
         shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")

@@ -25,7 +25,6 @@ from .process import HttpHealthServer, LaunchError
 
 SERVE_FILE = "vllm_serve.json"
 VLLM_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # vLLM's words -> ours
-VllmLaunchError = LaunchError  # the name callers catch
 
 
 def vllm_venv() -> Path:
@@ -56,7 +55,7 @@ class VllmServer(HttpHealthServer):
     def serve_args(self) -> dict:
         path = Path(self.model_dir) / SERVE_FILE
         if not path.is_file():
-            raise VllmLaunchError(f"{self.model_dir}: no {SERVE_FILE}; write it with `moai-export vllm`")
+            raise LaunchError(f"{self.model_dir}: no {SERVE_FILE}; write it with `moai-export vllm`")
         return json.loads(path.read_text())
 
     def resolved(self) -> tuple[str, str]:
@@ -64,9 +63,9 @@ class VllmServer(HttpHealthServer):
         args = self.serve_args()
         device = self.device or ("cuda" if has_gpu() else "cpu")
         if device not in ("cpu", "cuda"):
-            raise VllmLaunchError(f"unknown device {device!r}: expected cpu or cuda")
+            raise LaunchError(f"unknown device {device!r}: expected cpu or cuda")
         if device == "cuda" and not has_gpu():
-            raise VllmLaunchError("device cuda was asked for, but nvidia-smi finds no GPU on this machine")
+            raise LaunchError("device cuda was asked for, but nvidia-smi finds no GPU on this machine")
         return device, self.dtype or (args["dtype_gpu"] if device == "cuda" else args["dtype_cpu"])
 
     def serving_config(self):
@@ -78,7 +77,7 @@ class VllmServer(HttpHealthServer):
     def command(self) -> tuple[list[str], None]:
         python = vllm_venv() / "bin" / "python"
         if not python.is_file():
-            raise VllmLaunchError(f"vLLM runtime not found ({python}); create it with serve/vllm/setup_env.sh")
+            raise LaunchError(f"vLLM runtime not found ({python}); create it with serve/vllm/setup_env.sh")
         args = self.serve_args()
         device, dtype = self.resolved()
         gpu = device == "cuda"
