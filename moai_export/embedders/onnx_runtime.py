@@ -13,6 +13,7 @@ from ..model_files.model_contract import read_contract
 from .base import TokenEmbedder
 
 ONNX_FILE = "model.onnx"
+ONNX_DATA = "model.onnx_data"  # the weights beside a graph over protobuf's 2 GB limit
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_embedding"
 

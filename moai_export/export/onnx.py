@@ -32,7 +32,7 @@ from ..artifacts.directories import atomic_output_dir, check_target, size_of
 from ..core.contract import EmbeddingContract
 from ..core.errors import MoaiError
 from ..embedders.base import Embedder
-from ..embedders.onnx_runtime import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, OnnxEmbedder
+from ..embedders.onnx_runtime import INPUT_NAMES, ONNX_DATA, ONNX_FILE, OUTPUT_NAME, OnnxEmbedder
 from ..embedders.torch_model import ContractEncoder, load_backbone
 from ..gates.table import GateOverrides
 from ..gates.verification import GateRun
@@ -40,7 +40,6 @@ from ..model_files.contract_tokenizer import ContractTokenizer, write_tokenizer_
 from ..model_files.model_contract import read_contract
 from .exporter import admit, load_candidate, reference_figures, shipped_file_failures
 
-ONNX_DATA = "model.onnx_data"
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_METHODS = ("dynamic", "weight-only")
 DEFAULT_OPSET = 18

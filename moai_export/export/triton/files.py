@@ -14,11 +14,10 @@ from pathlib import Path
 from ...artifacts.admission import MANIFEST_FILE
 from ...artifacts.directories import PARITY_FILE, write_json
 from ...core.contract import EmbeddingContract
-from ...embedders.onnx_runtime import ONNX_FILE
+from ...embedders.onnx_runtime import ONNX_DATA, ONNX_FILE
 from ...gates.verification import PROBES_FILE
 from ...model_files.contract_tokenizer import write_tokenizer_files
 from ...model_files.triton_config import CONFIG_FILE
-from ..onnx import ONNX_DATA
 from .model_configs import encoder_config, ensemble_config, to_text, tokenizer_config
 from .options import TritonOptions
 
