@@ -29,12 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from moai_export.benchmark.async_load import (  # noqa: E402
-    Recorder,
-    closed_loop,
-    measure_saturation,
-    open_loop,
-)
+from moai_export.benchmark.async_load import Recorder, closed_loop, measure_saturation, open_loop  # noqa: E402
 from moai_export.benchmark.gateway_bench import (
     TRITON_DIRECT,
     Senders,

@@ -15,13 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from moai_export.benchmark.async_load import (
-    Outcome,
-    Recorder,
-    closed_loop,
-    measure_saturation,
-    open_loop,
-)
+from moai_export.benchmark.async_load import Outcome, Recorder, closed_loop, measure_saturation, open_loop
 from moai_export.benchmark.gateway_bench import TRITON_DIRECT, Senders, texts_pool
 from moai_export.benchmark.process_memory import rss_mb
 

@@ -14,11 +14,7 @@ import pytest
 from moai_export.benchmark.load import Bounds, RequestStream, closed_loop, open_loop
 from moai_export.benchmark.stats import Sample, latency_summary, percentile, summarize
 from moai_export.benchmark.targets import Target
-from moai_export.benchmark.throughput import (
-    ThroughputSettings,
-    run_throughput,
-    time_side_by_side,
-)
+from moai_export.benchmark.throughput import ThroughputSettings, run_throughput, time_side_by_side
 from moai_export.benchmark.workloads import Workload
 from moai_export.core.contract import EmbeddingContract
 from moai_export.core.errors import MoaiError

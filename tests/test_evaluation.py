@@ -26,9 +26,7 @@ ST_KS = dict(mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 10], precision_rec
 
 
 def st_evaluator(queries: dict, corpus: dict, relevant: dict):
-    from sentence_transformers.sentence_transformer.evaluation import (
-        InformationRetrievalEvaluator,
-    )
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     return InformationRetrievalEvaluator(queries=queries, corpus=corpus, relevant_docs=relevant, write_csv=False,
                                          batch_size=16, **ST_KS)

@@ -134,11 +134,7 @@ def test_a_real_sigkill_during_merge_is_cleaned_by_the_next_run(example_dir, tmp
 def test_exit_codes_mean_one_thing(example_dir, tmp_path):
     usage = CliRunner().invoke(main, ["onnx", str(tmp_path), "--out", str(tmp_path / "o"), "--precision", "fp23"])
     assert usage.exit_code == 2  # click's usage error
-    from moai_export.commands.base import (
-        EXIT_ERROR,
-        EXIT_USAGE,
-        EXIT_VERIFICATION_FAILED,
-    )
+    from moai_export.commands.base import EXIT_ERROR, EXIT_USAGE, EXIT_VERIFICATION_FAILED
 
     assert (EXIT_ERROR, EXIT_USAGE, EXIT_VERIFICATION_FAILED) == (1, 2, 3)
     failed = CliRunner().invoke(main, ["merge", "--base", str(example_dir / "base"), "--adapter",

@@ -13,13 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from moai_export.artifacts.admission import MANIFEST_FILE, NotAdmitted
-from moai_export.artifacts.kinds import (
-    KINDS,
-    kind_named,
-    load_embedder,
-    parse_spec,
-    registered,
-)
+from moai_export.artifacts.kinds import KINDS, kind_named, load_embedder, parse_spec, registered
 from moai_export.core.errors import MoaiError
 
 ROOT = Path(__file__).resolve().parents[1]

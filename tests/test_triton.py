@@ -22,12 +22,7 @@ from moai_export.embedders import load_embedder
 from moai_export.export.triton import TritonOptions, parse_config, write_repository
 from moai_export.gates.parity import cosine_rows
 from moai_export.gates.probes import long_text
-from moai_export.launchers.triton_server import (
-    LaunchError,
-    TritonServer,
-    free_ports,
-    runtime_venv,
-)
+from moai_export.launchers.triton_server import LaunchError, TritonServer, free_ports, runtime_venv
 
 # Skipped only outside CI, where someone ran pytest without `make test`; in CI a missing
 # runtime is a failure, never a silent skip.

@@ -29,12 +29,7 @@ def _written(options=None, contract=CONTRACT):
     """The three configs as the protobuf writer writes them: (text, protobuf message) pairs."""
     from google.protobuf.json_format import MessageToDict
 
-    from moai_export.export.triton import (
-        TritonOptions,
-        encoder_config,
-        ensemble_config,
-        tokenizer_config,
-    )
+    from moai_export.export.triton import TritonOptions, encoder_config, ensemble_config, tokenizer_config
     from moai_export.export.triton.model_configs import to_text
 
     options = options or TritonOptions()

@@ -12,12 +12,7 @@ import pytest
 
 from moai_export.core.contract import EmbeddingContract
 from moai_export.core.errors import MoaiError
-from moai_export.embedders.triton_encoder import (
-    HEADER_LENGTH,
-    TritonEncoderEmbedder,
-    infer_request,
-    infer_response,
-)
+from moai_export.embedders.triton_encoder import HEADER_LENGTH, TritonEncoderEmbedder, infer_request, infer_response
 
 
 def read_like_triton(body: bytes, headers: dict) -> tuple[dict, dict[str, np.ndarray]]:

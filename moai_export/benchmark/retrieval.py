@@ -10,14 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..evaluation.beir import BeirDataset
-from ..evaluation.retrieval_metrics import (
-    MAX_K,
-    METRICS,
-    PRIMARY,
-    evaluate,
-    rank,
-    similarity_scores,
-)
+from ..evaluation.retrieval_metrics import MAX_K, METRICS, PRIMARY, evaluate, rank, similarity_scores
 from ..gates.parity import cosine_rows, rank_agreement
 from .targets import Target
 from .workloads import length_stats

@@ -15,14 +15,7 @@ import click
 
 from ..artifacts.kinds import kind_names
 from ..core.errors import MoaiError
-from .base import (
-    EXIT_INTERRUPTED,
-    EXIT_VERIFICATION_FAILED,
-    MoaiGroup,
-    gate_options,
-    library_option,
-    overrides_from,
-)
+from .base import EXIT_INTERRUPTED, EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, library_option, overrides_from
 
 TARGET_HELP = ("[LABEL=]SPEC, repeatable; the first is the baseline the ratios/deltas use. SPEC: BASE+ADAPTER, "
                f"a bare artifact directory, or a spec of any kind ({kind_names()}; openai-http:// is the "

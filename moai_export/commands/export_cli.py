@@ -12,14 +12,7 @@ import click
 from .. import __version__
 from ..artifacts.kinds import describe_recognised, kind_names
 from ..core.errors import VerificationFailed
-from .base import (
-    EXIT_INTERRUPTED,
-    EXIT_VERIFICATION_FAILED,
-    MoaiGroup,
-    gate_options,
-    library_option,
-    overrides_from,
-)
+from .base import EXIT_INTERRUPTED, EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, library_option, overrides_from
 
 DTYPE_CHOICE = click.Choice(["fp32", "bf16", "fp16"])
 

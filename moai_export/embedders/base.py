@@ -20,12 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from ..core.batching import BatchPolicy, FixedCount
-from ..core.contract import (
-    EmbeddingContract,
-    check_dimensions,
-    check_kind,
-    truncate_dimensions,
-)
+from ..core.contract import EmbeddingContract, check_dimensions, check_kind, truncate_dimensions
 from ..core.errors import MoaiError
 from ..core.input_rules import check_texts
 

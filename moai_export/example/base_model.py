@@ -8,12 +8,7 @@ from pathlib import Path
 import torch
 
 from ..core.contract import QWEN3_QUERY_PROMPT, EmbeddingContract
-from ..model_files.qwen3_tokenizer import (
-    END_OF_TEXT,
-    END_OF_TEXT_ID,
-    QWEN3_VOCAB_SIZE,
-    save_qwen3_tokenizer,
-)
+from ..model_files.qwen3_tokenizer import END_OF_TEXT, END_OF_TEXT_ID, QWEN3_VOCAB_SIZE, save_qwen3_tokenizer
 from ..model_files.sentence_transformers_format import write_sentence_transformers_files
 
 # Qwen3 shapes. head_dim stays in what vLLM's CPU attention accepts (32, 64, 80, 96, 112, 128, ...).

@@ -38,17 +38,8 @@ from ..embedders.sentence_transformers import SentenceTransformerEmbedder
 from ..embedders.torch_model import DTYPES, TorchEmbedder
 from ..gates.parity import ReferenceFigures, adapter_effect, embed_probes
 from ..gates.table import GateOverrides
-from ..gates.verification import (
-    PROBES_FILE,
-    Check,
-    GateRun,
-    VerificationRecord,
-    chain_of,
-)
-from ..model_files.contract_tokenizer import (
-    shipped_tokenizer_failures,
-    write_tokenizer_files,
-)
+from ..gates.verification import PROBES_FILE, Check, GateRun, VerificationRecord, chain_of
+from ..model_files.contract_tokenizer import shipped_tokenizer_failures, write_tokenizer_files
 from ..model_files.lora_adapter import AdapterInfo, read_adapter
 from ..model_files.safetensors_files import check_model_weights
 from ..model_files.sentence_transformers_format import write_sentence_transformers_files

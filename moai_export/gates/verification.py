@@ -32,12 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..artifacts.admission import (
-    MANIFEST_FILE,
-    ServingConfig,
-    admission_entry,
-    read_manifest,
-)
+from ..artifacts.admission import MANIFEST_FILE, ServingConfig, admission_entry, read_manifest
 from ..artifacts.directories import PARITY_FILE, tool_versions, write_json
 from .parity import GateReport
 from .probes import Probe

@@ -23,9 +23,7 @@ def lora_config(options: TrainOptions):
 def ir_evaluator(validation: Validation, contract: EmbeddingContract, batch_size: int, *, progress: bool = False):
     """Binary-relevance IR metrics (the ones `moai-bench retrieval` reports), with the contract's
     prompts: queries carry the instruction, as they will when served."""
-    from sentence_transformers.sentence_transformer.evaluation import (
-        InformationRetrievalEvaluator,
-    )
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     return InformationRetrievalEvaluator(
         validation.queries, validation.corpus, validation.relevant, name=EVAL_NAME,

@@ -17,23 +17,10 @@ from ..core.errors import MoaiError
 from ..evaluation.retrieval_metrics import PRIMARY
 from ..model_files.model_contract import read_contract
 from ..model_files.sources import resolve_model_dir
-from .data import (
-    TrainingPairs,
-    Validation,
-    beir_validation,
-    read_pairs,
-    split_validation,
-)
+from .data import TrainingPairs, Validation, beir_validation, read_pairs, split_validation
 from .options import TrainOptions
 from .outputs import write_outputs
-from .recipe import (
-    check_report_to,
-    ir_evaluator,
-    lora_config,
-    metric_key,
-    pick_metrics,
-    training_arguments,
-)
+from .recipe import check_report_to, ir_evaluator, lora_config, metric_key, pick_metrics, training_arguments
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
@@ -118,9 +105,7 @@ def train(options: TrainOptions, *, callbacks: Sequence = (), log: Callable[[str
     Under DDP (torchrun) every rank trains and only rank 0 writes."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer
-    from sentence_transformers.sentence_transformer.losses import (
-        CachedMultipleNegativesRankingLoss,
-    )
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
     from transformers import EarlyStoppingCallback
 
     out = Path(options.out).absolute()

@@ -17,12 +17,7 @@ messages), files (the models' files in a staging directory), repository (write, 
 publish), remote (verification on a server started elsewhere).
 """
 
-from .model_configs import (
-           encoder_config,
-           ensemble_config,
-           parse_config,
-           tokenizer_config,
-)
+from .model_configs import encoder_config, ensemble_config, parse_config, tokenizer_config
 from .options import TritonOptions
 from .remote import verify_remote
 from .repository import write_repository

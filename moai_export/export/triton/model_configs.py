@@ -9,11 +9,7 @@ import uuid
 
 from ...core.contract import EmbeddingContract
 from ...embedders.onnx_runtime import ONNX_FILE, OUTPUT_NAME
-from ...model_files.triton_config import (
-    CONTRACT_PARAMETER,
-    PRECISION_PARAMETER,
-    REPOSITORY_ID_PARAMETER,
-)
+from ...model_files.triton_config import CONTRACT_PARAMETER, PRECISION_PARAMETER, REPOSITORY_ID_PARAMETER
 from .options import TritonOptions, engine_options, moai_source_root
 
 

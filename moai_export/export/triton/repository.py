@@ -8,12 +8,7 @@ import sys
 from pathlib import Path
 
 from ...artifacts.admission import read_manifest
-from ...artifacts.directories import (
-    PARITY_FILE,
-    atomic_output_dir,
-    check_output_location,
-    write_manifest,
-)
+from ...artifacts.directories import PARITY_FILE, atomic_output_dir, check_output_location, write_manifest
 from ...core.errors import MoaiError
 from ...embedders.base import Embedder
 from ...embedders.onnx_runtime import ONNX_FILE
@@ -21,13 +16,7 @@ from ...gates.verification import GateRun
 from ...model_files.model_contract import read_contract
 from ..exporter import admit, load_candidate, reference_figures
 from .files import link_tree, rewrite_manifest_files, write_models
-from .options import (
-    TritonOptions,
-    check_options,
-    engine_options,
-    served_precision,
-    serving_config,
-)
+from .options import TritonOptions, check_options, engine_options, served_precision, serving_config
 from .remote import verify_remote
 
 
