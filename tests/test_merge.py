@@ -47,7 +47,7 @@ def test_report_records_figures_hashes_versions(merged_dir):
     assert merge_check["adapted_weights"] == 14 and merge_check["unchanged"] == []
     assert report["probe_set"]["count"] == len(json.loads((merged_dir / PROBES_FILE).read_text())["probes"])
     assert report["probe_set"]["token_lengths"]["max"] == report["probes"]["max_tokens"]  # a probe is cut there
-    assert report["chain"]["root_reference"].startswith("peft reference")
+    assert report["chain"]["root_reference"] == f"peft:{example_dir.resolve() / 'base'}+{example_dir.resolve() / 'adapter'}"
     assert report["probes"]["truncated"] >= 1
     assert set(report["inputs"]["base"]["weights"]) == {"model.safetensors"}
     assert len(report["output"]["weights"]["model.safetensors"]) == 64

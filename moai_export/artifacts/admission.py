@@ -87,8 +87,11 @@ def shipped_files(directory: Path) -> dict[str, dict]:
     }
 
 
-def changed_files(directory: Path, manifest: dict) -> list[str]:
-    """Shipped files that differ from the manifest (missing, resized, or re-hashed and different)."""
+def changed_files(directory: Path, manifest: dict, *, full: bool = False) -> list[str]:
+    """Shipped files that differ from the manifest (missing, resized, or re-hashed and different).
+    Loaders check every size but re-hash only files under REHASH_BELOW at each start (hashing a
+    2.4 GB graph would cost seconds every time); `full` re-hashes every file, as a command that
+    derives a new artifact, or admits one, must: what it passes on is every byte."""
     directory = Path(directory) / manifest.get("files_root", ".")  # a Triton ensemble covers its repository
     problems = []
     for name, record in (manifest.get("files") or {}).items():
@@ -97,7 +100,7 @@ def changed_files(directory: Path, manifest: dict) -> list[str]:
             problems.append(f"{name} is missing")
         elif path.stat().st_size != record["bytes"]:
             problems.append(f"{name} changed size")
-        elif record["bytes"] < REHASH_BELOW and file_record(path)["sha256"] != record["sha256"]:
+        elif (full or record["bytes"] < REHASH_BELOW) and file_record(path)["sha256"] != record["sha256"]:
             problems.append(f"{name} changed")
     return problems
 
@@ -121,6 +124,7 @@ def record_admission(directory: Path, entry: dict) -> None:
     key = {k: entry.get(k, "") for k in ("runtime", "device", "dtype", "provider")}
     kept = [e for e in manifest.get("admitted_for", []) if {k: e.get(k, "") for k in key} != key]
     manifest["admitted_for"] = kept + [entry]
+    manifest.pop("unverified", None)  # a gate against a reference has now passed in this configuration
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -148,7 +152,9 @@ def require_admitted(directory: Path, config: ServingConfig, *, mode: str = "req
     if changed:
         problems.append(f"files changed since verification: {', '.join(changed[:5])}")
     admitted = manifest.get("admitted_for") or []
-    if not any(config.matches(entry) for entry in admitted):
+    if manifest.get("unverified"):
+        problems.append(f"derived from an unverified input ({manifest['unverified']})")
+    elif not any(config.matches(entry) for entry in admitted):
         known = "; ".join(ServingConfig(**{k: e.get(k, "") for k in ("runtime", "device", "dtype", "provider")})
                           .describe() for e in admitted) or "none"
         problems.append(f"not verified for {config.describe()} (admitted: {known})")

@@ -113,11 +113,16 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, min_rank_a
              help="int8 only: dynamic (int8 weights and activations, fastest on CPU) or weight-only "
                   "(int8 weight blocks; more accurate on models with outlier activations).")
 @click.option("--reference", default=None,
-              help="Reference for the gate, e.g. BASE+ADAPTER (the PEFT reference). Default: SOURCE in float32 torch.")
+              help="Reference for the gate, e.g. BASE+ADAPTER (the PEFT reference). Default: the root reference "
+                   "recorded in SOURCE's chain (the PEFT reference its merge was gated against).")
 @onnx_option("--opset", type=click.IntRange(min=14), help="ONNX opset.")
 @gate_options
+@click.option("--allow-unverified", is_flag=True,
+              help="Derive from an input no gate admitted (no manifest, or derived from one that was not): "
+                   "gated against itself, the output is marked unverified and loaders refuse it unless told.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_abs, min_rank_agreement, force):
+def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_abs, min_rank_agreement,
+         allow_unverified, force):
     """Export the merged model SOURCE to ONNX with pooling and normalization in the graph.
 
     The artifact takes int64 input_ids and attention_mask and returns sentence_embedding
@@ -127,7 +132,8 @@ def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_
     from ..export.onnx import OnnxOptions, export_onnx
 
     options = OnnxOptions(precision=precision, int8_method=int8_method, opset=opset,
-                          overrides=overrides_from(min_cosine, max_abs, min_rank_agreement), force=force, log=_log)
+                          overrides=overrides_from(min_cosine, max_abs, min_rank_agreement), force=force, log=_log,
+                          allow_unverified=allow_unverified)
     export_onnx(source, out, reference=_reference(reference), reference_label=reference, options=options)
     click.echo(f"onnx {precision} written to {out} (verified; report: {out / 'moai_parity.json'})")
 
@@ -217,7 +223,8 @@ def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, mi
 @triton_option("--version", "model_version", field="version", type=click.IntRange(min=1),
                help="Version folder to write (other versions of these models are kept).")
 @click.option("--reference", default=None,
-              help="Reference for the gate (default: the one the ONNX artifact was gated against, when loadable).")
+              help="Reference for the gate. Default: the root reference recorded in ARTIFACT's chain (the PEFT "
+                   "reference its merge was gated against); never ARTIFACT alone.")
 @click.option("--verify-with", default=None, metavar="URL",
               help="Verify on a running server that serves the written repository (grpc://HOST:PORT or "
                    "http://HOST:PORT, e.g. NVIDIA's container on a GPU) instead of a local tritonserver.")
@@ -225,11 +232,14 @@ def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, mi
               help="Skip verification: the repository is written but not admitted, and the launcher refuses it "
                    "until `moai-export verify triton:REPO` (or --allow-unverified).")
 @gate_options
+@click.option("--allow-unverified", is_flag=True,
+              help="Derive from an input no gate admitted (no manifest, or derived from one that was not): "
+                   "gated against itself, the output is marked unverified and loaders refuse it unless told.")
 @click.option("--force", is_flag=True, help="Replace these models' version folder if it exists.")
 def triton(artifact, repo, name, encoder, engine_device, engine_dtype, engine_max_batch_tokens, engine_compile,
            engine_env, max_batch_size, max_queue_delay_us, preferred_batch_sizes, instances,
            intra_op_threads, tensorrt, tensorrt_precision, model_version, reference, verify_with, no_verify,
-           min_cosine, max_abs, min_rank_agreement, force):
+           min_cosine, max_abs, min_rank_agreement, allow_unverified, force):
     """Write a Triton model repository for the ONNX ARTIFACT (a merged model with --encoder
     engine): a tokenizer model (query prompt,
     truncation, end token, padding server-side), an encoder model and an ensemble taking raw
@@ -256,7 +266,7 @@ def triton(artifact, repo, name, encoder, engine_device, engine_dtype, engine_ma
                             overrides=overrides_from(min_cosine, max_abs, min_rank_agreement),
                             engine_device=engine_device, engine_dtype=engine_dtype,
                             engine_max_batch_tokens=engine_max_batch_tokens, engine_compile=engine_compile,
-                            engine_env=engine_env)
+                            engine_env=engine_env, allow_unverified=allow_unverified)
     write_repository(artifact, repo, options, log=_log, reference=_reference(reference), reference_label=reference)
     click.echo(f"wrote {name}, {name}_tokenizer, {name}_encoder to {repo}")
 
@@ -267,10 +277,15 @@ def triton(artifact, repo, name, encoder, engine_device, engine_dtype, engine_ma
 @vllm_option("--dtype", type=DTYPE_CHOICE, help="dtype of the saved weights.")
 @vllm_option("--served-model-name", help="The model name clients send (written into the serve arguments).")
 @click.option("--reference", default=None,
-              help="Reference for the gate, e.g. BASE+ADAPTER. Default: SOURCE in float32 torch.")
+              help="Reference for the gate, e.g. BASE+ADAPTER. Default: the root reference recorded in SOURCE's "
+                   "chain (the PEFT reference its merge was gated against).")
 @gate_options
+@click.option("--allow-unverified", is_flag=True,
+              help="Derive from an input no gate admitted (no manifest, or derived from one that was not): "
+                   "gated against itself, the output is marked unverified and loaders refuse it unless told.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, min_rank_agreement, force):
+def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, min_rank_agreement, allow_unverified,
+         force):
     """Write a directory that vLLM serves as an embedding model, with the pooler pinned.
 
     SOURCE is a merged (or any sentence-transformers) model directory. OUT gets the weights,
@@ -288,7 +303,8 @@ def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, 
     from ..export.vllm import VllmOptions, export_vllm
 
     options = VllmOptions(dtype=dtype, served_model_name=served_model_name, force=force, log=_log,
-                          overrides=overrides_from(min_cosine, max_abs, min_rank_agreement))
+                          overrides=overrides_from(min_cosine, max_abs, min_rank_agreement),
+                          allow_unverified=allow_unverified)
     export_vllm(source, out, reference=_reference(reference), reference_label=reference, options=options)
     click.echo(f"vLLM directory written to {out} (verified; serve: serve/vllm/run.sh {out})")
 

@@ -10,42 +10,110 @@
                                 # `admitted_for` the configurations gated
     # renamed into place only now
 
-Embedding the reference once (`reference_figures`) is shared too.
+Before it: `check_input` refuses an input whose files changed since its own gate (hashed in full)
+or that no gate admitted (unless --allow-unverified, which marks the output unverified), and
+`chain_reference` picks what the output is gated against: the reference given, else the root
+reference of the input's chain, never the input alone. Embedding the reference once
+(`reference_figures`) is shared too.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifacts.admission import GATED_STAGES, MANIFEST_FILE, NotAdmitted, changed_files, read_manifest
 from ..artifacts.directories import PARITY_FILE, weights_digest, write_manifest
-from ..core.errors import VerificationFailed
+from ..core.errors import MoaiError, VerificationFailed
 from ..core.text_tables import format_table
 from ..embedders.base import Embedder
 from ..gates.parity import ReferenceFigures
 from ..gates.verification import PROBES_FILE, GateRun, VerificationRecord, chain_of
 
 
-def reference_figures(source: Path, reference: Embedder | None, label: str | None, *, log,
-                      timings: dict) -> tuple[ReferenceFigures, str]:
-    """The reference's probe figures and its label; without a reference, `source` itself in
-    float32 torch, freed right after (the exporter needs the memory next)."""
-    from ..embedders.torch_model import TorchEmbedder
+@dataclass
+class Provenance:
+    """What an exporter derives from: its input's manifest (None: an unverified input, taken with
+    --allow-unverified) and the chain it continues."""
 
-    owned = reference is None
-    if owned:
-        # a source, not something served: no admission to check, and a missing end-token
-        # post-processor (older hub snapshots) is repaired in memory as the exporters repair the file
-        reference = TorchEmbedder.from_dir(source, name=f"torch fp32 ({source.name})", repair_tokenizer=True,
-                                           admission="skip")
-        label = label or f"torch:{source}"
-    log(f"reference: {reference.name}; embedding the probe set")
+    source: Path
+    manifest: dict | None
+
+    @property
+    def unverified(self) -> str | None:
+        """Why the output cannot be admitted (None: it can, if its own gate passes)."""
+        if self.manifest is None:
+            return f"{self.source} has no manifest of a gated artifact"
+        return self.manifest.get("unverified")
+
+    @property
+    def root_reference(self) -> str | None:
+        """The reference the chain's first artifact was gated against, as a loadable spec."""
+        manifest = self.manifest or {}
+        recorded = (manifest.get("chain") or {}).get("root_reference")
+        return recorded or (manifest.get("inputs") or {}).get("reference")  # written before chains were recorded
+
+
+def check_input(source: Path, *, allow_unverified: bool = False) -> Provenance:
+    """The input of a derived artifact, refused unless every file it ships is what its own gate
+    admitted, hashed in full (the output inherits every byte; loaders re-hash only small files).
+    A directory without a gated manifest, or one derived from an unverified input, is refused
+    unless `allow_unverified` (then the output is marked unverified too)."""
+    manifest = read_manifest(source)
+    gated = manifest is not None and manifest.get("stage") in GATED_STAGES and (
+        manifest.get("admitted_for") or manifest.get("unverified"))
+    if not gated:
+        if not allow_unverified:
+            raise NotAdmitted(f"{source}: not an artifact a moai-export gate admitted (no {MANIFEST_FILE} with an "
+                              "admission): export from the directory `moai-export merge` / `onnx` wrote, or pass "
+                              "--allow-unverified to derive from it anyway (the output is marked unverified and "
+                              "loaders refuse it without --allow-unverified)")
+        return Provenance(Path(source), None)
+    changed = changed_files(source, manifest, full=True)
+    if changed:
+        raise NotAdmitted(f"{source}: files changed since verification: {', '.join(changed[:5])}; what was "
+                          "verified is not what is there now: write it again from its own source")
+    if manifest.get("unverified") and not allow_unverified:
+        raise NotAdmitted(f"{source}: derived from an unverified input ({manifest['unverified']}); pass "
+                          "--allow-unverified to derive from it anyway")
+    return Provenance(Path(source), manifest)
+
+
+def chain_reference(provenance: Provenance, reference: Embedder | None, label: str | None, *, fallback: str,
+                    log) -> tuple[Embedder, str, bool]:
+    """(reference, its label, owned) the output is gated against: the one given, else the root
+    reference recorded in the input's chain (never the input alone: a damaged input compared
+    with itself passes). Only an unverified input falls back to itself (`fallback`, a spec), and
+    its output is marked unverified."""
+    from ..artifacts.kinds import load_embedder
+
+    if reference is not None:
+        return reference, label or reference.name, False
+    root = provenance.root_reference
+    if provenance.manifest is not None:
+        if not root:
+            raise MoaiError(f"{provenance.source}: its manifest records no root reference; pass --reference "
+                            "BASE+ADAPTER (the PEFT reference)")
+        try:
+            return load_embedder(root, name=f"root reference ({root})", admission="skip"), root, True
+        except MoaiError as exc:
+            raise MoaiError(f"the root reference recorded in {provenance.source}'s chain, {root}, does not load "
+                            f"({exc}); pass --reference BASE+ADAPTER") from None
+    log(f"warning: {provenance.unverified}: gated against itself ({fallback}); the output is marked unverified")
+    return load_embedder(fallback, name=f"unverified input ({fallback})", admission="skip"), fallback, True
+
+
+def reference_figures(reference: Embedder, label: str, owned: bool, *, log, timings: dict) -> ReferenceFigures:
+    """The reference's probe figures, embedded once; an owned reference is freed right after (the
+    exporter needs the memory next)."""
+    log(f"reference: {label}; embedding the probe set")
     started = time.perf_counter()
     figures = ReferenceFigures(reference)
     if owned:
         reference.close()
     timings["reference_s"] = time.perf_counter() - started
-    return figures, label or reference.name
+    return figures
 
 
 def load_candidate(factory, what: str):
@@ -74,15 +142,17 @@ def shipped_file_failures(directory: Path, contract, figures: ReferenceFigures) 
 
 def admit(directory: Path, runs: list[GateRun], *, stage: str, what: str, source: Path | None,
           reference_label: str, figures: ReferenceFigures, fields: dict, manifest_options: dict, timings: dict, log,
-          hint: str = "", manifest_inputs: dict | None = None, parent: Path | None = None) -> dict:
+          hint: str = "", manifest_inputs: dict | None = None, parent: Path | None = None,
+          unverified: str | None = None) -> dict:
     """Report the gates; raise VerificationFailed if any failed (the caller's atomic directory
     is then discarded), else write the verification record and the manifest into `directory`.
     `what` names the artifact in the error ("onnx int8"); `parent` (default `source`) is the
-    artifact this one derives from, named in the record's chain."""
+    artifact this one derives from, named in the record's chain. `unverified` (why: its input
+    was): the output is written but admitted for nothing, and loaders refuse it unless told."""
     source_info = {"path": str(source), "weights": weights_digest(source)} if source else None
     record = VerificationRecord(stage, reference_label, runs, figures.probes, token_lengths=figures.token_lengths,
                                 chain=chain_of(parent or source, reference_label),
-                                fields={**fields, "source": source_info,
+                                fields={**fields, "source": source_info, "unverified": unverified,
                                         "timings": {k: round(v, 3) for k, v in timings.items()}})
     log(format_gate_table([run.report for run in runs]))
     if not record.passed:
@@ -92,10 +162,11 @@ def admit(directory: Path, runs: list[GateRun], *, stage: str, what: str, source
     write_manifest(directory, stage=stage,
                    inputs=manifest_inputs or {"source": source_info, "reference": reference_label},
                    options=manifest_options,
-                   extra={"parity_file": PARITY_FILE, "probes_file": PROBES_FILE, "chain": report["chain"]},
-                   admitted_for=record.admissions())
+                   extra={"parity_file": PARITY_FILE, "probes_file": PROBES_FILE, "chain": report["chain"],
+                          **({"unverified": unverified} if unverified else {})},
+                   admitted_for=[] if unverified else record.admissions())
     for run in runs:
-        log(f"admitted for {run.describe()}")
+        log(f"NOT admitted ({unverified}): {run.describe()}" if unverified else f"admitted for {run.describe()}")
     return report
 
 

@@ -129,7 +129,7 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
 
         record = VerificationRecord(
             "merge", MERGE_REFERENCE, runs, figures.probes, token_lengths=figures.token_lengths,
-            chain=chain_of(None, MERGE_REFERENCE),
+            chain=chain_of(None, f"peft:{base_dir.resolve()}+{adapter_dir.resolve()}"),  # loadable by later exports
             checks=merge_checks(unchanged, len(before), effect, file_failures),
             fields=report_fields(contract=contract, dtype=options.dtype, truncated=figures.truncated,
                                  base=(base, base_dir), adapter=(adapter, adapter_dir, info), output_dir=tmp,

@@ -38,7 +38,7 @@ from ..gates.table import GateOverrides
 from ..gates.verification import GateRun
 from ..model_files.contract_tokenizer import ContractTokenizer, write_tokenizer_files
 from ..model_files.model_contract import read_contract
-from .exporter import admit, load_candidate, reference_figures, shipped_file_failures
+from .exporter import admit, chain_reference, check_input, load_candidate, reference_figures, shipped_file_failures
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_METHODS = ("dynamic", "weight-only")
@@ -58,6 +58,7 @@ class OnnxOptions:
     opset: int = DEFAULT_OPSET
     overrides: GateOverrides = field(default_factory=GateOverrides)
     force: bool = False
+    allow_unverified: bool = False  # derive from an input no gate admitted; the output is marked unverified
     log: callable = print
     timings: dict = field(default_factory=dict)
 
@@ -78,8 +79,10 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
     contract = read_contract(source)
     gate = options.overrides.apply("onnx", options.precision)
 
-    figures, reference_label = reference_figures(source, reference, reference_label, log=log,
-                                                 timings=options.timings)
+    provenance = check_input(source, allow_unverified=options.allow_unverified)
+    reference, reference_label, owned = chain_reference(provenance, reference, reference_label,
+                                                        fallback=f"torch:{source}", log=log)
+    figures = reference_figures(reference, reference_label, owned, log=log, timings=options.timings)
 
     with atomic_output_dir(out, force=options.force) as tmp:
         t = time.perf_counter()
@@ -105,6 +108,7 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
             tmp, [GateRun(report, gate, serving_config_for(options.precision))], stage="onnx",
             what=f"onnx {options.precision}", source=source, reference_label=reference_label, figures=figures,
             fields={"precision": options.precision}, timings=options.timings, log=log, hint=hint,
+            unverified=provenance.unverified,
             manifest_options={"precision": options.precision, "opset": options.opset,
                               "exporter": "torch.onnx (TorchScript)",
                               "int8_method": options.int8_method if options.precision == "int8" else None,

@@ -27,7 +27,7 @@ from ..launchers.vllm_server import SERVE_FILE
 from ..model_files.contract_tokenizer import write_tokenizer_files
 from ..model_files.model_contract import read_contract
 from ..model_files.sentence_transformers_format import write_sentence_transformers_files
-from .exporter import admit, load_candidate, reference_figures, shipped_file_failures
+from .exporter import admit, chain_reference, check_input, load_candidate, reference_figures, shipped_file_failures
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 POOLING_TYPES = {"lasttoken": "LAST", "mean": "MEAN", "cls": "CLS"}
@@ -61,6 +61,7 @@ class VllmOptions:
     served_model_name: str = "moai-embedding"
     overrides: GateOverrides = field(default_factory=GateOverrides)
     force: bool = False
+    allow_unverified: bool = False  # derive from an input no gate admitted; the output is marked unverified
     log: callable = print
     timings: dict = field(default_factory=dict)
 
@@ -99,11 +100,13 @@ def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, r
     contract = read_contract(source)
     if contract.pooling not in POOLING_TYPES:
         raise MoaiError(f"pooling {contract.pooling!r} has no vLLM equivalent")
+    provenance = check_input(source, allow_unverified=options.allow_unverified)
     VllmOfflineEmbedder.check_runtime()
 
     log = options.log
-    figures, reference_label = reference_figures(source, reference, reference_label, log=log,
-                                                 timings=options.timings)
+    reference, reference_label, owned = chain_reference(provenance, reference, reference_label,
+                                                        fallback=f"torch:{source}", log=log)
+    figures = reference_figures(reference, reference_label, owned, log=log, timings=options.timings)
 
     with atomic_output_dir(out, force=options.force) as tmp:
         t = time.perf_counter()
@@ -125,7 +128,7 @@ def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, r
             tmp, [GateRun(report, gate, config)], stage="vllm", what="vllm", source=source,
             reference_label=reference_label, figures=figures,
             fields={"dtype": options.dtype, "serve_args": json.loads((tmp / SERVE_FILE).read_text())},
-            timings=options.timings, log=log,
+            timings=options.timings, log=log, unverified=provenance.unverified,
             manifest_options={"dtype": options.dtype, "served_model_name": options.served_model_name},
         )
     return report

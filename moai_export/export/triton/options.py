@@ -42,6 +42,7 @@ class TritonOptions:
     engine_max_batch_tokens: int = 16384
     engine_compile: bool = False
     engine_env: str | None = None  # the Python environment with torch for the encoder's stub (default: this one's)
+    allow_unverified: bool = False  # derive from an input no gate admitted; the repository is marked unverified
     overrides: GateOverrides = field(default_factory=GateOverrides)
 
     def model_names(self) -> dict[str, str]:

@@ -38,7 +38,7 @@ def wait_for_repository(address: str, model: str, protocol: str, wanted: str, wa
 
 
 def verify_remote(repo: Path, model: str, url: str, figures, gate, config: ServingConfig, reference_label: str,
-                  log, wait_s: float = 600.0) -> None:
+                  log, wait_s: float = 600.0, unverified: str | None = None) -> None:
     """Gate a server that serves the published `repo` (e.g. NVIDIA's container on a GPU) and record
     the result in the repository; the server must serve exactly these files."""
     from ...artifacts.admission import record_admission
@@ -56,10 +56,13 @@ def verify_remote(repo: Path, model: str, url: str, figures, gate, config: Servi
     run = GateRun(report, gate, config)
     record = VerificationRecord("triton", reference_label, [run], figures.probes, token_lengths=figures.token_lengths,
                                 chain=chain_of(Path(artifact) if artifact else None, reference_label),
-                                fields={"precision": config.dtype, "server": url})
+                                fields={"precision": config.dtype, "server": url, "unverified": unverified})
     record.write(ensemble_dir)
     if not record.passed:
         raise VerificationFailed(f"triton repository verification on {url} FAILED (the repository is written but "
                                  f"not admitted; launchers refuse it): " + "; ".join(record.failures[:5]))
+    if unverified:
+        log(f"NOT admitted ({unverified}): {config.describe()}")
+        return
     record_admission(ensemble_dir, run.admission(reference_label))
     log(f"admitted for {config.describe()}")

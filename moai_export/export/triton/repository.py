@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 from ...artifacts.admission import read_manifest
-from ...artifacts.directories import PARITY_FILE, atomic_output_dir, check_output_location, write_manifest
+from ...artifacts.directories import atomic_output_dir, check_output_location, write_manifest
 from ...core.errors import MoaiError
 from ...embedders.base import Embedder
 from ...embedders.onnx_runtime import ONNX_FILE
-from ...gates.verification import GateRun
+from ...gates.verification import GateRun, chain_of
 from ...model_files.model_contract import read_contract
-from ..exporter import admit, load_candidate, reference_figures
+from ..exporter import admit, chain_reference, check_input, load_candidate, reference_figures
 from .files import link_tree, rewrite_manifest_files, write_models
 from .options import TritonOptions, check_options, engine_options, served_precision, serving_config
 from .remote import verify_remote
@@ -36,8 +36,7 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
         raise MoaiError(f"cannot write {repo}: exists as a file, not a directory")
     check_output_location(repo)  # graphs are hard-linked when the file system allows
     contract = read_contract(artifact)
-    if not (artifact / PARITY_FILE).is_file():
-        log(f"warning: {artifact} has no {PARITY_FILE}: it was not admitted by a parity gate")
+    provenance = check_input(artifact, allow_unverified=options.allow_unverified)
     names = options.model_names()
     version = str(options.version)
     for model in names.values():
@@ -55,11 +54,11 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
 
     figures = None
     if options.verify != "none":
-        owned = reference is None  # the caller's reference stays open for the caller
-        reference, reference_label = _triton_reference(artifact, source_manifest, reference, reference_label)
-        figures, reference_label = reference_figures(artifact, reference, reference_label, log=log, timings={})
-        if owned:
-            reference.close()
+        # an unverified input is gated against itself as it serves: its graph, or the merged model in torch
+        fallback = f"torch:{artifact}" if options.encoder == "engine" else f"onnx:{artifact}"
+        reference, reference_label, owned = chain_reference(provenance, reference, reference_label,
+                                                            fallback=fallback, log=log)
+        figures = reference_figures(reference, reference_label, owned, log=log, timings={})
 
     with atomic_output_dir(repo, force=True) as staging:
         if repo.is_dir():
@@ -93,40 +92,19 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
             admit(ensemble_dir, [GateRun(report, gate, config)], stage="triton", what="triton repository",
                   source=None, parent=artifact, reference_label=reference_label, figures=figures,
                   fields={"precision": precision}, timings={}, log=log, manifest_options=manifest_options,
-                  manifest_inputs=inputs)
+                  manifest_inputs=inputs, unverified=provenance.unverified)
             rewrite_manifest_files(staging, names)
         else:
-            write_manifest(ensemble_dir, stage="triton", inputs=inputs, options=manifest_options)
+            write_manifest(ensemble_dir, stage="triton", inputs=inputs, options=manifest_options,
+                           extra={"chain": chain_of(artifact, provenance.root_reference or reference_label or ""),
+                                  **({"unverified": provenance.unverified} if provenance.unverified else {})})
             rewrite_manifest_files(staging, names)
             if options.verify == "none":
                 log("warning: --no-verify: the repository was NOT run through a server; run_local.sh refuses it "
                     "until `moai-export verify triton:REPO` admits it (or --allow-unverified)")
     if options.verify.startswith(("grpc://", "http://")):
         verify_remote(repo, names["ensemble"], options.verify, figures, gate, config, reference_label, log,
-                      wait_s=options.verify_wait_s)
+                      wait_s=options.verify_wait_s, unverified=provenance.unverified)
     log(f"triton repository {repo}: {', '.join(names.values())} (encoder: {options.encoder}, {precision})")
     return {"repository": str(repo), "models": names, "dims": contract.dims, "encoder": options.encoder,
             "precision": precision, "verified": options.verify}
-
-
-def _triton_reference(artifact: Path, manifest: dict, reference, label):
-    """The reference the artifact was gated against when it can still be loaded, else the ONNX
-    artifact itself in onnxruntime (then the repository is checked against what it serves)."""
-    if reference is not None:
-        return reference, label
-    from ...embedders import load_embedder
-
-    if not (artifact / ONNX_FILE).is_file():  # the engine's merged model: gated against itself in torch
-        recorded = (manifest.get("inputs") or {}).get("reference")
-        fallback = f"torch:{artifact}"
-        try:
-            return load_embedder(recorded or fallback, name="reference", admission="skip"), recorded or fallback
-        except MoaiError:
-            return load_embedder(fallback, name="reference", admission="skip"), fallback
-    recorded = (manifest.get("inputs") or {}).get("reference")
-    if recorded:
-        try:
-            return load_embedder(recorded, name=f"reference ({recorded})"), recorded
-        except MoaiError:
-            pass
-    return load_embedder(f"onnx:{artifact}", name=f"onnx:{artifact}", admission="skip"), f"onnx:{artifact}"
