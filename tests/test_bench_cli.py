@@ -191,3 +191,28 @@ def test_generated_lengths_are_what_they_say(merged_dir):
     assert all(abs(n - 64) <= 2 for n in measured), measured
     _, spread = generate_texts(LengthSpec.parse("16-128"), 40, tokenizer, kind="query", seed=3)
     assert min(spread) >= 14 and max(spread) <= 130 and max(spread) - min(spread) > 40
+
+
+def test_benchmarks_judge_as_gates_do(example_dir, merged_dir, dataset, tmp_path):
+    """retrieval and corpus judge every target against the reference by its gate-table cell, name
+    the worst texts with their lengths, and exit 3 when asked: the base model (the adapter lost)
+    fails where the merged model passes."""
+    reference = f"peft:{example_dir / 'base'}+{example_dir / 'adapter'}"
+    targets = ["--target", f"merged=torch:{merged_dir}", "--target", f"base=torch:{example_dir / 'base'}"]
+    for command, extra in (("retrieval", []), ("corpus", ["--queries", "2"])):
+        out = tmp_path / command
+        result = invoke(command, "--dataset", dataset, "--reference", f"ref={reference}", *targets, *extra,
+                        "--fail-below-gate", "--quiet", "--out", out)
+        assert result.exit_code == 3, result.output
+        rows = {r["target"]: r for r in json.loads((out / "results.json").read_text())["results"]["targets"]}
+        judged = {name: (row.get("parity_vs_reference") or {}).get("judged") or row.get("judged")
+                  for name, row in rows.items() if name != "ref"}
+        assert judged["merged"]["passed"] and not judged["base"]["passed"], judged
+        assert judged["base"]["gate"]["min_cosine"] == 0.99999  # the torch family's fp32 cell
+        assert all(w["tokens"] > 0 for w in judged["base"]["worst"])
+        summary = (out / "summary.md").read_text()
+        assert "Worst texts against the reference" in summary and "tokens)" in summary
+        assert "BELOW GATE: base" in result.output
+    result = invoke("retrieval", "--dataset", dataset, "--reference", f"ref={reference}", targets[0], targets[1],
+                    "--fail-below-gate", "--quiet", "--out", tmp_path / "ok")
+    assert result.exit_code == 0, result.output

@@ -19,6 +19,7 @@ import numpy as np
 from ..artifacts.kinds import parse_spec
 from ..core.errors import MoaiError
 from ..evaluation.beir import BeirDataset
+from ..gates.parity import judge_vectors
 from .stats import percentile
 from .targets import Target
 from .workloads import length_stats
@@ -93,8 +94,9 @@ def _peak_memory_gib(reset: bool = False) -> float | None:
 
 def run_corpus(targets: Sequence[Target], dataset: BeirDataset, result: dict, *, batch_size: int | None = None,
                with_title: bool = False, limit: int | None = None, queries: int = 100, warmup_texts: int = 16,
-               log: Callable[[str], None] = lambda m: None) -> None:
-    """Fill `result` target by target (an interrupted run keeps the finished ones)."""
+               reference: Target | None = None, log: Callable[[str], None] = lambda m: None) -> None:
+    """Fill `result` target by target (an interrupted run keeps the finished ones). With a
+    `reference`, every target's document vectors are judged against its by the target's gate."""
     documents = dataset.documents(with_title=with_title)[:limit]
     _, query_texts, _ = dataset.evaluated_queries()
     query_texts = (query_texts * (1 + queries // max(1, len(query_texts))))[:queries]
@@ -102,6 +104,11 @@ def run_corpus(targets: Sequence[Target], dataset: BeirDataset, result: dict, *,
     result.update(dataset={"name": dataset.name, "documents": len(documents), "with_title": with_title},
                   batch_size=batch_size, queries=len(query_texts), peak_tflops=peak, peak_source=peak_source)
     rows = result.setdefault("targets", [])
+    expected = None
+    if reference is not None:
+        log(f"reference {reference.label}: {len(documents)} documents")
+        expected = reference.embedder.encode(documents, "document", batch_size=batch_size)
+        result["reference"] = reference.label
     for target in targets:
         embedder = target.embedder
         tokens = target.count_tokens(documents, "document")
@@ -138,6 +145,11 @@ def run_corpus(targets: Sequence[Target], dataset: BeirDataset, result: dict, *,
             "query_p50_ms": percentile(latencies, 50) * 1e3, "query_p99_ms": percentile(latencies, 99) * 1e3,
             "dims": int(vectors.shape[1]),
         })
+        if expected is not None and expected.shape == vectors.shape:
+            from .retrieval import target_gate
+
+            rows[-1]["judged"] = judge_vectors(expected, vectors, target_gate(target),
+                                               token_lengths=tokens if any(tokens) else None)
     base = rows[0]["docs_per_s"] if rows else None
     for row in rows:
         row["docs_per_s_vs_first"] = row["docs_per_s"] / base if base else None

@@ -45,5 +45,6 @@ def run_parity(reference: Target, targets: Sequence[Target], overrides: GateOver
             vectors = tuple(encode_all(target, texts, kind, batch_size, progress=progress,
                                        desc=f"{target.label} {kind}s")[0]
                             for texts, kind in ((queries, "query"), (documents, "document")))
-            row["dataset"] = vector_parity(ref_vectors, vectors)
+            lengths = target.count_tokens(queries, "query") + target.count_tokens(documents, "document")
+            row["dataset"] = vector_parity(ref_vectors, vectors, gate, lengths if any(lengths) else None)
         rows.append(row)

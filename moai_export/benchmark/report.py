@@ -105,7 +105,7 @@ def retrieval_markdown(data: dict) -> str:
               f"Deltas and parity are against `{rows[0]['target'] if rows else '-'}`.", ""]
     head = ["target"] + [m.upper().replace("ACCURACY", "Acc").replace("RECALL", "R") for m in METRICS] + \
            [f"Δ {PRIMARY.upper()}", f"queries whose {PRIMARY.upper()} moved", "min cos", "mean cos", "max abs",
-            "top-10 agreement", "docs/s"]
+            "top-10 agreement", "gate", "docs/s"]
     table = []
     for r in rows:
         p = r.get("parity_vs_reference") or {}
@@ -114,8 +114,10 @@ def retrieval_markdown(data: dict) -> str:
                         r.get(f"queries_with_different_{PRIMARY}", "-"),
                         _f(p.get("min_cosine"), 6), _f(p.get("mean_cosine"), 6),
                         f"{p['max_abs']:.2e}" if p.get("max_abs") is not None else "-",
-                        _f(p.get("rank_agreement_top10"), 3), _f(r["encode"]["documents_per_s"])])
+                        _f(p.get("rank_agreement_top10"), 3), _verdict(p.get("judged")),
+                        _f(r["encode"]["documents_per_s"])])
     lines += _table(head, table)
+    lines += _worst_texts([(r["target"], (r.get("parity_vs_reference") or {}).get("judged")) for r in rows])
     domains = ds.get("domains") or []
     if domains and rows:
         lines += ["", f"## {PRIMARY.upper()} per domain", ""]
@@ -142,11 +144,11 @@ def parity_markdown(data: dict) -> str:
     has_ds = any("dataset" in r for r in res.get("targets", []))
     head = ["target", "min cos", "mean cos", "max abs", "top-10 agreement", "gate (cos / abs / top-10)", "result"]
     if has_ds:
-        head += ["dataset min cos", "dataset mean cos", "dataset top-10 agreement"]
+        head += ["dataset min cos", "dataset mean cos", "dataset top-10 agreement", "dataset result"]
     table = []
     for r in res.get("targets", []):
         if not r.get("comparable"):
-            table.append([r["candidate"], "-", "-", "-", "-", "-", r.get("reason", "")] + (["-"] * 3 if has_ds else []))
+            table.append([r["candidate"], "-", "-", "-", "-", "-", r.get("reason", "")] + (["-"] * 4 if has_ds else []))
             continue
         gate = r.get("gate") or {}
         row = [r["candidate"], _f(r["min_cosine"], 6), _f(r["mean_cosine"], 6), f"{r['max_abs']:.2e}",
@@ -155,9 +157,11 @@ def parity_markdown(data: dict) -> str:
                "PASS" if r["passed"] else "FAIL"]
         if has_ds:
             d = r.get("dataset") or {}
-            row += [_f(d.get("min_cosine"), 6), _f(d.get("mean_cosine"), 6), _f(d.get("rank_agreement_top10"), 3)]
+            row += [_f(d.get("min_cosine"), 6), _f(d.get("mean_cosine"), 6), _f(d.get("rank_agreement_top10"), 3),
+                    _verdict(d.get("judged"))]
         table.append(row)
     lines += _table(head, table)
+    lines += _worst_texts([(r["candidate"], (r.get("dataset") or {}).get("judged")) for r in res.get("targets", [])])
     fails = [f"- {r['candidate']}: {f}" for r in res.get("targets", []) for f in r.get("failures", [])]
     if fails:
         lines += ["", "## Failing probes", ""] + fails
@@ -179,7 +183,31 @@ def corpus_markdown(data: dict) -> str:
              _f(r["real_tokens_per_s"], 0), _f(100 * r["mfu"], 1, "%") if r.get("mfu") else "-",
              _f(r.get("peak_gpu_gib"), 2), _f(r.get("warmup_s"), 1), _f(r.get("load_s"), 1),
              _f(r["query_p50_ms"], 2), _f(r["query_p99_ms"], 2)] for r in res.get("targets", [])]
-    return "\n".join(lines + _table(head, rows)) + "\n"
+    lines += _table(head, rows)
+    judged = [(r["target"], r.get("judged")) for r in res.get("targets", [])]
+    if any(j for _, j in judged):
+        lines += ["", f"Document vectors against `{res.get('reference')}`, each target by its gate:", ""]
+        lines += _table(["target", "gate (cos / abs)", "texts below", "result"],
+                        [[name, f"{j['gate']['min_cosine']} / {j['gate']['max_abs'] or '-'}", j["below_gate"],
+                          _verdict(j)] for name, j in judged if j])
+        lines += _worst_texts(judged)
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(judged: dict | None) -> str:
+    return "-" if not judged else ("PASS" if judged["passed"] else "FAIL")
+
+
+def _worst_texts(judged: list[tuple[str, dict | None]]) -> list[str]:
+    """The lowest-cosine texts of each judged target with their lengths in tokens (quantization
+    error grows with length: a gate on short texts says little about long documents)."""
+    lines = []
+    for name, j in judged:
+        if j and j.get("worst"):
+            worst = ", ".join(f"#{w['index']} cos {w['cosine']:.6f}"
+                              + (f" ({w['tokens']} tokens)" if w.get("tokens") is not None else "") for w in j["worst"])
+            lines.append(f"- {name}: worst texts {worst}" + (f"; {'; '.join(j['failures'])}" if j["failures"] else ""))
+    return ["", "Worst texts against the reference:", ""] + lines if lines else []
 
 
 MARKDOWN = {"throughput": throughput_markdown, "retrieval": retrieval_markdown, "parity": parity_markdown,

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..evaluation.beir import BeirDataset
 from ..evaluation.retrieval_metrics import MAX_K, METRICS, PRIMARY, evaluate, rank, similarity_scores
-from ..gates.parity import cosine_rows, rank_agreement
+from ..gates.parity import cosine_rows, judge_vectors, rank_agreement
 from .targets import Target
 from .workloads import length_stats
 
@@ -27,17 +27,31 @@ def encode_all(target: Target, texts: Sequence[str], kind: str, batch_size: int,
     return vectors, time.perf_counter() - start
 
 
-def vector_parity(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Cosine / max abs of every query and document vector, and top-10 overlap over the corpus."""
+def vector_parity(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray],
+                  gate=None, token_lengths: Sequence[int] | None = None) -> dict:
+    """Cosine / max abs of every query and document vector, and top-10 overlap over the corpus;
+    with a gate-table cell, the verdict as an export gate would give it (and the worst texts)."""
     if reference[0].shape != candidate[0].shape or reference[1].shape != candidate[1].shape:
         return {"comparable": False, "reason": "embedding shapes differ (different models)"}
     cos = np.concatenate([cosine_rows(reference[0], candidate[0]), cosine_rows(reference[1], candidate[1])])
     diff = max(float(np.abs(reference[i].astype(np.float64) - candidate[i]).max(initial=0.0)) for i in (0, 1))
-    return {"comparable": True, "texts": int(cos.size), "min_cosine": float(np.min(cos)),
-            "mean_cosine": float(np.mean(cos)), "p01_cosine": float(np.percentile(cos, 1)), "max_abs": diff,
-            # overlap of the top min(10, corpus) so a corpus smaller than 10 can still agree fully
-            "rank_agreement_top10": rank_agreement(reference, candidate, k=min(MAX_K, len(candidate[1]))),
-            "_cosines": cos}
+    # overlap of the top min(10, corpus) so a corpus smaller than 10 can still agree fully
+    agreement = rank_agreement(reference, candidate, k=min(MAX_K, len(candidate[1])))
+    figures = {"comparable": True, "texts": int(cos.size), "min_cosine": float(np.min(cos)),
+               "mean_cosine": float(np.mean(cos)), "p01_cosine": float(np.percentile(cos, 1)), "max_abs": diff,
+               "rank_agreement_top10": agreement, "_cosines": cos}
+    if gate is not None:
+        figures["judged"] = judge_vectors(np.concatenate(reference), np.concatenate(candidate), gate,
+                                          token_lengths=token_lengths, rank=agreement)
+    return figures
+
+
+def target_gate(target: Target, overrides=None):
+    """The gate-table cell that judges a target: its kind's family in the precision it serves."""
+    from ..artifacts.kinds import parse_spec
+    from ..gates.table import GateOverrides
+
+    return (overrides or GateOverrides()).apply(parse_spec(target.spec)[0].family, target.embedder.precision)
 
 
 def run_retrieval(targets: Sequence[Target], dataset: BeirDataset, result: dict, *, batch_size: int = 16,
@@ -82,7 +96,10 @@ def run_retrieval(targets: Sequence[Target], dataset: BeirDataset, result: dict,
             row["queries_with_different_" + PRIMARY] = sum(
                 1 for qid, f in figures["per_query"].items()
                 if abs(f[PRIMARY] - ref["_per_query"][qid][PRIMARY]) > 1e-12)
-            row["parity_vs_reference"] = vector_parity(vectors[ref["target"]], (q, d))
+            gate = target_gate(target)
+            lengths = target.count_tokens(queries, "query") + doc_tokens
+            row["parity_vs_reference"] = vector_parity(vectors[ref["target"]], (q, d), gate,
+                                                       lengths if any(lengths) else None)
         rows.append(row)
 
 

@@ -235,12 +235,17 @@ def throughput(targets, workloads, token_lengths, text_count, kind, with_title, 
 @click.option("--dimensions", default=None, metavar="K,K,...",
               help="Matryoshka sweep: also score each target's vectors cut to these widths (first K components, "
                    "renormalized), e.g. 128,256,512,1024: NDCG@10 per size, one plot.")
+@click.option("--fail-below-gate", is_flag=True,
+              help="Exit 3 (verification failed) when any target falls below its gate against the reference.")
 @_common
-def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, dimensions, out, tokenizer, quiet):
+def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, dimensions, fail_below_gate, out,
+              tokenizer, quiet):
     """NDCG@10 (primary), MRR@10, Recall@1, Recall@10, Accuracy@1 and MAP@10 of every target on
     a BEIR dataset (binary relevance; queries get the prompt, documents do not), per domain
     when queries carry a `domain` field, with deltas, vector cosines and top-10 agreement
-    against the reference. Figures equal sentence-transformers' InformationRetrievalEvaluator.
+    against the reference, each target judged by its gate from the gate table (every query and
+    document vector; the worst texts with their lengths). Figures equal sentence-transformers'
+    InformationRetrievalEvaluator.
 
     \b
     moai-bench retrieval --dataset BEIR_DIR \\
@@ -265,6 +270,28 @@ def retrieval(dataset, targets, reference, batch_size, max_queries, with_title, 
                       max_queries=max_queries, progress=not quiet, log=_log(quiet), dimensions=sizes)
 
     _run("retrieval", out, ([reference] if reference else []) + list(targets), tokenizer, settings, quiet, body, result)
+    _exit_if_below_gate(fail_below_gate, result)
+
+
+def below_gate(result: dict) -> list[str]:
+    """Every verdict below its gate in a parity, retrieval or corpus result, named."""
+    out = []
+    for row in result.get("targets", []):
+        name = row.get("candidate") or row.get("target")
+        verdicts = [("probes", row)] if "passed" in row else []
+        verdicts += [(what, (row.get(key) or {}).get("judged") if key else row.get("judged"))
+                     for what, key in (("dataset", "dataset"), ("vs reference", "parity_vs_reference"), ("corpus", None))]
+        out += [f"{name} ({what}): {'; '.join(v.get('failures') or ['below its gate'])}"
+                for what, v in verdicts if v and not v.get("passed", True)]
+    return out
+
+
+def _exit_if_below_gate(asked: bool, result: dict) -> None:
+    failures = below_gate(result)
+    for failure in failures:
+        click.secho(f"BELOW GATE: {failure}", fg="red", err=True)
+    if asked and failures:
+        sys.exit(EXIT_VERIFICATION_FAILED)
 
 
 def _dimension_list(text: str | None) -> list[int]:
@@ -290,8 +317,13 @@ def _dimension_list(text: str | None) -> list[int]:
 @library_option(".benchmark.corpus:run_corpus", "--queries", type=click.IntRange(min=1),
                 help="Batch-1 queries timed after the corpus (p50/p99); the dataset's queries, repeated if needed.")
 @click.option("--with-title", is_flag=True, help="Documents as title + newline + text.")
+@click.option("--reference", default=None,
+              help="[LABEL=]SPEC whose document vectors every target's are judged against by the target's gate "
+                   "(e.g. the PEFT reference); not timed.")
+@click.option("--fail-below-gate", is_flag=True,
+              help="Exit 3 (verification failed) when any target falls below its gate against the reference.")
 @_common
-def corpus(dataset, targets, batch_size, limit, queries, with_title, out, tokenizer, quiet):
+def corpus(dataset, targets, batch_size, limit, queries, with_title, reference, fail_below_gate, out, tokenizer, quiet):
     """Index a whole corpus: every document in ONE encode call per target, as an indexing job
     does, then batch-1 query latency. Reports docs/s, real tokens/s, an MFU estimate (on a
     GPU), peak GPU memory, warm-up (compile) and load time, side by side with ratios to the
@@ -310,10 +342,12 @@ def corpus(dataset, targets, batch_size, limit, queries, with_title, out, tokeni
                 "with_title": with_title}
 
     def body(loaded, data):
-        run_corpus(loaded, data_set, result, batch_size=batch_size, with_title=with_title, limit=limit,
-                   queries=queries, log=_log(quiet))
+        first, timed = (loaded[0], loaded[1:]) if reference else (None, loaded)
+        run_corpus(timed, data_set, result, batch_size=batch_size, with_title=with_title, limit=limit,
+                   queries=queries, reference=first, log=_log(quiet))
 
-    _run("corpus", out, list(targets), tokenizer, settings, quiet, body, result)
+    _run("corpus", out, ([reference] if reference else []) + list(targets), tokenizer, settings, quiet, body, result)
+    _exit_if_below_gate(fail_below_gate, result)
 
 
 @main.command()
@@ -325,12 +359,13 @@ def corpus(dataset, targets, batch_size, limit, queries, with_title, out, tokeni
 @click.option("--max-texts", type=click.IntRange(min=1), default=500, show_default=True,
               help="With --dataset: at most this many queries and documents.")
 @gate_options
-@click.option("--strict", is_flag=True, help="Exit 3 (verification failed) when any target does not PASS.")
+@click.option("--fail-below-gate", "--strict", "fail_below_gate", is_flag=True,
+              help="Exit 3 (verification failed) when any target does not PASS (probes, and --dataset texts).")
 @library_option(".benchmark.parity_run:run_parity", "--batch-size", type=click.IntRange(min=1),
                 help="Texts per encode call.")
 @_common
-def parity(reference, targets, dataset, max_texts, min_cosine, max_abs, min_rank_agreement, strict, batch_size,
-           out, tokenizer, quiet):
+def parity(reference, targets, dataset, max_texts, min_cosine, max_abs, min_rank_agreement, fail_below_gate,
+           batch_size, out, tokenizer, quiet):
     """Min/mean cosine, max abs difference and top-10 rank agreement of every target against
     --reference on the built-in probe set (Korean/English/mixed, queries and documents, 1
     token to past max tokens), as one table, plus the distribution of cosines as a plot.
@@ -355,8 +390,7 @@ def parity(reference, targets, dataset, max_texts, min_cosine, max_abs, min_rank
                    log=_log(quiet))
 
     _run("parity", out, [reference] + list(targets), tokenizer, settings, quiet, body, result)
-    if strict and any(not r.get("passed", False) for r in result.get("targets", [])):
-        sys.exit(EXIT_VERIFICATION_FAILED)
+    _exit_if_below_gate(fail_below_gate, result)
 
 
 if __name__ == "__main__":

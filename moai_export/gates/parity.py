@@ -273,3 +273,25 @@ class ReferenceFigures:
                          candidate_name=candidate.name, reference_name=self.name)
         agreement = rank_agreement(self.retrieval, self._retrieval_vectors(candidate))
         return GateReport(parity, agreement, min_rank_agreement, truncated, vectors=vectors)
+
+
+def judge_vectors(reference: np.ndarray, candidate: np.ndarray, gate, *, token_lengths: Sequence[int] | None = None,
+                  rank: float | None = None, worst: int = 5) -> dict:
+    """A candidate's vectors of a dataset's texts against the reference's, judged by a gate-table
+    cell as the export gates judge the probe set: every text's cosine and max abs, top-10
+    agreement when the texts include queries and documents (`rank`), and the worst texts with
+    their lengths in tokens (quantization error grows with length)."""
+    cosines = np.nan_to_num(cosine_rows(reference, candidate), nan=-1.0)
+    abs_diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).max(axis=1, initial=0.0)
+    below = (cosines < gate.min_cosine) | ((abs_diff > gate.max_abs) if gate.max_abs is not None else False)
+    failures = []
+    if below.any():
+        failures.append(f"{int(below.sum())} of {len(cosines)} texts below the gate (min cosine "
+                        f"{cosines.min():.6f} < {gate.min_cosine}" + (f" or max abs > {gate.max_abs:g}" if gate.max_abs
+                                                                         is not None else "") + ")")
+    if rank is not None and rank < gate.min_rank_agreement:
+        failures.append(f"top-10 agreement {rank:.3f} < {gate.min_rank_agreement}")
+    order = np.argsort(cosines, kind="stable")[:worst]
+    return {"gate": gate.to_dict(), "passed": not failures, "failures": failures, "below_gate": int(below.sum()),
+            "worst": [{"index": int(i), "cosine": float(cosines[i]), "max_abs": float(abs_diff[i]),
+                       "tokens": int(token_lengths[i]) if token_lengths is not None else None} for i in order]}
