@@ -90,7 +90,7 @@ class ReadinessProbe:
             await self.check()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:  # asyncio's, since Python 3.11
                 pass
 
     def start(self) -> None:

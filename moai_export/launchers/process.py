@@ -241,14 +241,14 @@ class ManagedServer:
         return self.process.wait()
 
     def restart(self, timeout: float) -> None:
-        """Stop the server and start it again (logging where the first start did), until ready."""
+        """Stop the server and start it again, until ready; for the foreground launcher, so its
+        output goes to the terminal (or is appended to log_path)."""
         self.stop()
-        log = open(self.log_path, "ab") if self.log_path else None
-        try:
-            self._spawn(log)
-        finally:
-            if log is not None:
-                log.close()
+        if self.log_path:
+            with open(self.log_path, "ab") as log:  # the server keeps its own copy of the descriptor
+                self._spawn(log)
+        else:
+            self._spawn(None)
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:

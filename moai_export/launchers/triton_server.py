@@ -9,6 +9,8 @@ the standard library, lays out what the server expects:
   - HTTP / gRPC / metrics bound to 127.0.0.1.
 If the stub cannot start, tritonserver waits in "loading" forever: readiness has a deadline,
 and a server that misses it is killed.
+Once ready, the launcher watches each ensemble with a real embedding and heals it
+(triton_watch): Triton's own readiness stays 200 when a python backend stub dies.
 
     python -m moai_export.launchers.triton_server --repo triton_models [--http-port 8000 ...]
 """

@@ -39,6 +39,7 @@ TICK = 0.5  # seconds between looks at the process and the failure counter
 UNVERIFIED_MIN_COSINE = 0.99  # a repository no gate admitted: the loosest gate of the table
 RELOAD_TIMEOUT = 60.0  # seconds for the model control API to load an ensemble again
 RESTART_TIMEOUT = 180.0  # seconds for a restarted server to get ready (the launcher's default)
+SETTLE = 5.0  # seconds a reloaded or restarted ensemble gets to answer right (loads return when done)
 FAILURE_METRIC = re.compile(r"^nv_inference_request_failure\{[^}]*\}\s+([0-9.eE+-]+)", re.MULTILINE)
 
 
@@ -167,13 +168,13 @@ class TritonWatch:
         for probe, reason in failed:
             self.log(f"NOT READY: {probe.model} fails its end-to-end probe ({reason}); reloading its models")
             self.reload(probe)
-        if self._wait_passing(RELOAD_TIMEOUT):
+        if self._wait_passing(SETTLE):
             self.log(f"healed: {', '.join(p.model for p, _ in failed)} reloaded, serving again after "
                      f"{time.monotonic() - started:.1f} s")
             return
         self.log("NOT READY: the reload did not heal it; restarting tritonserver")
         self.server.restart(RESTART_TIMEOUT)
-        if self._wait_passing(RELOAD_TIMEOUT):
+        if self._wait_passing(SETTLE):
             self.log(f"healed: tritonserver restarted, serving again after {time.monotonic() - started:.1f} s")
         else:
             self.log("NOT READY: still failing after a restart; probing again")
