@@ -219,3 +219,89 @@ def test_tritonserver_dir_override(monkeypatch, tmp_path):
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "tritonserver").write_text("")
     assert _pytriton_dir(Path("/nowhere")) == tmp_path
+
+
+# -- health that tells the truth, and healing ---------------------------------------------------
+
+RECOVERY_S = 30.0  # stated in serve/triton/README.md: kill -> serving right again (measured ~6-8 s here)
+PROBE_TEXTS = ["BC카드 연회비는 어떻게 되나요?", "a", "해외 결제 수수료 " * 30]
+
+
+def http_status(url: str, payload: dict | None = None) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"{}")  # Triton's health: no body
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def stub_of(pgid: int, model: str) -> int:
+    """The python backend stub that serves `model` in a server's process group."""
+    stubs = [pid for pid, line in zip(group_members(pgid), engine_processes(pgid))
+             if "triton_python_backend_stub" in line and f"/{model}/" in line]
+    assert len(stubs) == 1, engine_processes(pgid)
+    return stubs[0]
+
+
+@needs_triton
+def test_a_dead_triton_stub_fails_readiness_and_the_launcher_heals_it(triton_repo, onnx_fp32_dir, tmp_path):
+    """kill -9 of the encoder's stub: Triton still says ready, but the gateway's /health/ready and
+    the launcher's own probe fail; the launcher reloads the models and every answer after that
+    equals the reference (the fp32 ONNX artifact in onnxruntime, within the fp32 gate)."""
+    import numpy as np
+
+    from moai_export.embedders import load_embedder
+    from moai_export.gates.parity import cosine_rows
+    from moai_export.gates.table import gate_for
+    from moai_export.launchers.gateway_server import GatewayServer
+
+    ports = free_ports(3)
+    (gateway_port,) = free_ports(1)
+    reference = load_embedder(f"onnx:{onnx_fp32_dir}")
+    min_cosine = gate_for("triton", "fp32").min_cosine
+    wrong = answered = 0
+
+    def embed(url: str, kind: str) -> int:
+        nonlocal wrong, answered
+        status, body = http_status(f"{url}/v1/embeddings", {"model": "moai_embedding", "input": PROBE_TEXTS,
+                                                            "input_type": kind})
+        if status == 200:
+            answered += 1
+            served = np.asarray([item["embedding"] for item in body["data"]], dtype=np.float32)
+            wrong += int(cosine_rows(served, reference.encode(PROBE_TEXTS, kind)).min() < min_cosine)
+        return status
+
+    launcher = start_triton(triton_repo, ports, tmp_path, "--allow-unverified")
+    try:
+        launcher.wait_ready(180)
+        _, state = launcher.state()
+        with GatewayServer(f"127.0.0.1:{ports[1]}", "moai_embedding", port=gateway_port,
+                           log_path=tmp_path / "gateway.log").start() as gateway:
+            url = gateway.base_url
+            assert http_status(f"{url}/health/ready")[0] == 200 and embed(url, "query") == 200
+
+            os.kill(stub_of(state["server_pgid"], "moai_embedding_encoder"), signal.SIGKILL)
+            killed = time.monotonic()
+            assert embed(url, "document") in (502, 503)  # what the issue saw
+            assert http_status(f"http://127.0.0.1:{ports[0]}/v2/health/ready")[0] == 200  # Triton's word: ready
+            assert http_status(f"{url}/health/ready")[0] == 503, "a 5xx from Triton fails readiness at once"
+            assert http_status(f"{url}/health")[0] == 503
+            assert http_status(f"{url}/health/live")[0] == 200  # alive: no reason to restart the gateway
+            assert wait_until(lambda: "NOT READY: moai_embedding" in launcher.stderr, 10), launcher.stderr[-2000:]
+
+            assert wait_until(lambda: embed(url, "query") == 200 and http_status(f"{url}/health/ready")[0] == 200,
+                              RECOVERY_S), f"not healed within {RECOVERY_S} s: {launcher.stderr[-3000:]}"
+            recovery = time.monotonic() - killed
+            print(f"recovered {recovery:.1f} s after the kill")
+            assert "healed:" in launcher.stderr
+            statuses = [embed(url, kind) for _ in range(10) for kind in ("query", "document")]
+            assert statuses == [200] * 20
+            assert launcher.process.poll() is None
+    finally:
+        launcher.stop_now()
+    assert wrong == 0, f"{wrong} of {answered} answers differ from the reference"

@@ -1,5 +1,6 @@
-"""The gateway's Starlette app: OpenAI's `/v1/embeddings` and `/v1/models`, `/health` (ready
-only when Triton is) and `/metrics`.
+"""The gateway's Starlette app: OpenAI's `/v1/embeddings` and `/v1/models`, `/health/live`,
+`/health/ready` (= `/health`: ready only while a real embedding through Triton passes, see
+probe.py) and `/metrics`.
 
 Overload: at most `max_in_flight` requests go to Triton at once, up to `max_queue` more wait
 (each for at most the upstream timeout, then 503); beyond that a request is refused at once
@@ -30,6 +31,7 @@ from .auth import KeyChecker
 from .config import GatewayConfig
 from .errors import ApiError, invalid_input, unavailable
 from .metrics import GatewayMetrics
+from .probe import ReadinessProbe
 from .upstream import TritonUpstream
 
 ENCODING_FORMATS = ("float", "base64")
@@ -43,6 +45,7 @@ class Gateway:
         self.upstream = TritonUpstream(config.triton, config.model, timeout=config.upstream_timeout,
                                        ready_timeout=config.ready_timeout)
         self.keys = KeyChecker(config.api_keys)
+        self.probe = ReadinessProbe(self.upstream)
         self.metrics = GatewayMetrics()
         self._slots: asyncio.Semaphore | None = None
         self.waiting = 0
@@ -128,7 +131,7 @@ class Gateway:
     async def embeddings(self, request: Request) -> Response:
         self.keys.check(request.headers.get("authorization"))
         texts, kind, encoding, dims = self.parse(await self.read_json(request))
-        async with self.slot():
+        async with self.slot(), self.probe.watching():
             contract = await self.upstream.connect()
             if dims is not None:
                 try:
@@ -166,9 +169,14 @@ class Gateway:
         return JSONResponse({"object": "list", "data": [card]})
 
     async def health(self, request: Request) -> Response:
-        if await self.upstream.ready():
+        """Readiness: the last end-to-end probe passed (and no 5xx from Triton since)."""
+        if self.probe.ready:
             return JSONResponse({"status": "ready", "upstream": self.config.triton, "model": self.config.model})
-        raise unavailable(f"Triton at {self.config.triton} is not ready to serve {self.config.model!r}")
+        raise unavailable(f"Triton at {self.config.triton} does not serve {self.config.model!r}: {self.probe.reason}")
+
+    async def live(self, request: Request) -> Response:
+        """Liveness: the process runs and its event loop answers, whatever Triton does."""
+        return JSONResponse({"status": "alive"})
 
     async def metrics_page(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -212,7 +220,9 @@ def create_app(config: GatewayConfig) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app):
+        gateway.probe.start()
         yield
+        await gateway.probe.stop()
         await gateway.upstream.close()
 
     routes = [
@@ -220,6 +230,8 @@ def create_app(config: GatewayConfig) -> Starlette:
         Route("/v1/models", measured("models", gateway.models), methods=["GET"]),
         Route("/v1/models/{model:path}", measured("models", gateway.models), methods=["GET"]),
         Route("/health", measured("health", gateway.health), methods=["GET"]),
+        Route("/health/ready", measured("health", gateway.health), methods=["GET"]),
+        Route("/health/live", gateway.live, methods=["GET"]),
         Route("/metrics", gateway.metrics_page, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: server_error},

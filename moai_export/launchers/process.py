@@ -220,7 +220,7 @@ class ManagedServer:
                 self._spawn(None)
                 self.wait_ready(timeout)
                 print(banner(), flush=True)
-                code = self.process.wait()
+                code = self.watch()
                 print(f"error: {self.label} exited with code {code}", file=sys.stderr, flush=True)
                 return code if code > 0 else 1
             except LaunchError as exc:
@@ -234,6 +234,22 @@ class ManagedServer:
             finally:
                 with signals_ignored():
                     self.stop()
+
+    def watch(self) -> int:
+        """Wait for the running server to exit and return its code; a subclass may watch its
+        health meanwhile and heal it (restart())."""
+        return self.process.wait()
+
+    def restart(self, timeout: float) -> None:
+        """Stop the server and start it again, until ready; for the foreground launcher, so its
+        output goes to the terminal (or is appended to log_path)."""
+        self.stop()
+        if self.log_path:
+            with open(self.log_path, "ab") as log:  # the server keeps its own copy of the descriptor
+                self._spawn(log)
+        else:
+            self._spawn(None)
+        self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -9,6 +9,8 @@ the standard library, lays out what the server expects:
   - HTTP / gRPC / metrics bound to 127.0.0.1.
 If the stub cannot start, tritonserver waits in "loading" forever: readiness has a deadline,
 and a server that misses it is killed.
+Once ready, the launcher watches each ensemble with a real embedding and heals it
+(triton_watch): Triton's own readiness stays 200 when a python backend stub dies.
 
     python -m moai_export.launchers.triton_server --repo triton_models [--http-port 8000 ...]
 """
@@ -62,6 +64,7 @@ class TritonServer(ManagedServer):
     extra_args: list[str] = field(default_factory=list)
     process: object = None
     _workdir: Path | None = None
+    watched: list[str] = field(default_factory=list)  # ensembles the foreground launcher probes and heals
     label = "tritonserver"
     workdir_prefix = "moai-triton-"
 
@@ -111,6 +114,16 @@ class TritonServer(ManagedServer):
     def start(self, timeout: float = 120.0) -> "TritonServer":
         return super().start(timeout)
 
+    def watch(self) -> int:
+        """Probe each watched ensemble end to end and heal it (triton_watch) until the server exits."""
+        if not self.watched:
+            return super().watch()
+        from .triton_watch import EnsembleProbe, TritonWatch, admitted_min_cosine
+
+        probes = [EnsembleProbe(f"http://{self.http_url}", model, admitted_min_cosine(Path(self.repository) / model))
+                  for model in self.watched]
+        return TritonWatch(self, probes).run()
+
     def cleanup_workdir(self, workdir: Path) -> list[str]:
         regions = list(SHM_DIR.glob(f"{shm_prefix(workdir)}*"))
         for region in regions:
@@ -144,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # NotAdmitted: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, extra_args=extra)
+    watched = repository_ensembles(args.repo)
+    if watched and not any(arg.startswith("--model-control-mode") for arg in extra):
+        # the launcher loads the models itself, so that it may reload a broken one (healing)
+        extra = ["--model-control-mode=explicit", *(f"--load-model={model}" for model in watched), *extra]
+    server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, extra_args=extra,
+                          watched=watched)
     return server.run_foreground(args.timeout, lambda: (
         f"tritonserver ready: HTTP http://127.0.0.1:{args.http_port}  gRPC 127.0.0.1:{args.grpc_port}  "
         f"metrics http://127.0.0.1:{args.metrics_port}/metrics"))
