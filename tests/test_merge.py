@@ -34,7 +34,7 @@ def test_merged_dir_is_complete_and_standalone(merged_dir, example_dir):
     assert appended_end_token(tokenizers.Tokenizer.from_file(str(merged_dir / "tokenizer.json"))) == "<|endoftext|>"
 
 
-def test_report_records_figures_hashes_versions(merged_dir):
+def test_report_records_figures_hashes_versions(merged_dir, example_dir):
     report = json.loads((merged_dir / PARITY_FILE).read_text())
     assert report["passed"] and report["failures"] == []
     merged, st = report["gates"]
