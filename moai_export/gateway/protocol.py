@@ -35,7 +35,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._header_bytes: int | None = 0  # bytes of the request's headers so far; None once they ended
+        self._header_bytes: int | None = None  # bytes of a begun request's headers so far; None between
         self._headers_seen = 0
         self._deadline = None
         self._arm(self.limits.header_timeout, self._headers_late)
@@ -66,7 +66,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._headers_seen = 0
+        self._header_bytes = self._headers_seen = 0
         if self._deadline is None:  # a kept-alive connection: its next request starts now
             self._arm(self.limits.header_timeout, self._headers_late)
 
@@ -84,7 +84,6 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
-        self._header_bytes = 0
         super().on_message_complete()
 
     # -- deadlines and refusals -----------------------------------------------------------------
@@ -100,7 +99,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _headers_late(self) -> None:
         self._deadline = None
-        if not self._header_bytes:  # not a byte of a request: an idle connection, closed quietly
+        if self._header_bytes is None:  # not a byte of a request: an idle connection, closed quietly
             self.transport.close()
             return
         self.refuse(ApiError(408, f"The request's headers did not arrive within {self.limits.header_timeout:g} s.",
