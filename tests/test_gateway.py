@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from moai_export.commands.export_cli import main
 from moai_export.embedders import load_embedder
 from moai_export.gates.parity import cosine_rows
 from moai_export.gates.probes import long_text
+from moai_export.core.errors import MoaiError
 from moai_export.gateway.config import load_api_keys
 from moai_export.launchers.triton_server import TritonServer, free_ports, runtime_venv
 
@@ -57,30 +60,48 @@ def triton(repo, tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def gateway(triton, repo, tmp_path_factory):
-    """`moai-export gateway` in its own process; yields (base URL, log path)."""
+READ_TIMEOUT = 2  # the module gateway's --header-timeout and --body-timeout: slow clients wait for them
+
+
+def start_gateway(triton, log: Path, *args: str, **popen) -> tuple[str, subprocess.Popen]:
+    """`moai-export gateway` in its own process, once /health is 200: (base URL, process)."""
     (port,) = free_ports(1)
-    log = tmp_path_factory.mktemp("gw") / "gateway.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "moai_export.commands.export_cli", "gateway", "--triton", f"grpc://{triton.grpc_url}",
-         "--model", MODEL, "--port", str(port), "--max-texts", "16",
-         "--max-chars", "20000", "--max-body-bytes", "200000", "--timeout", "5"],
+         "--model", MODEL, "--port", str(port), *args],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-        env={**os.environ, "MOAI_GATEWAY_API_KEYS": ",".join(KEYS), "PYTHONPATH": str(Path(__file__).parents[1])})
+        env={**os.environ, "MOAI_GATEWAY_API_KEYS": ",".join(KEYS), "PYTHONPATH": str(Path(__file__).parents[1])},
+        **popen)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert process.poll() is None, log.read_text()
         try:
             if call(url, "GET", "/health")[0] == 200:
-                break
+                return url, process
         except OSError:
             pass
         time.sleep(0.2)
-    yield url, log
+    process.kill()
+    raise AssertionError(f"the gateway was not ready in 60 s: {log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def gateway_process(triton, repo, tmp_path_factory):
+    """The module's gateway; yields (base URL, log path, process)."""
+    log = tmp_path_factory.mktemp("gw") / "gateway.log"
+    url, process = start_gateway(triton, log, "--max-texts", "16", "--max-chars", "20000", "--max-body-bytes",
+                                 "200000", "--timeout", "5", "--header-timeout", str(READ_TIMEOUT),
+                                 "--body-timeout", str(READ_TIMEOUT))
+    yield url, log, process
     process.send_signal(signal.SIGTERM)
-    assert process.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a graceful stop
+    assert process.wait(30) == 128 + signal.SIGTERM  # after a graceful stop, as the launchers exit
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_process):
+    """(base URL, log path) of the module's gateway."""
+    return gateway_process[:2]
 
 
 def call(url: str, method: str, path: str, payload=None, *, key: str | None = KEYS[0], raw: bytes | None = None):
@@ -187,6 +208,41 @@ def test_api_keys_come_from_flag_environment_and_file(tmp_path):
     (tmp_path / "keys").write_text("# team keys\nk-file-1\n\n k-file-2 \n")
     keys = load_api_keys(("k-flag",), tmp_path / "keys", environ={"MOAI_GATEWAY_API_KEYS": "k-env-1, k-env-2,"})
     assert keys == ("k-flag", "k-env-1", "k-env-2", "k-file-1", "k-file-2")
+    assert load_api_keys((), None, environ={}) == ()  # no source at all: an open gateway, loopback only
+
+
+def _gateway_command(monkeypatch, *args, env=None):
+    """Run `moai-export gateway` up to the server's start: (exit code, output, the config it would serve)."""
+    served = []
+    monkeypatch.setattr("moai_export.gateway.server.serve", lambda config, log_level="info": served.append(config))
+    result = CliRunner().invoke(main, ["gateway", "--triton", "grpc://127.0.0.1:1", "--model", MODEL, *args],
+                                env={"MOAI_GATEWAY_API_KEYS": None, **(env or {})})
+    return result.exit_code, result.output, served[0] if served else None
+
+
+@pytest.mark.parametrize("args, env, words", [
+    (["--api-key-file", "{tmp}/keys"], None, "--api-key-file {tmp}/keys holds no API key"),  # only comments
+    (["--api-key", ""], None, "--api-key holds no API key"),
+    (["--api-key", "k-real", "--api-key", " "], None, "--api-key holds no API key"),
+    ([], {"MOAI_GATEWAY_API_KEYS": " , "}, "$MOAI_GATEWAY_API_KEYS holds no API key"),
+    (["--host", "0.0.0.0"], None, "serve it open with --no-auth"),  # no key source: open on loopback only
+    (["--host", "0.0.0.0", "--no-auth", "--api-key", "k-real"], None, "--no-auth and API keys contradict"),
+])
+def test_a_gateway_meant_to_be_protected_never_starts_open(monkeypatch, tmp_path, args, env, words):
+    (tmp_path / "keys").write_text("# the team's keys go here\n   \n")
+    code, output, served = _gateway_command(monkeypatch, *(a.replace("{tmp}", str(tmp_path)) for a in args), env=env)
+    assert code == 1 and served is None, output
+    assert words.replace("{tmp}", str(tmp_path)) in output
+
+
+@pytest.mark.parametrize("args", [[], ["--host", "localhost"], ["--host", "::1"], ["--host", "0.0.0.0", "--no-auth"],
+                                  ["--host", "0.0.0.0", "--api-key", "k-real"]])
+def test_an_open_gateway_is_loopback_or_said_out_loud(monkeypatch, args):
+    code, output, served = _gateway_command(monkeypatch, *args)
+    assert code == 0 and served is not None, output
+    assert served.api_keys == (("k-real",) if "k-real" in args else ())
+    with pytest.raises(MoaiError, match="--no-auth"):
+        type(served)("127.0.0.1:1", MODEL, host="10.0.0.7").validate()  # the library refuses it too
 
 
 @pytest.mark.parametrize("payload, status, param", [
@@ -237,6 +293,139 @@ def test_empty_text_is_an_error_in_every_variant(gateway, triton, reference):
         client.infer(MODEL, [text, kind])
 
 
+def raw_exchange(url: str, data: bytes, *, pause: float = 0, then: bytes = b"", wait: float = 10) -> tuple[float, bytes]:
+    """Send raw bytes (`then` after `pause` s); (seconds until the server closed, what it answered)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as sock:
+        started = time.monotonic()
+        try:
+            sock.sendall(data)
+            if then:
+                time.sleep(pause)
+                sock.sendall(then)
+        except OSError:  # the server closed while we were still sending
+            pass
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return time.monotonic() - started, answer
+
+
+def parse_answer(answer: bytes) -> tuple[int, dict, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def rss_kib(pid: int) -> int:
+    return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
+
+
+def test_huge_or_countless_headers_are_refused_431_without_growing_memory(gateway_process):
+    url, _, process = gateway_process
+    before = rss_kib(process.pid)
+    line = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEYS[0].encode() + b"\r\n"
+    huge = line + b"X-Big: " + b"a" * (64 << 20) + b"\r\n\r\n"  # 64 MiB: accepted before, memory 79 -> 155 MB
+    for request in (huge, line + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n"):
+        seconds, answer = raw_exchange(url, request, wait=5)
+        status, headers, body = parse_answer(answer)
+        assert status == 431 and headers["content-type"] == "application/json", answer[:300]
+        assert_openai_error(status, headers, body, 431)
+    assert rss_kib(process.pid) - before < 16 << 10
+    assert call(url, "GET", "/v1/models")[0] == 200
+
+
+def test_slow_clients_get_408_and_idle_connections_close(gateway):
+    url, _ = gateway
+    post = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEYS[0].encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 40\r\n")
+    for partial, code in ((post, "header_timeout"), (post + b"\r\n" + b'{"model": ', "body_timeout")):
+        seconds, answer = raw_exchange(url, partial)  # partial headers were held 30 s and more
+        status, headers, body = parse_answer(answer)
+        assert status == 408 and body["error"]["code"] == code and seconds < READ_TIMEOUT + 2, (seconds, answer)
+    seconds, answer = raw_exchange(url, b"")  # connects, says nothing: closed quietly
+    assert answer == b"" and seconds < READ_TIMEOUT + 2
+    # an idle kept-alive connection is the keep-alive timeout's (75 s), not the header timeout's; a
+    # body sent with the headers in one write is not counted as headers (over 16 KiB here)
+    body = json.dumps({"model": MODEL, "input": ["kept alive " * 1000] * 2}).encode()
+    request = post.replace(b"Content-Length: 40", b"Content-Length: %d" % len(body)) + b"\r\n" + body
+    last = request.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n")
+    seconds, answer = raw_exchange(url, request, pause=READ_TIMEOUT + 1, then=last)
+    assert answer.count(b"HTTP/1.1 200 OK") == 2, answer[:300]
+
+
+def test_client_mistakes_are_4xx_in_openai_shape_and_counted(gateway):
+    url, _ = gateway
+    nested = b'{"model": "' + MODEL.encode() + b'", "input": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    status, headers, body = call(url, "POST", "/v1/embeddings", raw=nested)  # was 500 (RecursionError)
+    assert_openai_error(status, headers, body, 400)
+    lone = b'{"model": "' + MODEL.encode() + b'", "input": ["ok", "a\\ud800b"]}'  # was 502 from Triton
+    status, headers, body = call(url, "POST", "/v1/embeddings", raw=lone)
+    assert_openai_error(status, headers, body, 400, param="input")
+    assert body["error"]["message"].startswith("input[1] has a lone surrogate (U+D800)"), body
+    _, answer = raw_exchange(url, b"GARBAGE / HTTP/9\r\n\r\n")  # was text/plain
+    status, headers, body = parse_answer(answer)
+    assert headers["content-type"] == "application/json" and "server" not in headers
+    assert_openai_error(status, headers, body, 400)
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        page = response.read().decode()
+    for route, code in (("embeddings", "invalid_json"), ("embeddings", "invalid_unicode"), ("http", "invalid_http")):
+        assert f'moai_gateway_errors_total{{code="{code}",route="{route}"}}' in page, (route, code)
+
+
+def test_health_names_the_upstream_to_key_holders_only(gateway, triton):
+    url, _ = gateway
+    for key in (None, "sk-wrong"):
+        status, _, body = call(url, "GET", "/health", key=key)
+        assert status == 200 and body == {"status": "ready"}, body
+    status, _, body = call(url, "GET", "/health")
+    assert status == 200 and body["upstream"] == triton.grpc_url, body
+
+
+def _trickled_embedding(url: str, text: str) -> tuple[socket.socket, bytes]:
+    """A request in flight: its headers and half its body sent; (its socket, the rest it owes)."""
+    body = json.dumps({"model": MODEL, "input": [text]}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEYS[0].encode()
+                 + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                 + body[:len(body) // 2])
+    return sock, body[len(body) // 2:]
+
+
+def test_stop_signals_finish_the_requests_in_flight(triton, reference, tmp_path):
+    """SIGTERM cut requests still running after 10 s, SIGHUP cut them at once, SIGINT (under a
+    parent ignoring it, as a background job) exited 0. Now each drains for --drain-timeout and
+    exits 128 + the signal. One 11 s wait for all three gateways."""
+    ignore_sigint = {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    stops = {signal.SIGTERM: {}, signal.SIGHUP: {}, signal.SIGINT: ignore_sigint}
+    gateways = {sig: start_gateway(triton, tmp_path / f"{sig.name}.log", "--drain-timeout", "20", **popen)
+                for sig, popen in stops.items()}
+    texts = [f"in flight {i}" for i in range(3)]
+    in_flight = {sig: [_trickled_embedding(url, text) for text in texts] for sig, (url, _) in gateways.items()}
+    time.sleep(0.5)
+    for sig, (_, process) in gateways.items():
+        process.send_signal(sig)
+    time.sleep(11)
+    expected = reference.encode(texts, "document")
+    for sig, (url, process) in gateways.items():
+        assert process.poll() is None, f"{sig.name}: the gateway left with requests in flight"
+        for i, (sock, rest) in enumerate(in_flight[sig]):
+            sock.sendall(rest)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            sock.close()
+            status, _, body = parse_answer(answer)
+            assert status == 200, (sig.name, answer[:300])
+            assert cosine_rows(np.asarray([body["data"][0]["embedding"]]), expected[i:i + 1])[0] >= 0.99999
+        assert process.wait(30) == 128 + sig, sig.name
+
+
 def test_metrics_and_models(gateway):
     url, _ = gateway
     embed(url, ["metrics"])
@@ -265,21 +454,38 @@ def test_verify_and_bench_drive_the_gateway_as_a_variant(gateway, example_dir, t
         assert embedder.encode(["y"] * 40, "document", batch_size=64).shape == (40, 32)  # split under --max-texts
 
 
-def test_triton_down_gives_503_and_the_gateway_recovers(gateway, triton):
-    """Last in this module: stops and restarts the module's tritonserver on the same ports."""
+def test_triton_down_gives_503_and_the_gateway_recovers_on_another_repository(gateway, triton, onnx_fp32_dir,
+                                                                              tmp_path):
+    """Last in this module: stops the module's tritonserver and starts it on the same ports with
+    another repository, which declares another precision: the model card follows it (it kept the
+    first Triton's precision)."""
+    from moai_export.export.triton import TritonOptions, write_repository
+
     url, _ = gateway
+    other = tmp_path / "models"
+    write_repository(onnx_fp32_dir, other, TritonOptions(max_batch_size=8, verify="none"), log=lambda m: None)
+    ensemble = other / MODEL / "config.pbtxt"
+    declared = re.sub(r'(key: "moai_precision"\s*value \{\s*string_value: )"fp32"', r'\1"int8"', ensemble.read_text())
+    assert declared != ensemble.read_text()
+    ensemble.write_text(declared)
+    assert call(url, "GET", f"/v1/models/{MODEL}")[2]["moai_precision"] == "fp32"
     triton.stop()
     started = time.monotonic()
     status, headers, body = call(url, "POST", "/v1/embeddings", {"model": MODEL, "input": ["while down"]})
     assert_openai_error(status, headers, body, 503)
     assert headers.get("retry-after") == "1" and time.monotonic() - started < 10  # no hang
     assert call(url, "GET", "/health")[0] == 503
+    triton.repository = other
     triton.start(timeout=180)
     deadline = time.monotonic() + 30
     while call(url, "GET", "/health")[0] != 200:
         assert time.monotonic() < deadline, "the gateway did not see Triton come back"
         time.sleep(0.3)
     assert embed(url, ["after the restart"])[0].shape == (1, 64)
+    deadline = time.monotonic() + 15
+    while call(url, "GET", f"/v1/models/{MODEL}")[2]["moai_precision"] != "int8":
+        assert time.monotonic() < deadline, "the model card still shows the first Triton's precision"
+        time.sleep(0.5)
 
 
 def test_an_ensemble_without_token_counts_is_recognised(reference):

@@ -24,6 +24,7 @@ from moai_export.core.input_rules import InvalidInput, check_texts
     (["ok", "", "ok"], "empty_input", 1, "text 1 is empty: empty texts have no embedding"),
     (["ok"] * 4, "too_many_inputs", None, "the input has 4 texts; the limit is 3 per request"),
     (["ok", "x" * 11], "input_too_long", 1, "text 1 has 11 characters; the limit is 10"),
+    (["ok", "a\ud800b"], "invalid_unicode", 1, "text 1 has a lone surrogate (U+D800) at character 1"),
 ])
 def test_each_rule_names_the_text_and_its_reason(texts, reason, index, message):
     with pytest.raises(InvalidInput) as caught:

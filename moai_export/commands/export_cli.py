@@ -411,22 +411,35 @@ def demo(out: Path, size: str, force: bool) -> None:
 @gateway_option("--port", type=click.IntRange(1, 65535))
 @click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
               help="Accept this Bearer key (repeatable). Also read from $MOAI_GATEWAY_API_KEYS (comma-separated) "
-                   "and --api-key-file. No key anywhere: the gateway is open.")
+                   "and --api-key-file. A source given without a key is an error. No key anywhere: open, "
+                   "on a loopback --host only (else --no-auth).")
 @click.option("--api-key-file", type=click.Path(path_type=Path), default=None,
               help="File of accepted keys, one a line (# comments).")
+@click.option("--no-auth", is_flag=True,
+              help="Serve without API keys on an address other machines can reach (say it: never by accident).")
 @gateway_option("--max-texts", type=click.IntRange(min=1), help="Texts per request (400 above).")
 @gateway_option("--max-chars", type=click.IntRange(min=1), help="Characters per text (400 above).")
 @gateway_option("--max-body-bytes", type=click.IntRange(min=1), help="Request body size (413 above).")
+@gateway_option("--max-header-bytes", type=click.IntRange(min=1), help="Request line and headers (431 above).")
+@gateway_option("--max-headers", type=click.IntRange(min=1), help="Headers per request (431 above).")
+@gateway_option("--header-timeout", type=click.FloatRange(min=0.1),
+                help="Seconds for a request's line and headers to arrive (408 after; an idle new connection "
+                     "is closed).")
+@gateway_option("--body-timeout", type=click.FloatRange(min=0.1),
+                help="Seconds for a request's body to arrive after its headers (408 after).")
 @gateway_option("--max-in-flight", type=click.IntRange(min=1),
                 help="Requests sent to Triton at once; more wait in a queue.")
 @gateway_option("--max-queue", type=click.IntRange(min=0),
                 help="Waiting requests beyond --max-in-flight; more are refused with 429 and Retry-After.")
 @gateway_option("--timeout", field="upstream_timeout", type=click.FloatRange(min=0.1),
                 help="Seconds for one Triton call (and the longest wait in the queue); then 503.")
+@gateway_option("--drain-timeout", type=click.FloatRange(min=0),
+                help="On SIGTERM, SIGHUP or Ctrl-C: seconds the requests in flight may take to finish.")
 @library_option(".gateway.server:serve", "--log-level",
                 type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def gateway(triton_url, model, served_model_name, host, port, api_keys, api_key_file, max_texts, max_chars,
-            max_body_bytes, max_in_flight, max_queue, timeout, log_level):
+def gateway(triton_url, model, served_model_name, host, port, api_keys, api_key_file, no_auth, max_texts, max_chars,
+            max_body_bytes, max_header_bytes, max_headers, header_timeout, body_timeout, max_in_flight, max_queue,
+            timeout, drain_timeout, log_level):
     """Serve OpenAI's embeddings API in front of a Triton ensemble: POST /v1/embeddings (input,
     model, encoding_format float|base64, dimensions, user, input_type query|document), GET
     /v1/models, /health (ready only when Triton is) and /metrics (Prometheus).
@@ -439,6 +452,7 @@ def gateway(triton_url, model, served_model_name, host, port, api_keys, api_key_
     Every error is OpenAI's error JSON; Triton down gives 503 with Retry-After. The gateway
     needs no model files: the contract comes from the ensemble's config, usage tokens from its
     TOKENS output (repositories written before TOKENS existed: re-run `moai-export triton`).
+    SIGTERM, SIGHUP, Ctrl-C: finish the requests in flight (--drain-timeout), exit 143, 129, 130.
     """
     from ..gateway.config import GatewayConfig, load_api_keys, parse_triton_url
     from ..gateway.server import serve
@@ -446,10 +460,14 @@ def gateway(triton_url, model, served_model_name, host, port, api_keys, api_key_
     config = GatewayConfig(parse_triton_url(triton_url), model, served_model_name=served_model_name,
                            host=host, port=port, api_keys=load_api_keys(api_keys, api_key_file),
                            max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes,
-                           max_in_flight=max_in_flight, max_queue=max_queue, upstream_timeout=timeout)
+                           max_header_bytes=max_header_bytes, max_headers=max_headers, header_timeout=header_timeout,
+                           body_timeout=body_timeout, max_in_flight=max_in_flight, max_queue=max_queue,
+                           upstream_timeout=timeout, drain_timeout=drain_timeout, no_auth=no_auth).validate()
     _log(f"gateway: http://{host}:{port}/v1/embeddings -> Triton grpc://{config.triton}/{model} "
          f"({'API keys: ' + str(len(config.api_keys)) if config.api_keys else 'no API key: open'})")
-    serve(config, log_level=log_level)
+    stopped_by = serve(config, log_level=log_level)
+    if stopped_by:
+        click.get_current_context().exit(128 + stopped_by)
 
 
 @main.command()

@@ -5,6 +5,8 @@ own shape (MoaiError, OpenAI's error JSON, a Triton INVALID_ARG error).
     - a batch is a list of texts, not one string;
     - every text is a str, and not empty: an empty text would embed to the end token alone,
       the same vector for every empty input;
+    - every text is valid Unicode: a lone surrogate (U+D800 to U+DFFF unpaired, which a JSON
+      escape can carry) has no UTF-8 form, so no tokenizer can read it;
     - optionally, at most `max_texts` texts of at most `max_chars` characters (server limits).
 
 A broken rule raises InvalidInput naming the text's position in the batch, so a client can
@@ -57,6 +59,11 @@ def check_texts(texts: Iterable[str], *, max_texts: int | None = None, max_chars
         if text == "":
             raise InvalidInput("is empty: empty texts have no embedding (the same policy in every variant)",
                                reason="empty_input", index=index)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(f"has a lone surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}: "
+                               "not valid Unicode text", reason="invalid_unicode", index=index) from None
         if max_chars is not None and len(text) > max_chars:
             raise InvalidInput(f"has {len(text)} characters; the limit is {max_chars}", reason="input_too_long",
                                index=index)

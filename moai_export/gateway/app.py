@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 from contextlib import asynccontextmanager
 
@@ -29,7 +30,7 @@ from ..core.input_rules import InvalidInput, check_texts
 from ..embedders.base import check_vectors
 from .auth import KeyChecker
 from .config import GatewayConfig
-from .errors import ApiError, invalid_input, unavailable
+from .errors import ApiError, internal_error, invalid_input, unavailable
 from .metrics import GatewayMetrics
 from .probe import ReadinessProbe
 from .upstream import TritonUpstream
@@ -72,6 +73,8 @@ class Gateway:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "The request body is not valid JSON.", code="invalid_json") from None
+        except RecursionError:  # Python's parser recurses per level: [[[[...]]]] exhausts the stack
+            raise ApiError(400, "The request body's JSON is nested too deeply.", code="invalid_json") from None
         if not isinstance(payload, dict):
             raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
         return payload
@@ -169,10 +172,14 @@ class Gateway:
         return JSONResponse({"object": "list", "data": [card]})
 
     async def health(self, request: Request) -> Response:
-        """Readiness: the last end-to-end probe passed (and no 5xx from Triton since)."""
+        """Readiness: the last end-to-end probe passed (and no 5xx from Triton since). Probes need
+        no key; where Triton is and what it serves is told to key holders only."""
+        insider = self.keys.enabled and self.keys.accepts(request.headers.get("authorization"))
         if self.probe.ready:
-            return JSONResponse({"status": "ready", "upstream": self.config.triton, "model": self.config.model})
-        raise unavailable(f"Triton at {self.config.triton} does not serve {self.config.model!r}: {self.probe.reason}")
+            details = {"upstream": self.config.triton, "model": self.config.model} if insider else {}
+            return JSONResponse({"status": "ready", **details})
+        raise unavailable(f"Triton at {self.config.triton} does not serve {self.config.model!r}: {self.probe.reason}"
+                          if insider else "The upstream model is not ready.")
 
     async def live(self, request: Request) -> Response:
         """Liveness: the process runs and its event loop answers, whatever Triton does."""
@@ -203,6 +210,10 @@ def create_app(config: GatewayConfig) -> Starlette:
             except ClientDisconnect:  # the client left mid-request: nobody to answer
                 response = Response(status_code=499)
                 gateway.metrics.errors.labels(route, "client_disconnect").inc()
+            except Exception as exc:  # a bug: answered in OpenAI's shape, counted, the traceback logged
+                logging.getLogger("moai_export.gateway").exception("%s: internal error", route)
+                response = internal_error(exc).response()
+                gateway.metrics.errors.labels(route, "internal_error").inc()
             finally:
                 gateway.metrics.in_flight.dec()
             gateway.metrics.requests.labels(route, str(response.status_code)).inc()
@@ -216,7 +227,7 @@ def create_app(config: GatewayConfig) -> Starlette:
                         code="not_found" if exc.status_code == 404 else None).response()
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        return ApiError(500, f"Internal error ({type(exc).__name__}).", code="internal_error").response()
+        return internal_error(exc).response()
 
     @asynccontextmanager
     async def lifespan(app):

@@ -15,6 +15,13 @@ class KeyChecker:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    def accepts(self, authorization: str | None) -> bool:
+        try:
+            self.check(authorization)
+        except ApiError:
+            return False
+        return True
+
     def check(self, authorization: str | None) -> None:
         if not self._keys:
             return

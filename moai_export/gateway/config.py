@@ -1,7 +1,8 @@
-"""What one gateway serves and how much it accepts."""
+"""What one gateway serves, how much it accepts, and who may call it."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,18 @@ class GatewayConfig:
     upstream_timeout: float = 30.0  # seconds for one Triton call
     ready_timeout: float = 2.0  # seconds for one readiness check
     chunk: int | None = None  # texts per Triton request (default: the model's max batch size)
+    # What a client on the open internet may hold: a request's line and headers must arrive within
+    # header_timeout seconds (from the connection, or from the first byte of the next request on a
+    # kept-alive one) and within max_header_bytes / max_headers (431 above); its body within
+    # body_timeout seconds after the headers (408 on either timeout).
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+    # SIGTERM / SIGHUP / Ctrl-C: stop accepting, let requests in flight finish for up to this long
+    # (keep a container's grace period above it: Kubernetes' default is 30 s)
+    drain_timeout: float = 25.0
+    no_auth: bool = False  # serve without API keys on a non-loopback address (an explicit choice)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -36,12 +49,26 @@ class GatewayConfig:
     def validate(self) -> "GatewayConfig":
         parse_triton_url(self.triton)
         for label, value in (("--max-texts", self.max_texts), ("--max-chars", self.max_chars),
-                             ("--max-body-bytes", self.max_body_bytes), ("--max-in-flight", self.max_in_flight)):
+                             ("--max-body-bytes", self.max_body_bytes), ("--max-in-flight", self.max_in_flight),
+                             ("--max-header-bytes", self.max_header_bytes), ("--max-headers", self.max_headers)):
             if value < 1:
                 raise MoaiError(f"{label} must be at least 1, not {value}")
-        if self.upstream_timeout <= 0:
-            raise MoaiError(f"--timeout must be positive, not {self.upstream_timeout}")
+        for label, value in (("--timeout", self.upstream_timeout), ("--header-timeout", self.header_timeout),
+                             ("--body-timeout", self.body_timeout)):
+            if value <= 0:
+                raise MoaiError(f"{label} must be positive, not {value}")
+        if self.drain_timeout < 0:
+            raise MoaiError(f"--drain-timeout must be at least 0, not {self.drain_timeout}")
+        self.check_access()
         return self
+
+    def check_access(self) -> None:
+        """Keys, or an open gateway that only this machine can reach, or --no-auth said out loud."""
+        if self.no_auth and self.api_keys:
+            raise MoaiError("--no-auth and API keys contradict each other: give one or the other")
+        if not self.api_keys and not self.no_auth and not is_loopback(self.host):
+            raise MoaiError(f"no API key for a gateway on {self.host}, which other machines can reach: give keys "
+                            f"(--api-key, --api-key-file, ${API_KEYS_ENV}) or serve it open with --no-auth")
 
 
 def parse_triton_url(url: str) -> str:
@@ -52,17 +79,40 @@ def parse_triton_url(url: str) -> str:
     return str(target)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach an address the gateway binds."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
 def load_api_keys(keys: tuple[str, ...] = (), key_file: Path | None = None, environ: dict | None = None) -> tuple[str, ...]:
-    """Keys from the flag, the MOAI_GATEWAY_API_KEYS variable and a file (one key a line, # comments)."""
+    """Keys from the flag, the MOAI_GATEWAY_API_KEYS variable and a file (one key a line, # comments).
+    A source that is given but holds no key is an error: an empty secret must not start an open gateway."""
     import os
 
     environ = os.environ if environ is None else environ
-    found = [k.strip() for k in keys]
-    found += [k.strip() for k in environ.get(API_KEYS_ENV, "").split(",")]
+    found = []
+    for key in keys:
+        found += _holding_keys([key.strip()], "--api-key")
+    if API_KEYS_ENV in environ:
+        found += _holding_keys([k.strip() for k in environ[API_KEYS_ENV].split(",")], f"${API_KEYS_ENV}")
     if key_file is not None:
         try:
             lines = Path(key_file).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise MoaiError(f"--api-key-file {key_file}: {exc.strerror}") from None
-        found += [line.strip() for line in lines if not line.lstrip().startswith("#")]
-    return tuple(dict.fromkeys(k for k in found if k))
+        found += _holding_keys([line.strip() for line in lines if not line.lstrip().startswith("#")],
+                               f"--api-key-file {key_file}")
+    return tuple(dict.fromkeys(found))
+
+
+def _holding_keys(candidates: list[str], source: str) -> list[str]:
+    keys = [k for k in candidates if k]
+    if not keys:
+        raise MoaiError(f"{source} holds no API key (it is empty, blank or only comments); "
+                        "refusing to start a gateway its owner meant to protect")
+    return keys

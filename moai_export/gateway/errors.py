@@ -11,7 +11,8 @@ from ..core.input_rules import InvalidInput
 
 # status -> OpenAI's error type
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+               405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+               431: "invalid_request_error", 429: "rate_limit_error",
                500: "server_error", 502: "server_error", 503: "server_error", 504: "server_error"}
 
 
@@ -32,6 +33,11 @@ class ApiError(Exception):
 def unavailable(message: str) -> ApiError:
     """Triton down, restarting or not answering in time: the client may retry."""
     return ApiError(503, message, code="upstream_unavailable", retry_after=1)
+
+
+def internal_error(exc: Exception) -> ApiError:
+    """A bug of the gateway: the exception's type only (its message may hold internals)."""
+    return ApiError(500, f"Internal error ({type(exc).__name__}).", code="internal_error")
 
 
 def invalid_input(error: InvalidInput) -> ApiError:

@@ -1,11 +1,15 @@
 """Triton's ensemble over async gRPC, as the gateway needs it: many requests in flight on one
 channel, a timeout on every call, and Triton down / restarting reported as `unavailable` (503)
 instead of a hang. The channel reconnects by itself (short backoff), so the gateway recovers
-when Triton is back without a restart of its own."""
+when Triton is back without a restart of its own; the served contract is read again at most
+CONFIG_REFRESH_S after, as Triton may come back serving another repository (another precision,
+even other dims)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 import numpy as np
 
@@ -24,6 +28,9 @@ CHANNEL_ARGS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED")
+# How long the ensemble's config read from Triton is trusted: one cheap call per period, and at
+# once after Triton failed a call, so a restart on another repository shows in the model card.
+CONFIG_REFRESH_S = 5.0
 
 
 class TritonUpstream:
@@ -33,6 +40,8 @@ class TritonUpstream:
         self.contract: EmbeddingContract | None = None
         self.max_batch_size = 1
         self.precision = "fp32"
+        self.repository_id: str | None = None
+        self._read_at = float("-inf")  # when the config was read (time.monotonic())
         self._client = None
         self._connect_lock = asyncio.Lock()
 
@@ -53,29 +62,39 @@ class TritonUpstream:
             return False
 
     async def connect(self) -> EmbeddingContract:
-        """The served contract and batch size, read once from the ensemble's config."""
-        if self.contract is not None:
+        """The served contract and batch size, from the ensemble's config (read again when older
+        than CONFIG_REFRESH_S)."""
+        if self._fresh():
             return self.contract
         async with self._connect_lock:
-            if self.contract is None:
-                if not await self.ready():
-                    raise unavailable(f"Triton at {self.url} has no ready model {self.model!r}")
-                try:
-                    config = (await self.client.get_model_config(self.model, as_json=True,
-                                                                 client_timeout=self.ready_timeout))["config"]
-                except Exception as exc:
-                    raise unavailable(f"Triton at {self.url}: cannot read the config of {self.model!r} ({_first_line(exc)})")
-                try:
-                    served = ServedEnsemble.from_config(config, f"model {self.model!r}")
-                except MoaiError as exc:
-                    raise ApiError(500, str(exc), code="bad_upstream_model") from None
-                if not served.counts_tokens:  # usage would need the tokenizer here again
-                    raise ApiError(500, f"model {self.model!r} has no TOKENS output: it was written by an older "
-                                        "`moai-export triton`; write the repository again", code="bad_upstream_model")
-                self.max_batch_size = served.max_batch_size
-                self.precision = served.precision
-                self.contract = served.contract
+            if not self._fresh():
+                await self._read_config()
         return self.contract
+
+    def _fresh(self) -> bool:
+        return self.contract is not None and time.monotonic() - self._read_at < CONFIG_REFRESH_S
+
+    async def _read_config(self) -> None:
+        if self.contract is None and not await self.ready():
+            raise unavailable(f"Triton at {self.url} has no ready model {self.model!r}")
+        try:
+            config = (await self.client.get_model_config(self.model, as_json=True,
+                                                         client_timeout=self.ready_timeout))["config"]
+        except Exception as exc:
+            raise unavailable(f"Triton at {self.url}: cannot read the config of {self.model!r} ({_first_line(exc)})")
+        try:
+            served = ServedEnsemble.from_config(config, f"model {self.model!r}")
+        except MoaiError as exc:
+            raise ApiError(500, str(exc), code="bad_upstream_model") from None
+        if not served.counts_tokens:  # usage would need the tokenizer here again
+            raise ApiError(500, f"model {self.model!r} has no TOKENS output: it was written by an older "
+                                "`moai-export triton`; write the repository again", code="bad_upstream_model")
+        if self.contract is not None and served.repository_id != self.repository_id:
+            logging.getLogger("moai_export.gateway").warning(
+                "Triton now serves another repository (id %s, precision %s)", served.repository_id, served.precision)
+        self.max_batch_size, self.precision, self.contract = served.max_batch_size, served.precision, served.contract
+        self.repository_id = served.repository_id
+        self._read_at = time.monotonic()
 
     async def embed(self, texts: list[str], kind: str, chunk: int | None = None) -> tuple[np.ndarray, int]:
         """(full-width vectors in input order, their token count): requests of at most the model's
@@ -99,6 +118,7 @@ class TritonUpstream:
             # A server shutting down or restarting answers with all sorts of errors (model not
             # found, stub unhealthy): whatever it says, while it is not ready the client may retry.
             if any(word in status for word in RETRYABLE) or not await self.ready():
+                self._read_at = float("-inf")  # Triton is restarting: read the config again when it is back
                 raise unavailable(f"Triton at {self.url} is unavailable ({_first_line(exc)})") from None
             raise ApiError(502, f"Triton at {self.url}: {_first_line(exc)}", code="upstream_error") from None
         vectors, tokens = result.as_numpy("EMBEDDING"), result.as_numpy("TOKENS")

@@ -23,7 +23,7 @@ class GatewayServer(HttpHealthServer):
     process: object = None
     label = "gateway"
     workdir_prefix = "moai-gateway-"
-    stop_grace = 15.0
+    stop_grace = 30.0  # above the gateway's default --drain-timeout (GatewayConfig.drain_timeout): in-flight requests finish
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         root = str(Path(__file__).resolve().parents[2])

@@ -2,8 +2,8 @@
 # OpenAI-compatible /v1/embeddings in front of a running Triton (serve/triton/run_local.sh), on 127.0.0.1:8080.
 #   serve/gateway/run.sh [--triton grpc://127.0.0.1:8001] [--model moai_embedding] [--port 8080]
 #       [--api-key KEY | --api-key-file FILE | MOAI_GATEWAY_API_KEYS=k1,k2] [more `moai-export gateway` options]
-# Needs no model files: the contract and usage token counts come from Triton. SIGTERM / Ctrl-C:
-# finishes what is in flight, exits.
+# Needs no model files: the contract and usage token counts come from Triton. SIGTERM, SIGHUP,
+# Ctrl-C: finishes what is in flight (--drain-timeout), exits.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 if [ $# -ge 1 ] && [ -d "$1" ]; then
