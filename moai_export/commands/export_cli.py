@@ -299,7 +299,7 @@ def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, 
               help="Per device: each query's in-batch negatives are the other documents of the global batch.")
 @train_option("--mini-batch-size", type=click.IntRange(min=1),
               help="Cached loss: texts through the model at once (bounds memory, not the negatives).")
-@train_option("--lr", field="learning_rate", type=float)
+@train_option("--lr", field="learning_rate", type=float, callback=lambda ctx, param, value: _learning_rate(value))
 @train_option("--scheduler", help="transformers' lr_scheduler_type.")
 @train_option("--warmup-ratio", type=click.FloatRange(0, 1))
 @train_option("--weight-decay", type=float)
@@ -333,6 +333,8 @@ def train(base, train_file, eval_dir, eval_split, out, lora_r, lora_alpha, lora_
 
     if eval_dir is None and eval_split is None:
         raise click.UsageError("give --eval BEIR_DIR or --eval-split FRACTION (the best checkpoint is chosen on it)")
+    if eval_dir is not None and eval_split is not None:
+        raise click.UsageError("give --eval or --eval-split, not both")
     options = TrainOptions(
         base=base, train=train_file, out=out, eval_dir=eval_dir, eval_split=eval_split, lora_r=lora_r,
         lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -347,6 +349,16 @@ def train(base, train_file, eval_dir, eval_split, out, lora_r, lora_alpha, lora_
         click.secho(f"interrupted: the last complete checkpoint under {out / 'checkpoints'} is kept; "
                     "continue with --resume", fg="yellow", err=True)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _learning_rate(value: float) -> float:
+    """--lr as the library checks it, refused as a command-line mistake (exit 2) before any work."""
+    from ..train.options import learning_rate_problem
+
+    problem = learning_rate_problem(value)
+    if problem:
+        raise click.BadParameter(f"{value:g}: {problem}")
+    return value
 
 
 UVICORN_STARTUP_FAILURE = 3  # uvicorn.main.STARTUP_FAILURE
