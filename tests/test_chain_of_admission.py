@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from moai_export.artifacts import admission
 from moai_export.artifacts.admission import MANIFEST_FILE, NotAdmitted
-from moai_export.artifacts.kinds import load_embedder
 from moai_export.artifacts.directories import PARITY_FILE
+from moai_export.artifacts.kinds import load_embedder
 from moai_export.commands.base import EXIT_ERROR
 from moai_export.commands.export_cli import main
 

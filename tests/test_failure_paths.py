@@ -8,9 +8,12 @@ write call is patched at the OS boundary (stated in the test)."""
 
 from __future__ import annotations
 
+import builtins
 import errno
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +172,130 @@ def test_adapter_field_of_the_wrong_type_is_named(example_dir, tmp_path):
                                        "--out", str(tmp_path / "m")])
     assert result.exit_code == 1
     assert "'r' must be a positive integer, not 'sixty-four'" in _one_error_line(result)
+
+
+class _NoSpaceLeft:
+    """A file opened for writing on a full disk: the open works, every write fails with ENOSPC
+    (as the kernel reports it: no file name)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+@pytest.fixture
+def disk_full_in(monkeypatch):
+    """disk_full_in(directory): files opened for writing in `directory` cannot be written, patched
+    at Python's one open() (pathlib and os.fdopen go through it); no mount or root needed."""
+
+    def patch(directory: Path) -> None:
+        real_open, directory = io.open, Path(directory).resolve()
+
+        def open_(file, mode="r", *args, **kwargs):
+            handle = real_open(file, mode, *args, **kwargs)
+            if set(mode) & set("wax+") and Path(os.readlink(f"/proc/self/fd/{handle.fileno()}")).parent == directory:
+                return _NoSpaceLeft(handle)
+            return handle
+
+        monkeypatch.setattr(io, "open", open_)
+        monkeypatch.setattr(builtins, "open", open_)
+
+    return patch
+
+
+def _merge_args(example_dir, out, *extra):
+    return ["merge", "--base", str(example_dir / "base"), "--adapter", str(example_dir / "adapter"),
+            "--out", str(out), *extra]
+
+
+def test_merge_report_that_cannot_be_written_is_refused_before_the_work(example_dir, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    report = tmp_path / "a-file" / "report.json"  # a path under a file: unwritable, also for root
+    result = CliRunner().invoke(main, _merge_args(example_dir, tmp_path / "merged", "--report", str(report)))
+    assert result.exit_code == 1
+    assert f"cannot write {report}" in _one_error_line(result)
+    assert "loading reference" not in result.output  # refused before any model loaded
+    assert not (tmp_path / "merged").exists()
+
+
+def test_merge_report_that_fails_while_written_publishes_nothing(example_dir, tmp_path, disk_full_in):
+    (tmp_path / "reports").mkdir()
+    disk_full_in(tmp_path / "reports")
+    report = tmp_path / "reports" / "report.json"
+    result = CliRunner().invoke(main, _merge_args(example_dir, tmp_path / "merged", "--report", str(report)))
+    assert result.exit_code == 1
+    assert f"cannot write {report}: no space left on device" in _one_error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"] and not any((tmp_path / "reports").iterdir())
+
+
+def test_verify_json_on_a_full_disk_names_the_path_and_keeps_the_old_report(merged_dir, tmp_path, disk_full_in):
+    json_path = tmp_path / "verify.json"
+    json_path.write_text('{"old": true}\n')
+    disk_full_in(tmp_path)
+    result = CliRunner().invoke(main, ["verify", f"torch:{merged_dir}", "--reference", f"torch:{merged_dir}",
+                                       "--no-admit", "--json", str(json_path)])
+    assert result.exit_code == 1
+    assert f"cannot write {json_path}: no space left on device" in _one_error_line(result)
+    assert json_path.read_text() == '{"old": true}\n'  # not a 0-byte file
+    assert [p.name for p in tmp_path.iterdir()] == ["verify.json"]  # no temporary file left
+
+
+@pytest.fixture
+def truncated_merged(merged_dir, tmp_path) -> Path:
+    copy = tmp_path / "truncated"
+    shutil.copytree(merged_dir, copy)
+    weights = copy / "model.safetensors"
+    with open(weights, "r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)
+    return copy
+
+
+@pytest.mark.parametrize("command", ["onnx", "verify"])
+def test_a_truncated_weight_file_is_one_error_line(truncated_merged, merged_dir, tmp_path, command):
+    args = {"onnx": ["onnx", str(truncated_merged), "--out", str(tmp_path / "onnx")],
+            "verify": ["verify", str(truncated_merged), "--reference", f"torch:{merged_dir}", "--no-admit",
+                       "--json", str(tmp_path / "verify.json")]}[command]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # not safetensors' traceback
+    assert f"{truncated_merged / 'model.safetensors'}: truncated safetensors file" in _one_error_line(result)
+    assert not (tmp_path / "onnx").exists() and not (tmp_path / "verify.json").exists()
+
+
+def test_triton_repository_on_a_full_disk_is_one_error_line(onnx_fp32_dir, tmp_path, monkeypatch):
+    """tokenizers' save raises a plain Exception ("... (os error 28)"), not an OSError, when the
+    disk is full: simulated here by its exact message."""
+    import tokenizers
+
+    real = tokenizers.Tokenizer
+
+    class FullDiskTokenizer:
+        def __init__(self, tokenizer):
+            self._tokenizer = tokenizer
+
+        @staticmethod
+        def from_file(path):
+            return FullDiskTokenizer(real.from_file(path))
+
+        def save(self, path, *args, **kwargs):
+            raise Exception("No space left on device (os error 28)")
+
+        def __getattr__(self, name):
+            return getattr(self._tokenizer, name)
+
+    monkeypatch.setattr(tokenizers, "Tokenizer", FullDiskTokenizer)
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(main, ["triton", str(onnx_fp32_dir), "--repo", str(repo), "--no-verify"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"cannot write {repo}: no space left on device (nothing was written)" in _one_error_line(result)
+    assert list(tmp_path.iterdir()) == []

@@ -21,10 +21,10 @@ import pytest
 from click.testing import CliRunner
 
 from moai_export.commands.export_cli import main
+from moai_export.core.errors import MoaiError
 from moai_export.embedders import load_embedder
 from moai_export.gates.parity import cosine_rows
 from moai_export.gates.probes import long_text
-from moai_export.core.errors import MoaiError
 from moai_export.gateway.config import load_api_keys
 from moai_export.launchers.triton_server import TritonServer, free_ports, runtime_venv
 

@@ -188,3 +188,86 @@ def test_report_to_a_missing_integration_is_refused_before_loading(base, tmp_pat
                                        "--eval-split", "0.5", "--out", str(tmp_path / "run"),
                                        "--report-to", "tensorboard"])
     assert result.exit_code == 1 and "pip install tensorboard" in result.output
+
+
+def _train_args(base, tmp_path, *extra) -> list[str]:
+    return ["train", "--base", str(base), "--train", str(write_pairs(tmp_path / "pairs.jsonl")), "--out",
+            str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4", "--mini-batch-size", "2", "--no-bf16",
+            "--no-gradient-checkpointing", *extra]
+
+
+def test_a_training_file_that_is_not_utf8_is_one_error_line(base, tmp_path):
+    (tmp_path / "latin1.jsonl").write_bytes('{"query": "caf\u00e9", "positive": "p"}\n'.encode("latin-1"))
+    result = CliRunner().invoke(main, ["train", "--base", str(base), "--train", str(tmp_path / "latin1.jsonl"),
+                                       "--eval-split", "0.5", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # not a UnicodeDecodeError
+    assert "latin1.jsonl:1: not UTF-8 text (byte 15 of the line is 0xe9)" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("lr", ["-1", "nan", "0"])
+def test_a_learning_rate_that_cannot_learn_is_a_usage_error_before_anything_is_written(base, tmp_path, lr):
+    result = CliRunner().invoke(main, _train_args(base, tmp_path, "--eval-split", "0.25", "--lr", lr))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Invalid value for '--lr'" in result.output
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(MoaiError, match="learning rate"):  # the library refuses it too, before any work
+        train(TrainOptions(base=str(base), train=tmp_path / "pairs.jsonl", out=tmp_path / "run", eval_split=0.25,
+                           learning_rate=float(lr)), log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_validation_whose_qrels_name_only_absent_documents_is_refused(base, tmp_path):
+    beir = write_beir(tmp_path / "beir", relevant_column=1)
+    qrels = (beir / "qrels.tsv").read_text().replace("\td", "\tgone-d")  # every relevant id absent from the corpus
+    (beir / "qrels.tsv").write_text(qrels)
+    result = CliRunner().invoke(main, _train_args(base, tmp_path, "--eval", str(beir)))
+    assert result.exit_code == 1, result.output
+    assert "no relevant document of the qrels is in corpus.jsonl" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_validation_keeps_only_the_qrels_of_documents_in_the_corpus(tmp_path):
+    from moai_export.train.data import beir_validation
+
+    beir = write_beir(tmp_path / "beir", relevant_column=1)
+    lines = (beir / "qrels.tsv").read_text().splitlines()
+    (beir / "qrels.tsv").write_text("\n".join(lines[:1] + [lines[1].replace("\td", "\tgone-d")] + lines[2:]) + "\n")
+    validation = beir_validation(beir)
+    assert "q0" not in validation.queries and len(validation.queries) == len(TRIPLETS) - 1
+    assert all(docs <= validation.corpus.keys() for docs in validation.relevant.values())
+
+
+@pytest.mark.parametrize("given", [["--eval-split", "0.25", "--eval", "."], []])
+def test_eval_and_eval_split_both_or_neither_is_a_usage_error(base, tmp_path, given):
+    result = CliRunner().invoke(main, _train_args(base, tmp_path, *given))
+    assert result.exit_code == 2, result.output
+    assert "--eval" in result.output and not (tmp_path / "run").exists()
+
+
+def test_force_does_not_delete_a_training_run_in_progress(base, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    running = subprocess.Popen(
+        [sys.executable, "-m", "moai_export.commands.export_cli", *_train_args(base, tmp_path, "--eval-split", "0.25"),
+         "--max-steps", "1000", "--eval-steps", "1", "--early-stopping-patience", "0", "--lr", "2e-3"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out.is_dir() and any(out.iterdir())):
+            assert running.poll() is None and time.monotonic() < deadline, running.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        replaced = CliRunner().invoke(main, _train_args(base, tmp_path, "--eval-split", "0.25", "--force",
+                                                        "--max-steps", "1"))
+        assert replaced.exit_code == 1, replaced.output
+        assert f"a training run is in progress there (process {running.pid})" in replaced.output
+        assert running.poll() is None and out.is_dir()
+    finally:
+        os.killpg(running.pid, signal.SIGKILL)
+        running.wait()
+    from moai_export.train.run import live_run
+
+    assert live_run(out) is None  # the killed run's lock no longer holds: --force may replace it

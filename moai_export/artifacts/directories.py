@@ -12,10 +12,12 @@ import errno
 import json
 import os
 import platform
+import re
+import secrets
 import shutil
 import signal
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator
@@ -123,12 +125,25 @@ def atomic_output_dir(target: Path, *, force: bool = False, log=None) -> Iterato
         raise MoaiError(describe_os_error(exc, tmp) + " (nothing was written)") from None
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if type(exc).__name__ == "SafetensorError":  # safetensors' own error type for failed writes
-            raise MoaiError(f"cannot write {target}: {exc} (nothing was written)") from None
+        cause = native_write_failure(exc)
+        if cause:
+            raise MoaiError(f"cannot write {target}: {cause} (nothing was written)") from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def native_write_failure(exc: Exception) -> str | None:
+    """The cause of a failed write that a native writer reports as a plain exception, not an
+    OSError: tokenizers' `save` says "... (os error 28)", safetensors raises SafetensorError."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found:
+        code = int(found.group(1))
+        return _CAUSES.get(code, os.strerror(code).lower())
+    if type(exc).__name__ == "SafetensorError":
+        return str(exc)
+    return None
 
 
 def _publish(tmp: Path, target: Path) -> None:
@@ -181,8 +196,26 @@ def tool_versions() -> dict[str, str]:
 
 
 def write_json(path: Path, data) -> Path:
-    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return Path(path)
+    return write_text_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write a temporary file beside `path` and rename it into place: a full disk or a kill
+    leaves the old file (or none), never a half-written one. An OSError names `path` itself
+    (a failed write() names no file, and the temporary name would mean nothing to a user)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        with open(tmp, "x", encoding="utf-8") as handle:  # "x": mode 0666 less the umask, as write_text
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with suppress(OSError):  # also when it was never created (a path under a file)
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+    return path
 
 
 def write_manifest(directory: Path, *, stage: str, inputs: dict, options: dict, extra: dict | None = None,

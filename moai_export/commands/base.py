@@ -15,7 +15,7 @@ from ..core.errors import MoaiError, VerificationFailed
 # One meaning per exit code, in every command of `moai-export` and `moai-bench` (README: "Exit codes").
 EXIT_OK = 0
 EXIT_ERROR = 1  # bad input, or an output that cannot be written: one `error:` line, nothing written
-EXIT_USAGE = 2  # the command line itself (click: unknown option, bad choice, missing argument)
+EXIT_USAGE = 2  # the command line itself (click: unknown option, bad choice or value, missing argument)
 EXIT_VERIFICATION_FAILED = 3  # a parity gate refused: nothing published (verify: a candidate failed)
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: nothing written
 

@@ -11,7 +11,7 @@ import click
 
 from .. import __version__
 from ..artifacts.kinds import describe_recognised, kind_names
-from ..core.errors import VerificationFailed
+from ..core.errors import MoaiError
 from .base import EXIT_INTERRUPTED, EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, library_option, overrides_from
 
 DTYPE_CHOICE = click.Choice(["fp32", "bf16", "fp16"])
@@ -85,22 +85,13 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, min_rank_a
     reference (see moai_parity.json inside it); on failure nothing is left behind and the
     exit code is 3.
     """
-    import json
-
     from ..export.merge import MergeOptions
     from ..export.merge import merge as run_merge
 
     options = MergeOptions(dtype=dtype, max_tokens=max_tokens, force=force,
                            overrides=overrides_from(min_cosine, max_abs, min_rank_agreement),
-                           allow_base_mismatch=allow_base_mismatch, log=_log)
-    try:
-        report = run_merge(base, adapter, out, options)
-    except VerificationFailed as exc:
-        if report_path and exc.report:
-            report_path.write_text(json.dumps(exc.report, indent=2, ensure_ascii=False) + "\n")
-        raise
-    if report_path:
-        report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+                           allow_base_mismatch=allow_base_mismatch, report_path=report_path, log=_log)
+    run_merge(base, adapter, out, options)
     click.echo(f"merged model written to {out} (verified; report: {out / 'moai_parity.json'})")
 
 
@@ -168,9 +159,7 @@ GPU machine before serving bfloat16 there).
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=Path("moai-verify.json"),
               show_default=True, help="Where to write the JSON report.")
 def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, min_rank_agreement, json_path):
-    import json
-
-    from ..artifacts.directories import check_output_location
+    from ..artifacts.directories import check_output_location, write_json
     from ..export.exporter import format_gate_table
     from .verify import verify as run_verify
 
@@ -182,7 +171,7 @@ def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, mi
     for gate in gates:
         for reason in gate.reasons():
             click.echo(f"  FAIL {gate.parity.candidate}: {reason}")
-    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_json(json_path, report)
     click.echo(f"report: {json_path}")
     if not report["passed"]:
         sys.exit(EXIT_VERIFICATION_FAILED)
@@ -326,7 +315,7 @@ def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, 
               help="Per device: each query's in-batch negatives are the other documents of the global batch.")
 @train_option("--mini-batch-size", type=click.IntRange(min=1),
               help="Cached loss: texts through the model at once (bounds memory, not the negatives).")
-@train_option("--lr", field="learning_rate", type=float)
+@train_option("--lr", field="learning_rate", type=float, callback=lambda ctx, param, value: _learning_rate(value))
 @train_option("--scheduler", help="transformers' lr_scheduler_type.")
 @train_option("--warmup-ratio", type=click.FloatRange(0, 1))
 @train_option("--weight-decay", type=float)
@@ -360,6 +349,8 @@ def train(base, train_file, eval_dir, eval_split, out, lora_r, lora_alpha, lora_
 
     if eval_dir is None and eval_split is None:
         raise click.UsageError("give --eval BEIR_DIR or --eval-split FRACTION (the best checkpoint is chosen on it)")
+    if eval_dir is not None and eval_split is not None:
+        raise click.UsageError("give --eval or --eval-split, not both")
     options = TrainOptions(
         base=base, train=train_file, out=out, eval_dir=eval_dir, eval_split=eval_split, lora_r=lora_r,
         lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -374,6 +365,19 @@ def train(base, train_file, eval_dir, eval_split, out, lora_r, lora_alpha, lora_
         click.secho(f"interrupted: the last complete checkpoint under {out / 'checkpoints'} is kept; "
                     "continue with --resume", fg="yellow", err=True)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _learning_rate(value: float) -> float:
+    """--lr as the library checks it, refused as a command-line mistake (exit 2) before any work."""
+    from ..train.options import learning_rate_problem
+
+    problem = learning_rate_problem(value)
+    if problem:
+        raise click.BadParameter(f"{value:g}: {problem}")
+    return value
+
+
+UVICORN_STARTUP_FAILURE = 3  # uvicorn.main.STARTUP_FAILURE
 
 
 def _log(message: str) -> None:
@@ -456,6 +460,7 @@ def gateway(triton_url, model, served_model_name, host, port, api_keys, api_key_
     """
     from ..gateway.config import GatewayConfig, load_api_keys, parse_triton_url
     from ..gateway.server import serve
+    from ..launchers.process import port_taken
 
     config = GatewayConfig(parse_triton_url(triton_url), model, served_model_name=served_model_name,
                            host=host, port=port, api_keys=load_api_keys(api_keys, api_key_file),
@@ -465,7 +470,16 @@ def gateway(triton_url, model, served_model_name, host, port, api_keys, api_key_
                            upstream_timeout=timeout, drain_timeout=drain_timeout, no_auth=no_auth).validate()
     _log(f"gateway: http://{host}:{port}/v1/embeddings -> Triton grpc://{config.triton}/{model} "
          f"({'API keys: ' + str(len(config.api_keys)) if config.api_keys else 'no API key: open'})")
-    stopped_by = serve(config, log_level=log_level)
+    if port_taken(host, port):
+        raise MoaiError(f"cannot listen on {host}:{port}: the port is already in use (another server?)")
+    try:
+        stopped_by = serve(config, log_level=log_level)
+    except SystemExit as exc:
+        # uvicorn exits 3 when the server did not start (e.g. a port taken since the check above);
+        # 3 means "verification failed" here
+        if exc.code == UVICORN_STARTUP_FAILURE:
+            raise MoaiError(f"the gateway did not start on {host}:{port} (see uvicorn's message above)") from None
+        raise
     if stopped_by:
         click.get_current_context().exit(128 + stopped_by)
 

@@ -13,6 +13,7 @@ from ..core.errors import MoaiError
 from ..core.pooling import ContractPooler
 from ..model_files.contract_tokenizer import ContractTokenizer
 from ..model_files.model_contract import read_contract
+from ..model_files.safetensors_files import read_index
 from .base import TokenEmbedder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,6 +40,8 @@ def load_backbone(directory: Path, dtype: torch.dtype = torch.float32, **kwargs)
     the checkpoint's dtype, e.g. bf16, and the reference would silently lose precision)."""
     from transformers import AutoModel
 
+    for weights in sorted(Path(directory).glob("*.safetensors")):
+        read_index(weights)  # truncated or corrupt: one line naming the file, not safetensors' traceback
     try:
         model = AutoModel.from_pretrained(str(directory), dtype=dtype, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:

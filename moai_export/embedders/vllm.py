@@ -20,7 +20,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -29,12 +31,12 @@ import numpy as np
 from ..core.addresses import parse_location
 from ..core.contract import EmbeddingContract
 from ..core.errors import MoaiError
-from ..launchers.vllm_server import SERVE_FILE, VllmServer, vllm_venv
+from ..launchers.vllm_server import SERVE_FILE, VllmServer, private_tmpdir_env, vllm_venv
 from ..model_files.contract_tokenizer import ContractTokenizer
 from ..model_files.model_contract import read_contract
 from .base import TextEmbedder, TokenEmbedder
 
-WORKER = Path(__file__).resolve().parents[1] / "serving" / "vllm_worker.py"
+WORKER = Path(__file__).resolve().parents[1] / "launchers" / "vllm_worker.py"
 
 
 class VllmOfflineEmbedder(TokenEmbedder):
@@ -73,12 +75,14 @@ class VllmOfflineEmbedder(TokenEmbedder):
             "max_model_len": serve["max_model_len"],
             "kv_cache_memory_bytes": serve["kv_cache_memory_bytes"],
         }
+        python = self.check_runtime()
         read_fd, write_fd = os.pipe()
         log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+        self._tmpdir = Path(tempfile.mkdtemp(prefix="moai-vllm-worker-"))  # removed by close()
         self._process = subprocess.Popen(
-            [str(self.check_runtime()), str(WORKER), json.dumps(config), str(write_fd)],
+            [str(python), str(WORKER), json.dumps(config), str(write_fd)],
             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
-            text=True, start_new_session=True,
+            text=True, start_new_session=True, env=private_tmpdir_env(self._tmpdir),
         )
         os.close(write_fd)
         self._responses = os.fdopen(read_fd, "r")
@@ -124,6 +128,9 @@ class VllmOfflineEmbedder(TokenEmbedder):
         if getattr(self, "_responses", None):
             self._responses.close()
             self._responses = None
+        if getattr(self, "_tmpdir", None):
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
 
 
 class VllmHttpEmbedder(TextEmbedder):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..core.errors import MoaiError
+from ..core.text_files import utf8_lines
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
 QRELS_CANDIDATES = ("qrels.tsv", "qrels/test.tsv")
@@ -81,17 +82,16 @@ def find_beir_dir(path: Path) -> Path:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MoaiError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or "_id" not in row or not isinstance(row.get("text"), str):
-                raise MoaiError(f"{path}:{number}: a row needs \"_id\" and a string \"text\"")
-            rows.append(row)
+    for number, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MoaiError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or "_id" not in row or not isinstance(row.get("text"), str):
+            raise MoaiError(f"{path}:{number}: a row needs \"_id\" and a string \"text\"")
+        rows.append(row)
     if not rows:
         raise MoaiError(f"{path}: empty")
     return rows
@@ -99,20 +99,19 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split("\t")
-            if not line.strip() or (number == 1 and parts[0] in ("query-id", "query_id", "qid")):
-                continue
-            if len(parts) == 4:  # TREC style: qid, iteration, docid, score
-                parts = [parts[0], parts[2], parts[3]]
-            if len(parts) != 3:
-                raise MoaiError(f"{path}:{number}: expected query-id<TAB>corpus-id<TAB>score")
-            try:
-                score = int(float(parts[2]))
-            except ValueError:
-                raise MoaiError(f"{path}:{number}: score {parts[2]!r} is not a number") from None
-            qrels.setdefault(parts[0], {})[parts[1]] = score
+    for number, line in utf8_lines(path):
+        parts = line.split("\t")
+        if not line.strip() or (number == 1 and parts[0] in ("query-id", "query_id", "qid")):
+            continue
+        if len(parts) == 4:  # TREC style: qid, iteration, docid, score
+            parts = [parts[0], parts[2], parts[3]]
+        if len(parts) != 3:
+            raise MoaiError(f"{path}:{number}: expected query-id<TAB>corpus-id<TAB>score")
+        try:
+            score = int(float(parts[2]))
+        except ValueError:
+            raise MoaiError(f"{path}:{number}: score {parts[2]!r} is not a number") from None
+        qrels.setdefault(parts[0], {})[parts[1]] = score
     return qrels
 
 

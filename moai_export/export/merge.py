@@ -27,6 +27,7 @@ from ..artifacts.directories import (
     check_target,
     size_of,
     weights_digest,
+    write_json,
     write_manifest,
 )
 from ..artifacts.kinds import kind_named
@@ -56,6 +57,7 @@ class MergeOptions:
     force: bool = False
     allow_base_mismatch: bool = False
     check_sentence_transformers: bool = True
+    report_path: Path | None = None  # also write the report here (when verification fails too)
     log: callable = print
     timings: dict = field(default_factory=dict)
 
@@ -69,6 +71,8 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
     log = options.log
     out = Path(out)
     check_target(out, options.force)  # before minutes of work, not after
+    if options.report_path:
+        check_output_location(options.report_path, directory=False)
     started = time.perf_counter()
 
     base_dir = resolve_model_dir(base, "base model")
@@ -136,6 +140,8 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
                                  timings=options.timings, identity_note=identity_note))
         report = record.to_dict()
         log(format_report(report))
+        if options.report_path:  # before publishing: a report that cannot be written publishes nothing
+            write_json(options.report_path, report)
         if not record.passed:
             raise VerificationFailed(
                 "merge verification FAILED, nothing written: " + "; ".join(report["failures"][:5]),

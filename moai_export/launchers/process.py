@@ -11,7 +11,10 @@ everything it started:
     server process group, their start times); it is removed with anything else the server left
     (e.g. Triton's /dev/shm regions) on every exit path the launcher sees;
   - a launcher killed with SIGKILL sees nothing: the next launch finds its work directory, stops
-    the server group it left running, removes its files and says so.
+    the server group it left running, removes its files and says so;
+  - ready means THIS server is: its ports must be free before it starts, and the port that
+    answers the health check must be held by its process group (another server on the port
+    would otherwise answer "ready" while ours fails to bind and exits).
 
 Standard library only (Linux /proc).
 """
@@ -117,6 +120,57 @@ def kill_group(pgid: int, grace: float) -> None:
         wait_group_gone(pgid, 10.0)
 
 
+# -- ports ----------------------------------------------------------------------------------------
+
+def port_taken(host: str, port: int) -> bool:
+    """Does a socket already listen on host:port? (SO_REUSEADDR: a port left in TIME_WAIT by a
+    server that just stopped is free for the next one, as servers themselves bind it.)"""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on TCP `port`, any address (Linux /proc/net)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def group_listens_on(pgid: int, port: int) -> bool | None:
+    """Does a process of group `pgid` hold the socket listening on `port`? None: /proc cannot tell."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return None
+    for pid in group_members(pgid):
+        try:
+            descriptors = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in descriptors:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}")[len("socket:["):-1] in inodes:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 # -- leftovers of killed launchers ------------------------------------------------------------
 
 def remove_leftovers(prefix: str, extra_cleanup=None, log=None) -> list[str]:
@@ -159,10 +213,12 @@ def _remove_tree(path: Path) -> None:
 # -- the launcher base --------------------------------------------------------------------------
 
 class ManagedServer:
-    """Subclasses define `label`, `workdir_prefix`, `health_url`, `command()` and optionally
+    """Subclasses define `label`, `workdir_prefix`, `health_url`, `command()`, `listen_ports()`
+    (the ports the server binds; the first answers the health check) and optionally
     `cleanup_workdir(workdir)` (what else the server leaves, named for the log)."""
 
     label = "server"
+    listen_host = "127.0.0.1"
     workdir_prefix = "moai-server-"
     log_path: Path | None = None
     process: subprocess.Popen | None = None
@@ -187,8 +243,19 @@ class ManagedServer:
         """Remove what the server left outside its work directory; returns what was removed."""
         return []
 
+    def listen_ports(self) -> dict[str, int]:
+        """{what: port} the server binds on `listen_host`, the health check's first."""
+        return {}
+
+    def _check_ports_free(self) -> None:
+        for what, port in self.listen_ports().items():
+            if port_taken(self.listen_host, port):
+                raise LaunchError(f"{self.label} cannot start: {what} port {port} on {self.listen_host} is already "
+                                  "in use (another server?); stop it or choose other ports")
+
     def _spawn(self, log) -> None:
-        remove_leftovers(self.workdir_prefix, self.cleanup_workdir)
+        remove_leftovers(self.workdir_prefix, self.cleanup_workdir)  # may free ports a killed launcher left held
+        self._check_ports_free()
         command, env = self.command()
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
                                         start_new_session=True)
@@ -260,11 +327,20 @@ class ManagedServer:
             try:
                 with urllib.request.urlopen(self.health_url, timeout=2) as response:
                     if response.status == 200:
+                        self._check_answer_is_ours()
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
         raise LaunchError(f"{self.label} not ready after {timeout:.0f} s (killed){hint}")
+
+    def _check_answer_is_ours(self) -> None:
+        """A 200 from a port another process holds is not this server being ready."""
+        ports = list(self.listen_ports().items())
+        if ports and group_listens_on(self.process.pid, ports[0][1]) is False:
+            what, port = ports[0]
+            raise LaunchError(f"{self.label} is not the server answering on {what} port {port}: another process "
+                              "holds it; stop it or choose other ports")
 
     def stop(self, grace: float | None = None) -> None:
         """SIGINT to the group (what Ctrl-C sends), SIGKILL after `grace`; then whatever is left of
@@ -305,6 +381,13 @@ class HttpHealthServer(ManagedServer):
     @property
     def health_url(self) -> str:
         return f"{self.base_url}/health"
+
+    @property
+    def listen_host(self) -> str:
+        return self.host
+
+    def listen_ports(self) -> dict[str, int]:
+        return {"HTTP": self.port}
 
 
 def free_ports(count: int) -> list[int]:

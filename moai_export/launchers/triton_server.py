@@ -80,6 +80,9 @@ class TritonServer(ManagedServer):
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    def listen_ports(self) -> dict[str, int]:
+        return {"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port}
+
     def command(self) -> tuple[list[str], dict[str, str]]:
         server_dir = _pytriton_dir(self.venv)
         python_tag = f"{sys.version_info.major}.{sys.version_info.minor}"

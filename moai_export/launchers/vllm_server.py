@@ -50,7 +50,7 @@ class VllmServer(HttpHealthServer):
     log_path: Path | None = None
     process: object = None
     label = "vLLM server"
-    workdir_prefix = "moai-vllm-"  # holds only launcher.json: finds the engine group of a killed launcher
+    workdir_prefix = "moai-vllm-"  # launcher.json (finds the engine group of a killed launcher) and tmp/
 
     def serve_args(self) -> dict:
         path = Path(self.model_dir) / SERVE_FILE
@@ -74,7 +74,7 @@ class VllmServer(HttpHealthServer):
         device, dtype = self.resolved()
         return kind_named("vllm").serving_config(device, VLLM_DTYPES.get(dtype, dtype), "server")
 
-    def command(self) -> tuple[list[str], None]:
+    def command(self) -> tuple[list[str], dict[str, str]]:
         python = vllm_venv() / "bin" / "python"
         if not python.is_file():
             raise LaunchError(f"vLLM runtime not found ({python}); create it with serve/vllm/setup_env.sh")
@@ -98,10 +98,19 @@ class VllmServer(HttpHealthServer):
         if self.lora:
             command += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--lora-modules",
                         *[f"{name}={Path(path).resolve()}" for name, path in self.lora.items()]]
-        return command + self.extra_args, None
+        return command + self.extra_args, private_tmpdir_env(self.workdir)
 
     def start(self, timeout: float = 300.0) -> "VllmServer":
         return super().start(timeout)
+
+
+def private_tmpdir_env(workdir: Path) -> dict[str, str]:
+    """The environment with TMPDIR inside `workdir`: vLLM leaves its ZeroMQ sockets and a
+    `vllm_dist_*` file in the temporary directory at every start, and removing the work
+    directory on stop removes them with it."""
+    tmp = Path(workdir) / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return {**os.environ, "TMPDIR": str(tmp)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..core.errors import MoaiError
+from ..core.text_files import utf8_lines
 from ..evaluation.beir import load_beir
 
 COLUMNS = ("query", "positive", "negative")
@@ -60,14 +61,13 @@ def _records(path: Path) -> Iterator[tuple[str, object]]:
         for number, row in enumerate(table.to_pylist(), 1):
             yield f"{path}:row {number}", row
         return
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MoaiError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    for number, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{number}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MoaiError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
 
 
 def read_pairs(path: Path) -> TrainingPairs:
@@ -113,11 +113,20 @@ def read_pairs(path: Path) -> TrainingPairs:
 
 
 def beir_validation(directory: Path) -> Validation:
+    """The BEIR directory's queries that have a relevant document IN ITS CORPUS: a qrel naming an
+    absent document can never be retrieved, and a validation made only of those scores 0 at every
+    step (the best checkpoint would be chosen on nothing)."""
     dataset = load_beir(directory)
     ids, texts, _ = dataset.evaluated_queries()
-    relevant = dataset.relevant()
-    return Validation(str(dataset.path), dict(zip(ids, texts)),
-                      dict(zip(dataset.corpus_ids, dataset.documents())), {q: relevant[q] for q in ids})
+    named, in_corpus = dataset.relevant(), set(dataset.corpus_ids)
+    relevant = {q: named[q] & in_corpus for q in ids}
+    kept = [(q, text) for q, text in zip(ids, texts) if relevant[q]]
+    if not kept:
+        absent = sorted(set().union(*(named[q] for q in ids)))
+        raise MoaiError(f"{dataset.path}: no relevant document of the qrels is in corpus.jsonl (e.g. "
+                        f"{', '.join(absent[:3])}): the validation could measure nothing")
+    return Validation(str(dataset.path), dict(kept), dict(zip(dataset.corpus_ids, dataset.documents())),
+                      {q: relevant[q] for q, _ in kept})
 
 
 def split_validation(pairs: TrainingPairs, fraction: float, seed: int) -> tuple[TrainingPairs, Validation]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,3 +60,24 @@ class TrainOptions:
             elif isinstance(value, tuple):
                 out[key] = list(value)
         return out
+
+
+def learning_rate_problem(value: float) -> str | None:
+    """Why a run with this learning rate could not learn (None: it can). The optimiser itself
+    takes 0 (every step changes nothing) and reports the rest only after the model has loaded."""
+    if math.isnan(value) or math.isinf(value):
+        return "not a finite number"
+    if value < 0:
+        return "negative (training would climb the loss)"
+    if value == 0:
+        return "zero (no step would change a weight)"
+    return None
+
+
+def check_options(options: TrainOptions) -> None:
+    """Refuse, before anything loads or is written, a run that could not learn."""
+    from ..core.errors import MoaiError
+
+    problem = learning_rate_problem(options.learning_rate)
+    if problem:
+        raise MoaiError(f"learning rate {options.learning_rate:g}: {problem}")

@@ -9,22 +9,25 @@ import os
 import shutil
 import time
 import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..artifacts.directories import atomic_output_dir
+from ..artifacts.directories import atomic_output_dir, write_json
 from ..core.errors import MoaiError
+from ..core.pids import alive, start_time
 from ..evaluation.retrieval_metrics import PRIMARY
 from ..model_files.model_contract import read_contract
 from ..model_files.sources import resolve_model_dir
 from .data import TrainingPairs, Validation, beir_validation, read_pairs, split_validation
-from .options import TrainOptions
+from .options import TrainOptions, check_options
 from .outputs import write_outputs
 from .recipe import check_report_to, ir_evaluator, lora_config, metric_key, pick_metrics, training_arguments
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 STATE_FILE = "trainer_state.json"  # the trainer writes it last: a checkpoint with it is complete
+RUN_LOCK = "run.lock"  # the process training into OUT, while it runs
 
 
 def rank() -> int:
@@ -38,11 +41,43 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def live_run(out: Path) -> int | None:
+    """The process id of a training run still running into `out`, or None."""
+    try:
+        lock = json.loads((Path(out) / RUN_LOCK).read_text(encoding="utf-8"))
+        pid, started = int(lock["pid"]), lock.get("started")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if alive(pid, started) else None
+
+
+@contextmanager
+def claimed(out: Path):
+    """While a run trains, OUT holds its process id (a live one is never replaced or resumed
+    by another run); a run that fails before its first complete checkpoint removes the OUT it
+    created, so a refused run leaves nothing behind."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / RUN_LOCK, {"pid": os.getpid(), "started": start_time(os.getpid())})
+    try:
+        yield
+    except Exception:
+        if created and last_complete_checkpoint(out / CHECKPOINTS) is None:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        (out / RUN_LOCK).unlink(missing_ok=True)
+
+
 def _prepare_out(options: TrainOptions) -> Path | None:
     """Check OUT and return the checkpoint to resume from (None: a fresh run)."""
     out = Path(options.out)
     if out.exists() and not out.is_dir():
         raise MoaiError(f"{out}: exists and is not a directory")
+    running = live_run(out) if rank() == 0 else None  # the other ranks are that run's own
+    if running is not None:
+        raise MoaiError(f"{out}: a training run is in progress there (process {running}); stop it first, "
+                        "or train into another directory")
     if options.resume:
         checkpoint = last_complete_checkpoint(out / CHECKPOINTS)
         if checkpoint is None:
@@ -109,6 +144,7 @@ def train(options: TrainOptions, *, callbacks: Sequence = (), log: Callable[[str
     from transformers import EarlyStoppingCallback
 
     out = Path(options.out).absolute()
+    check_options(options)
     check_report_to(options.report_to)
     resume_from = _prepare_out(options)
     base_dir = resolve_model_dir(options.base, "base model")
@@ -123,59 +159,61 @@ def train(options: TrainOptions, *, callbacks: Sequence = (), log: Callable[[str
         if validation:
             log(f"validation: {validation.describe()}")
 
-    model = _load_model(base_dir, options, contract.max_tokens)
-    similarity = model.similarity_fn_name
-    evaluator = (ir_evaluator(validation, contract, options.eval_batch_size, progress=options.progress and main)
-                 if validation else None)
-    args = training_arguments(options, out / CHECKPOINTS, contract, similarity=similarity if evaluator else None)
-    loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=options.mini_batch_size,
-                                              show_progress_bar=False)
-    extra_callbacks = list(callbacks)
-    if evaluator is not None and options.early_stopping_patience > 0:
-        extra_callbacks.append(EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience))
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(pairs.columns()),
-                                         loss=loss, evaluator=evaluator, callbacks=extra_callbacks)
-    # The fresh adapter is zero (lora_B = 0), so this is the base model's score.
-    base_metrics = pick_metrics(evaluator(model), similarity) if evaluator else {}
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.perf_counter() - started
+    with claimed(out) if main else nullcontext():  # rank 0 claims OUT for the whole run
+        model = _load_model(base_dir, options, contract.max_tokens)
+        similarity = model.similarity_fn_name
+        evaluator = (ir_evaluator(validation, contract, options.eval_batch_size, progress=options.progress and main)
+                     if validation else None)
+        args = training_arguments(options, out / CHECKPOINTS, contract, similarity=similarity if evaluator else None)
+        loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=options.mini_batch_size,
+                                                  show_progress_bar=False)
+        extra_callbacks = list(callbacks)
+        if evaluator is not None and options.early_stopping_patience > 0:
+            extra_callbacks.append(EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience))
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(pairs.columns()),
+                                             loss=loss, evaluator=evaluator, callbacks=extra_callbacks)
+        # The fresh adapter is zero (lora_B = 0), so this is the base model's score.
+        base_metrics = pick_metrics(evaluator(model), similarity) if evaluator else {}
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        seconds = time.perf_counter() - started
 
-    state = trainer.state
-    best_checkpoint = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
-    report = {
-        "settings": options.settings(),
-        "base_dir": str(base_dir),
-        "contract_prompts": contract.prompts,
-        "data": pairs.counts,
-        "validation": validation.describe() if validation else None,
-        # what the trainer really ran with (not the launcher's environment)
-        "distributed": {"world_size": trainer.args.world_size, "per_device_batch": options.batch_size,
-                        "global_batch": options.batch_size * trainer.args.world_size},
-        "resumed_from": str(resume_from) if resume_from else None,
-        "global_step": state.global_step,
-        "epochs_run": state.epoch,
-        "train_seconds": seconds,
-        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
-        "primary_metric": PRIMARY,
-        "best_step": int(best_checkpoint.name.split("-")[-1]) if best_checkpoint else state.global_step,
-        "best_checkpoint": str(best_checkpoint) if best_checkpoint else None,
-        "best_metric": state.best_metric,
-        "base_metrics": base_metrics,
-        "history": _history(state.log_history, similarity),
-    }
-    # The best checkpoint's evaluation (the model now holds its weights: save_adapter proves it).
-    best_eval = [e for e in report["history"]["eval"] if e["step"] == report["best_step"]]
-    report["best_metrics"] = {m: v for m, v in best_eval[-1].items() if m not in ("step", "epoch")} if best_eval else {}
-    best_metrics = report["best_metrics"]
-    if main:
-        save_adapter(model, out / ADAPTER, options.base_name or options.base, best_checkpoint)
-        write_outputs(out, report)
-        if (out / CHECKPOINTS).is_dir() and not any((out / CHECKPOINTS).iterdir()):
-            (out / CHECKPOINTS).rmdir()  # a run without validation saves no checkpoint
-        log(f"adapter written to {out / ADAPTER} (step {report['best_step']}"
-            + (f", validation {PRIMARY} {base_metrics[PRIMARY]:.4f} -> {best_metrics[PRIMARY]:.4f}"
-               if evaluator else "") + ")")
+        state = trainer.state
+        best_checkpoint = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
+        report = {
+            "settings": options.settings(),
+            "base_dir": str(base_dir),
+            "contract_prompts": contract.prompts,
+            "data": pairs.counts,
+            "validation": validation.describe() if validation else None,
+            # what the trainer really ran with (not the launcher's environment)
+            "distributed": {"world_size": trainer.args.world_size, "per_device_batch": options.batch_size,
+                            "global_batch": options.batch_size * trainer.args.world_size},
+            "resumed_from": str(resume_from) if resume_from else None,
+            "global_step": state.global_step,
+            "epochs_run": state.epoch,
+            "train_seconds": seconds,
+            "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+            "primary_metric": PRIMARY,
+            "best_step": int(best_checkpoint.name.split("-")[-1]) if best_checkpoint else state.global_step,
+            "best_checkpoint": str(best_checkpoint) if best_checkpoint else None,
+            "best_metric": state.best_metric,
+            "base_metrics": base_metrics,
+            "history": _history(state.log_history, similarity),
+        }
+        # The best checkpoint's evaluation (the model now holds its weights: save_adapter proves it).
+        best_eval = [e for e in report["history"]["eval"] if e["step"] == report["best_step"]]
+        report["best_metrics"] = ({m: v for m, v in best_eval[-1].items() if m not in ("step", "epoch")}
+                                  if best_eval else {})
+        best_metrics = report["best_metrics"]
+        if main:
+            save_adapter(model, out / ADAPTER, options.base_name or options.base, best_checkpoint)
+            write_outputs(out, report)
+            if (out / CHECKPOINTS).is_dir() and not any((out / CHECKPOINTS).iterdir()):
+                (out / CHECKPOINTS).rmdir()  # a run without validation saves no checkpoint
+            log(f"adapter written to {out / ADAPTER} (step {report['best_step']}"
+                + (f", validation {PRIMARY} {base_metrics[PRIMARY]:.4f} -> {best_metrics[PRIMARY]:.4f}"
+                   if evaluator else "") + ")")
     return report
 
 
