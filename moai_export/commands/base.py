@@ -57,6 +57,13 @@ def gate_options(function):
     return function
 
 
+# Every command that derives an artifact from another takes it, with one meaning.
+allow_unverified_option = click.option(
+    "--allow-unverified", is_flag=True,
+    help="Derive from an input no gate admitted (no manifest, or derived from one that was not): gated against "
+         "itself, the output is marked unverified and loaders refuse it unless told.")
+
+
 def overrides_from(min_cosine, max_abs, min_rank_agreement):
     from ..gates.table import GateOverrides
 

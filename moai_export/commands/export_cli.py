@@ -12,7 +12,15 @@ import click
 from .. import __version__
 from ..artifacts.kinds import describe_recognised, kind_names
 from ..core.errors import MoaiError
-from .base import EXIT_INTERRUPTED, EXIT_VERIFICATION_FAILED, MoaiGroup, gate_options, library_option, overrides_from
+from .base import (
+    EXIT_INTERRUPTED,
+    EXIT_VERIFICATION_FAILED,
+    MoaiGroup,
+    allow_unverified_option,
+    gate_options,
+    library_option,
+    overrides_from,
+)
 
 DTYPE_CHOICE = click.Choice(["fp32", "bf16", "fp16"])
 
@@ -108,9 +116,7 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, min_rank_a
                    "recorded in SOURCE's chain (the PEFT reference its merge was gated against).")
 @onnx_option("--opset", type=click.IntRange(min=14), help="ONNX opset.")
 @gate_options
-@click.option("--allow-unverified", is_flag=True,
-              help="Derive from an input no gate admitted (no manifest, or derived from one that was not): "
-                   "gated against itself, the output is marked unverified and loaders refuse it unless told.")
+@allow_unverified_option
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_abs, min_rank_agreement,
          allow_unverified, force):
@@ -221,9 +227,7 @@ def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, mi
               help="Skip verification: the repository is written but not admitted, and the launcher refuses it "
                    "until `moai-export verify triton:REPO` (or --allow-unverified).")
 @gate_options
-@click.option("--allow-unverified", is_flag=True,
-              help="Derive from an input no gate admitted (no manifest, or derived from one that was not): "
-                   "gated against itself, the output is marked unverified and loaders refuse it unless told.")
+@allow_unverified_option
 @click.option("--force", is_flag=True, help="Replace these models' version folder if it exists.")
 def triton(artifact, repo, name, encoder, engine_device, engine_dtype, engine_max_batch_tokens, engine_compile,
            engine_env, max_batch_size, max_queue_delay_us, preferred_batch_sizes, instances,
@@ -269,9 +273,7 @@ def triton(artifact, repo, name, encoder, engine_device, engine_dtype, engine_ma
               help="Reference for the gate, e.g. BASE+ADAPTER. Default: the root reference recorded in SOURCE's "
                    "chain (the PEFT reference its merge was gated against).")
 @gate_options
-@click.option("--allow-unverified", is_flag=True,
-              help="Derive from an input no gate admitted (no manifest, or derived from one that was not): "
-                   "gated against itself, the output is marked unverified and loaders refuse it unless told.")
+@allow_unverified_option
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, min_rank_agreement, allow_unverified,
          force):

@@ -104,6 +104,13 @@ def chain_reference(provenance: Provenance, reference: Embedder | None, label: s
     return load_embedder(fallback, name=f"unverified input ({fallback})", admission="skip"), fallback, True
 
 
+def derived_reference_figures(provenance: Provenance, reference: Embedder | None, label: str | None, *,
+                              fallback: str, log, timings: dict) -> tuple[ReferenceFigures, str]:
+    """The probe figures a derived artifact is gated against (see chain_reference), and its label."""
+    reference, label, owned = chain_reference(provenance, reference, label, fallback=fallback, log=log)
+    return reference_figures(reference, label, owned, log=log, timings=timings), label
+
+
 def reference_figures(reference: Embedder, label: str, owned: bool, *, log, timings: dict) -> ReferenceFigures:
     """The reference's probe figures, embedded once; an owned reference is freed right after (the
     exporter needs the memory next)."""

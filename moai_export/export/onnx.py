@@ -38,7 +38,7 @@ from ..gates.table import GateOverrides
 from ..gates.verification import GateRun
 from ..model_files.contract_tokenizer import ContractTokenizer, write_tokenizer_files
 from ..model_files.model_contract import read_contract
-from .exporter import admit, chain_reference, check_input, load_candidate, reference_figures, shipped_file_failures
+from .exporter import admit, check_input, derived_reference_figures, load_candidate, shipped_file_failures
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_METHODS = ("dynamic", "weight-only")
@@ -80,9 +80,8 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
     gate = options.overrides.apply("onnx", options.precision)
 
     provenance = check_input(source, allow_unverified=options.allow_unverified)
-    reference, reference_label, owned = chain_reference(provenance, reference, reference_label,
-                                                        fallback=f"torch:{source}", log=log)
-    figures = reference_figures(reference, reference_label, owned, log=log, timings=options.timings)
+    figures, reference_label = derived_reference_figures(provenance, reference, reference_label, fallback=f"torch:{source}",
+                                                         log=log, timings=options.timings)
 
     with atomic_output_dir(out, force=options.force) as tmp:
         t = time.perf_counter()

@@ -27,7 +27,7 @@ from ..launchers.vllm_server import SERVE_FILE
 from ..model_files.contract_tokenizer import write_tokenizer_files
 from ..model_files.model_contract import read_contract
 from ..model_files.sentence_transformers_format import write_sentence_transformers_files
-from .exporter import admit, chain_reference, check_input, load_candidate, reference_figures, shipped_file_failures
+from .exporter import admit, check_input, derived_reference_figures, load_candidate, shipped_file_failures
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 POOLING_TYPES = {"lasttoken": "LAST", "mean": "MEAN", "cls": "CLS"}
@@ -104,9 +104,8 @@ def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, r
     VllmOfflineEmbedder.check_runtime()
 
     log = options.log
-    reference, reference_label, owned = chain_reference(provenance, reference, reference_label,
-                                                        fallback=f"torch:{source}", log=log)
-    figures = reference_figures(reference, reference_label, owned, log=log, timings=options.timings)
+    figures, reference_label = derived_reference_figures(provenance, reference, reference_label, fallback=f"torch:{source}",
+                                                         log=log, timings=options.timings)
 
     with atomic_output_dir(out, force=options.force) as tmp:
         t = time.perf_counter()

@@ -14,7 +14,7 @@ from ...embedders.base import Embedder
 from ...embedders.onnx_runtime import ONNX_FILE
 from ...gates.verification import GateRun, chain_of
 from ...model_files.model_contract import read_contract
-from ..exporter import admit, chain_reference, check_input, load_candidate, reference_figures
+from ..exporter import admit, check_input, derived_reference_figures, load_candidate
 from .files import link_tree, rewrite_manifest_files, write_models
 from .options import TritonOptions, check_options, engine_options, served_precision, serving_config
 from .remote import verify_remote
@@ -56,9 +56,8 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
     if options.verify != "none":
         # an unverified input is gated against itself as it serves: its graph, or the merged model in torch
         fallback = f"torch:{artifact}" if options.encoder == "engine" else f"onnx:{artifact}"
-        reference, reference_label, owned = chain_reference(provenance, reference, reference_label,
-                                                            fallback=fallback, log=log)
-        figures = reference_figures(reference, reference_label, owned, log=log, timings={})
+        figures, reference_label = derived_reference_figures(provenance, reference, reference_label,
+                                                             fallback=fallback, log=log, timings={})
 
     with atomic_output_dir(repo, force=True) as staging:
         if repo.is_dir():
