@@ -1,7 +1,7 @@
 # Two entry points on a fresh machine (see README):
 #   make demo   - the main job end to end on the built-in example model (every row: Triton and vLLM too)
 #   make test   - the full test suite
-# Both build the three environments on first use; each build announces itself.
+# Both build the runtime environments on first use (make test one more); each build announces itself.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -34,10 +34,18 @@ $(VLLM)/.installed: serve/vllm/requirements.txt
 	serve/vllm/setup_env.sh
 	touch $@
 
+# transformers 4.51 + sentence-transformers 4.1 in their own environment: the merged build loaded
+# as the rest of the ecosystem loads it (tests/test_legacy_loaders.py); the test suite only.
+LEGACY := .venv-legacy
+$(LEGACY)/.installed: serve/legacy/requirements.txt
+	@echo "==> $(LEGACY): transformers 4.51.3 and sentence-transformers 4.1.0 on the CPU torch (~1.4 GB, about 3 minutes)"
+	serve/legacy/setup_env.sh
+	touch $@
+
 demo: $(BIN)/.installed $(TRITON)/.installed $(VLLM)/.installed
 	$(BIN)/moai-export demo --out build/demo --force
 
-test: $(BIN)/.installed $(TRITON)/.installed $(VLLM)/.installed
+test: $(BIN)/.installed $(TRITON)/.installed $(VLLM)/.installed $(LEGACY)/.installed
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..core.contract import QWEN3_QUERY_PROMPT, EmbeddingContract
+from ..model_files.portable_config import write_portable_config
 from ..model_files.qwen3_tokenizer import END_OF_TEXT, END_OF_TEXT_ID, QWEN3_VOCAB_SIZE, save_qwen3_tokenizer
 from ..model_files.sentence_transformers_format import write_sentence_transformers_files
 
@@ -70,6 +71,7 @@ def build_base(out: Path, size: str, seed: int) -> EmbeddingContract:
     torch.manual_seed(seed)
     model = Qwen3Model(config).eval()
     model.save_pretrained(str(out))
+    write_portable_config(out)  # the hub's config.json (written by transformers 4.51) spells rope_theta so
     save_qwen3_tokenizer(out, model_max_length=MAX_TOKENS)
     contract = example_contract(config.hidden_size)
     write_sentence_transformers_files(contract, out)

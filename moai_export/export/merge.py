@@ -42,6 +42,7 @@ from ..gates.table import GateOverrides
 from ..gates.verification import PROBES_FILE, Check, GateRun, VerificationRecord, chain_of
 from ..model_files.contract_tokenizer import shipped_tokenizer_failures, write_tokenizer_files
 from ..model_files.lora_adapter import AdapterInfo, read_adapter
+from ..model_files.portable_config import write_portable_config
 from ..model_files.safetensors_files import check_model_weights
 from ..model_files.sentence_transformers_format import write_sentence_transformers_files
 from ..model_files.sources import looks_like_hub_id, resolve_model_dir
@@ -110,6 +111,7 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
         t = time.perf_counter()
         log(f"writing {options.dtype} checkpoint")
         merged.to(DTYPES[options.dtype]).save_pretrained(str(tmp))
+        write_portable_config(tmp)  # the merged build is meant to be served elsewhere: older loaders too
         del merged, reference
         write_tokenizer(base_dir, adapter_dir, contract, tmp)
         write_sentence_transformers_files(contract, tmp)

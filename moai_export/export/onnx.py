@@ -18,7 +18,6 @@ the graph pools exactly like them. Precisions:
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import time
 import warnings
@@ -38,6 +37,7 @@ from ..gates.table import GateOverrides
 from ..gates.verification import GateRun
 from ..model_files.contract_tokenizer import ContractTokenizer, write_tokenizer_files
 from ..model_files.model_contract import read_contract
+from ..model_files.portable_config import CONFIG_FILE, write_portable_config
 from .exporter import admit, check_input, derived_reference_figures, load_candidate, shipped_file_failures
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -45,10 +45,6 @@ INT8_METHODS = ("dynamic", "weight-only")
 DEFAULT_OPSET = 18
 # Protobuf cannot hold a model over 2 GB; keep a margin for the graph itself.
 EXTERNAL_DATA_ABOVE = 1_800_000_000
-
-# config.json travels for people and tools that read the architecture; the tokenizer files are
-# written through the shared writer (end-token post-processor repaired), never copied.
-COPIED_FILES = ("config.json",)
 
 
 @dataclass
@@ -87,9 +83,10 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
         t = time.perf_counter()
         log(f"exporting {options.precision} graph (opset {options.opset})")
         write_graph(source, contract, tmp, options.precision, options.opset, options.int8_method)
-        for name in COPIED_FILES:
-            if (source / name).is_file():
-                shutil.copyfile(source / name, tmp / name)
+        # config.json travels for people and tools that read the architecture (older ones too); the
+        # tokenizer files are written through the shared writer (end-token post-processor repaired)
+        if (source / CONFIG_FILE).is_file():
+            write_portable_config(tmp, source=source)
         write_tokenizer_files(source, contract, tmp)
         contract.save(tmp)
         options.timings["export_s"] = time.perf_counter() - t

@@ -26,6 +26,7 @@ from ..gates.verification import GateRun
 from ..launchers.vllm_server import SERVE_FILE
 from ..model_files.contract_tokenizer import write_tokenizer_files
 from ..model_files.model_contract import read_contract
+from ..model_files.portable_config import write_portable_config
 from ..model_files.sentence_transformers_format import write_sentence_transformers_files
 from .exporter import admit, check_input, derived_reference_figures, load_candidate, shipped_file_failures
 
@@ -78,6 +79,7 @@ def write_vllm_dir(source: Path, out: Path, contract: EmbeddingContract, dtype: 
     with torch.no_grad():
         model.save_pretrained(str(out))
     del model
+    write_portable_config(out)  # vLLM releases before transformers 5 read rope_theta, not rope_parameters
     # With a chat template, vLLM renders the query instruction as a system message instead of
     # the plain prefix the model was trained with: the template must not be there.
     write_tokenizer_files(source, contract, out, drop_chat_template=True)
