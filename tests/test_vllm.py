@@ -176,10 +176,12 @@ def test_lora_serving_matches_the_merged_model(example_dir, merged_dir, tmp_path
     from moai_export.embedders.torch_model import TorchEmbedder
 
     base_dir = tmp_path / "vllm-base"
-    export_vllm(example_dir / "base", base_dir, options=quiet())
+    # the example's base is no admitted artifact (a hub model would not be either): exported unverified,
+    # served with --allow-unverified
+    export_vllm(example_dir / "base", base_dir, options=quiet(allow_unverified=True))
     (port,) = free_ports(1)
     script = Path(__file__).resolve().parents[1] / "serve" / "vllm" / "run.sh"
-    process = subprocess.Popen([str(script), str(base_dir), "--port", str(port), "--lora",
+    process = subprocess.Popen([str(script), str(base_dir), "--port", str(port), "--allow-unverified", "--lora",
                                 f"moai={example_dir / 'adapter'}"], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:

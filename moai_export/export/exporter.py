@@ -39,12 +39,13 @@ class Provenance:
 
     source: Path
     manifest: dict | None
+    problem: str | None = None  # why an input taken with --allow-unverified was not admitted
 
     @property
     def unverified(self) -> str | None:
         """Why the output cannot be admitted (None: it can, if its own gate passes)."""
-        if self.manifest is None:
-            return f"{self.source} has no manifest of a gated artifact"
+        if self.problem or self.manifest is None:
+            return self.problem or f"{self.source} has no manifest of a gated artifact"
         return self.manifest.get("unverified")
 
     @property
@@ -72,8 +73,11 @@ def check_input(source: Path, *, allow_unverified: bool = False) -> Provenance:
         return Provenance(Path(source), None)
     changed = changed_files(source, manifest, full=True)
     if changed:
-        raise NotAdmitted(f"{source}: files changed since verification: {', '.join(changed[:5])}; what was "
-                          "verified is not what is there now: write it again from its own source")
+        problem = f"{source}: files changed since verification: {', '.join(changed[:5])}"
+        if not allow_unverified:
+            raise NotAdmitted(f"{problem}; what was verified is not what is there now: write it again from its own "
+                              "source, or pass --allow-unverified to derive from it anyway (marked unverified)")
+        return Provenance(Path(source), None, problem)
     if manifest.get("unverified") and not allow_unverified:
         raise NotAdmitted(f"{source}: derived from an unverified input ({manifest['unverified']}); pass "
                           "--allow-unverified to derive from it anyway")
@@ -101,6 +105,13 @@ def chain_reference(provenance: Provenance, reference: Embedder | None, label: s
             raise MoaiError(f"the root reference recorded in {provenance.source}'s chain, {root}, does not load "
                             f"({exc}); pass --reference BASE+ADAPTER") from None
     log(f"warning: {provenance.unverified}: gated against itself ({fallback}); the output is marked unverified")
+    if fallback.startswith("torch:"):
+        from ..embedders.torch_model import TorchEmbedder
+
+        # a source, not something served: a missing end-token post-processor (older hub snapshots,
+        # hand-made merges) is repaired in memory, as the exporters repair the file they write
+        return (TorchEmbedder.from_dir(Path(fallback.removeprefix("torch:")), name=f"unverified input ({fallback})",
+                                       repair_tokenizer=True, admission="skip"), fallback, True)
     return load_embedder(fallback, name=f"unverified input ({fallback})", admission="skip"), fallback, True
 
 
