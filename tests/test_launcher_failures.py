@@ -132,3 +132,22 @@ def test_gateway_port_taken_exits_1_not_3():
                                            "--port", str(port)])
     assert result.exit_code == EXIT_ERROR, result.output
     assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in result.output
+
+
+def test_the_watch_probe_keeps_the_admitting_gates_threshold_not_its_measured_figure(tmp_path):
+    """An admission records what the gate measured (fp32: min cosine 1.0) beside its thresholds;
+    probing at the measured figure would call two answers a rounding apart a failure, and heal
+    a healthy server over and over."""
+    from moai_export.artifacts.admission import MANIFEST_FILE
+    from moai_export.launchers.triton_watch import UNVERIFIED_MIN_COSINE, admitted_min_cosine
+
+    ensemble = tmp_path / "moai_embedding"
+    ensemble.mkdir()
+    entry = {"runtime": "triton", "device": "cpu", "dtype": "fp32", "provider": "python",
+             "gate": {"min_cosine": 1.0, "max_abs": 1e-7, "thresholds": {"min_cosine": 0.99999, "max_abs": 1e-4}}}
+    manifest = {"stage": "triton", "options": {"encoder": "python", "precision": "fp32"}, "admitted_for": [entry]}
+    (ensemble / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert admitted_min_cosine(ensemble) == 0.99999
+    manifest["admitted_for"] = []
+    (ensemble / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert admitted_min_cosine(ensemble) == UNVERIFIED_MIN_COSINE

@@ -48,11 +48,14 @@ class ProbeFailed(Exception):
 
 
 def admitted_min_cosine(ensemble_dir: Path) -> float:
-    """The min cosine of the gate that admitted the repository in its recorded configuration."""
+    """The min cosine threshold of the gate that admitted the repository in its recorded
+    configuration: the entry's `gate.thresholds`, not `gate.min_cosine`, which is the figure the
+    gate measured (1.0 for fp32: two answers a rounding apart would fail it)."""
     config = recorded_repository_config(ensemble_dir)
     for entry in (read_manifest(ensemble_dir) or {}).get("admitted_for", []):
-        if config.matches(entry) and (entry.get("gate") or {}).get("min_cosine"):
-            return float(entry["gate"]["min_cosine"])
+        threshold = ((entry.get("gate") or {}).get("thresholds") or {}).get("min_cosine")
+        if config.matches(entry) and threshold:
+            return float(threshold)
     return UNVERIFIED_MIN_COSINE
 
 
