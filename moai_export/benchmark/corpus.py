@@ -146,9 +146,7 @@ def run_corpus(targets: Sequence[Target], dataset: BeirDataset, result: dict, *,
             "dims": int(vectors.shape[1]),
         })
         if expected is not None and expected.shape == vectors.shape:
-            from .retrieval import target_gate
-
-            rows[-1]["judged"] = judge_vectors(expected, vectors, target_gate(target),
+            rows[-1]["judged"] = judge_vectors(expected, vectors, target.gate(),
                                                token_lengths=tokens if any(tokens) else None)
     base = rows[0]["docs_per_s"] if rows else None
     for row in rows:

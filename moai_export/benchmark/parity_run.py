@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from ..artifacts.kinds import parse_spec
 from ..evaluation.beir import BeirDataset
 from ..gates.parity import ReferenceFigures
 from ..gates.table import GateOverrides
@@ -37,7 +36,7 @@ def run_parity(reference: Target, targets: Sequence[Target], overrides: GateOver
                          "reason": f"{target.embedder.contract.dims} dims vs the reference's "
                                    f"{reference.embedder.contract.dims}"})
             continue
-        gate = overrides.apply(parse_spec(target.spec)[0].family, target.embedder.precision)
+        gate = target.gate(overrides)
         report = figures.gate_with(target.embedder, gate)
         row = {"candidate": target.label, "comparable": True, **report.to_dict(), "gate": gate.to_dict()}
         row["candidate"] = target.label

@@ -46,14 +46,6 @@ def vector_parity(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.
     return figures
 
 
-def target_gate(target: Target, overrides=None):
-    """The gate-table cell that judges a target: its kind's family in the precision it serves."""
-    from ..artifacts.kinds import parse_spec
-    from ..gates.table import GateOverrides
-
-    return (overrides or GateOverrides()).apply(parse_spec(target.spec)[0].family, target.embedder.precision)
-
-
 def run_retrieval(targets: Sequence[Target], dataset: BeirDataset, result: dict, *, batch_size: int = 16,
                   with_title: bool = False, max_queries: int | None = None, progress: bool = True,
                   log: Callable[[str], None] = lambda m: None, dimensions: Sequence[int] = ()) -> None:
@@ -96,7 +88,7 @@ def run_retrieval(targets: Sequence[Target], dataset: BeirDataset, result: dict,
             row["queries_with_different_" + PRIMARY] = sum(
                 1 for qid, f in figures["per_query"].items()
                 if abs(f[PRIMARY] - ref["_per_query"][qid][PRIMARY]) > 1e-12)
-            gate = target_gate(target)
+            gate = target.gate()
             lengths = target.count_tokens(queries, "query") + doc_tokens
             row["parity_vs_reference"] = vector_parity(vectors[ref["target"]], (q, d), gate,
                                                        lengths if any(lengths) else None)

@@ -43,6 +43,14 @@ class Target:
     def encode_fn(self, kind: str) -> Callable[[list[str]], np.ndarray]:
         return lambda texts: self.embedder.encode(texts, kind, batch_size=len(texts))
 
+    def gate(self, overrides=None):
+        """The gate-table cell that judges this target: its kind's family in the precision it serves,
+        as `moai-export verify` would judge it (overrides replace single numbers)."""
+        from ..artifacts.kinds import parse_spec
+        from ..gates.table import GateOverrides
+
+        return (overrides or GateOverrides()).apply(parse_spec(self.spec)[0].family, self.embedder.precision)
+
     def count_tokens(self, texts: Sequence[str], kind: str, chunk: int = 256) -> list[int]:
         """Tokens each text becomes (prompt and end token included, after truncation), unpadded."""
         if self.counter is None:
