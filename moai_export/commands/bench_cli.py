@@ -277,12 +277,14 @@ def below_gate(result: dict) -> list[str]:
     """Every verdict below its gate in a parity, retrieval or corpus result, named."""
     out = []
     for row in result.get("targets", []):
-        name = row.get("candidate") or row.get("target")
-        verdicts = [("probes", row)] if "passed" in row else []
-        verdicts += [(what, (row.get(key) or {}).get("judged") if key else row.get("judged"))
-                     for what, key in (("dataset", "dataset"), ("vs reference", "parity_vs_reference"), ("corpus", None))]
-        out += [f"{name} ({what}): {'; '.join(v.get('failures') or ['below its gate'])}"
-                for what, v in verdicts if v and not v.get("passed", True)]
+        verdicts = {"probes": row if "passed" in row else None,  # parity's probe gate
+                    "dataset": (row.get("dataset") or {}).get("judged"),  # parity --dataset
+                    "vs reference": (row.get("parity_vs_reference") or {}).get("judged"),  # retrieval
+                    "corpus": row.get("judged")}  # corpus --reference
+        for what, verdict in verdicts.items():
+            if verdict and not verdict["passed"]:
+                reasons = "; ".join(verdict.get("failures") or ["below its gate"])
+                out.append(f"{row.get('candidate') or row.get('target')} ({what}): {reasons}")
     return out
 
 
