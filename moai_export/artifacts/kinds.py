@@ -88,6 +88,11 @@ class Kind:
         common = (_DIMS, _ALLOW_UNVERIFIED) if self.admits else (_DIMS,)
         return {option.name: option for option in self.options + common}
 
+    def gate_family(self, embedder) -> str:
+        """The gate family judging `embedder` of this kind: the kind's own, or for a front door that
+        reports the server behind it (openai-http: the gateway's `moai_backend`), that server's."""
+        return getattr(embedder, "backend_family", None) or self.family
+
     def holds(self, directory: Path) -> bool:
         return bool(self.files) and all(any(Path(directory).glob(pattern)) for pattern in self.files)
 
@@ -185,7 +190,8 @@ KINDS: list[Kind] = [
     Kind("vllm-http", "HOST:PORT/MODEL: a running vLLM server (?route=v2|v1, ?contract=DIR)",
          "moai_export.embedders.vllm:http_from_spec", "vllm", url=True,
          options=(Option("route"), Option("contract"), Option("timeout", float))),
-    # the gateway serves the Triton ensemble: the same graph, the same gate
+    # the gateway serves the Triton ensemble or a vLLM server: judged by the gate of the one it reports
+    # (Kind.gate_family); a gateway that reports none fronts Triton
     Kind("openai-http", "HOST:PORT/MODEL: an OpenAI-compatible /v1/embeddings (`moai-export gateway`; "
                         "?api_key= or $MOAI_GATEWAY_API_KEY)",
          "moai_export.embedders.openai_http:from_spec", "triton", url=True,

@@ -49,7 +49,8 @@ class Target:
         from ..artifacts.kinds import parse_spec
         from ..gates.table import GateOverrides
 
-        return (overrides or GateOverrides()).apply(parse_spec(self.spec)[0].family, self.embedder.precision)
+        family = parse_spec(self.spec)[0].gate_family(self.embedder)
+        return (overrides or GateOverrides()).apply(family, self.embedder.precision)
 
     def count_tokens(self, texts: Sequence[str], kind: str, chunk: int = 256) -> list[int]:
         """Tokens each text becomes (prompt and end token included, after truncation), unpadded."""

@@ -28,7 +28,7 @@ def _variant(spec: str, name: str) -> tuple:
     """A row of the table: the variant loaded through the registry, as any user would load it,
     and the gate of its kind's family in the precision it serves."""
     embedder = load_embedder(spec, name=name)
-    return embedder, gate_for(parse_spec(spec)[0].family, embedder.precision)
+    return embedder, gate_for(parse_spec(spec)[0].gate_family(embedder), embedder.precision)
 
 
 def _start_vllm(out: Path, merged_dir: Path, reference, force: bool, log, running: ExitStack) -> list:

@@ -409,9 +409,15 @@ def demo(out: Path, size: str, force: bool) -> None:
 
 
 @main.command()
-@click.option("--triton", "triton_url", required=True, metavar="grpc://HOST:PORT",
-              help="Triton's gRPC endpoint serving the ensemble written by `moai-export triton`.")
-@click.option("--model", required=True, help="The ensemble's name in Triton (e.g. moai_embedding).")
+@click.option("--triton", "triton_url", default=None, metavar="grpc://HOST:PORT",
+              help="Triton's gRPC endpoint serving the ensemble written by `moai-export triton` (or --vllm).")
+@click.option("--vllm", "vllm_url", default=None, metavar="http://HOST:PORT",
+              help="A vLLM server of a `moai-export vllm` directory (serve/vllm/run.sh), instead of --triton.")
+@click.option("--vllm-artifact", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="With --vllm: the directory `moai-export vllm` wrote (the contract and tokenizer come from it).")
+@click.option("--model", default=None,
+              help="The ensemble's name in Triton (e.g. moai_embedding); with --vllm the served model "
+                   "(default: the artifact's served_model_name).")
 @click.option("--served-model-name", default=None, help="The name clients send as `model` (default: --model).")
 @gateway_option("--host")
 @gateway_option("--port", type=click.IntRange(1, 65535))
@@ -441,37 +447,51 @@ def demo(out: Path, size: str, force: bool) -> None:
                 help="Seconds for one Triton call (and the longest wait in the queue); then 503.")
 @gateway_option("--drain-timeout", type=click.FloatRange(min=0),
                 help="On SIGTERM, SIGHUP or Ctrl-C: seconds the requests in flight may take to finish.")
+@gateway_option("--truncate", type=click.BOOL,
+                help="A text over the model's max tokens: cut (the end token kept last) and listed in "
+                     "usage.truncated_inputs and the X-Moai-Truncated-Inputs header (true), or refused with "
+                     "a 400 naming it (false).")
 @library_option(".gateway.server:serve", "--log-level",
                 type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def gateway(triton_url, model, served_model_name, host, port, api_keys, api_key_file, no_auth, max_texts, max_chars,
-            max_body_bytes, max_header_bytes, max_headers, header_timeout, body_timeout, max_in_flight, max_queue,
-            timeout, drain_timeout, log_level):
-    """Serve OpenAI's embeddings API in front of a Triton ensemble: POST /v1/embeddings (input,
-    model, encoding_format float|base64, dimensions, user, input_type query|document), GET
-    /v1/models, /health (ready only when Triton is) and /metrics (Prometheus).
+def gateway(triton_url, vllm_url, vllm_artifact, model, served_model_name, host, port, api_keys, api_key_file,
+            no_auth, max_texts, max_chars, max_body_bytes, max_header_bytes, max_headers, header_timeout,
+            body_timeout, max_in_flight, max_queue, timeout, drain_timeout, truncate, log_level):
+    """Serve OpenAI's embeddings API in front of a Triton ensemble or a vLLM server: POST
+    /v1/embeddings (input, model, encoding_format float|base64, dimensions, user, input_type
+    query|document), GET /v1/models, /health (ready only when the backend is) and /metrics
+    (Prometheus).
 
     \b
       moai-export gateway --triton grpc://127.0.0.1:8001 --model moai_embedding
+      moai-export gateway --vllm http://127.0.0.1:8000 --vllm-artifact build/vllm
       curl -s localhost:8080/v1/embeddings -H 'Content-Type: application/json' \\
           -d '{"model": "moai_embedding", "input": ["a question"], "input_type": "query"}'
 
-    Every error is OpenAI's error JSON; Triton down gives 503 with Retry-After. The gateway
-    needs no model files: the contract comes from the ensemble's config, usage tokens from its
-    TOKENS output (repositories written before TOKENS existed: re-run `moai-export triton`).
+    Every error is OpenAI's error JSON; the backend down gives 503 with Retry-After. In front of
+    Triton the gateway needs no model files: the contract comes from the ensemble's config, usage
+    tokens from its TOKENS output (repositories written before TOKENS and UNTRUNCATED_TOKENS
+    existed: re-run `moai-export triton`). In front of vLLM it reads the contract and tokenizer
+    from the artifact directory, applies the query prompt and sends token ids (vLLM's own /v1
+    ignores input_type); usage is vLLM's count. Over-length texts are reported (usage, header)
+    or refused (--truncate false), never silent.
     SIGTERM, SIGHUP, Ctrl-C: finish the requests in flight (--drain-timeout), exit 143, 129, 130.
     """
     from ..gateway.config import GatewayConfig, load_api_keys, parse_triton_url
     from ..gateway.server import serve
     from ..launchers.process import port_taken
 
-    config = GatewayConfig(parse_triton_url(triton_url), model, served_model_name=served_model_name,
-                           host=host, port=port, api_keys=load_api_keys(api_keys, api_key_file),
+    config = GatewayConfig(parse_triton_url(triton_url) if triton_url else None, model,
+                           served_model_name=served_model_name, vllm=vllm_url, vllm_artifact=vllm_artifact,
+                           truncate=truncate, host=host, port=port, api_keys=load_api_keys(api_keys, api_key_file),
                            max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes,
                            max_header_bytes=max_header_bytes, max_headers=max_headers, header_timeout=header_timeout,
                            body_timeout=body_timeout, max_in_flight=max_in_flight, max_queue=max_queue,
                            upstream_timeout=timeout, drain_timeout=drain_timeout, no_auth=no_auth).validate()
-    _log(f"gateway: http://{host}:{port}/v1/embeddings -> Triton grpc://{config.triton}/{model} "
-         f"({'API keys: ' + str(len(config.api_keys)) if config.api_keys else 'no API key: open'})")
+    upstream = (f"Triton grpc://{config.triton}/{config.model}" if config.backend == "triton"
+                else f"vLLM {config.vllm} ({config.model}, contract from {config.vllm_artifact})")
+    _log(f"gateway: http://{host}:{port}/v1/embeddings -> {upstream} "
+         f"({'API keys: ' + str(len(config.api_keys)) if config.api_keys else 'no API key: open'}; "
+         f"over-length texts {'truncated and reported' if config.truncate else 'refused'})")
     if port_taken(host, port):
         raise MoaiError(f"cannot listen on {host}:{port}: the port is already in use (another server?)")
     try:

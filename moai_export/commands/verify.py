@@ -36,7 +36,7 @@ def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | N
         options = {"device": device} if device and kind.takes_device else {}
         options.update(sized)
         with load_embedder(spec, admission="skip", **options) as candidate:
-            gate = overrides.apply(kind.family, candidate.precision)
+            gate = overrides.apply(kind.gate_family(candidate), candidate.precision)
             run = GateRun(figures.gate_with(candidate, gate), gate, candidate.serving)
             directory = candidate.artifact_dir
         runs.append(run)

@@ -3,8 +3,9 @@ gateway joins `verify` and `moai-bench` like every other variant:
 
     openai-http://HOST:PORT/MODEL[?api_key=KEY&timeout=S]   (or $MOAI_GATEWAY_API_KEY)
 
-The contract and precision come from the gateway's model card (GET /v1/models/MODEL, which
-carries the served contract); texts go out with `input_type` and come back as base64 float32."""
+The contract, precision and backend come from the gateway's model card (GET /v1/models/MODEL,
+which carries the served contract): a gateway in front of vLLM is judged by vLLM's gate, in front
+of Triton by Triton's. Texts go out with `input_type` and come back as base64 float32."""
 
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ class OpenAIHttpEmbedder(TextEmbedder):
         card = self._request("GET", f"/v1/models/{model}")
         if "moai_contract" not in card:
             raise MoaiError(f"the gateway at {address} does not know the contract of {model!r} yet "
-                            "(is its Triton ready? see /health)")
+                            "(is its backend ready? see /health)")
         super().__init__(EmbeddingContract.from_dict(card["moai_contract"]), dims=dims)
         self.precision = card.get("moai_precision", "fp32")
+        self.backend_family = card.get("moai_backend", "triton")  # the server behind the gateway: its gate
         self.max_texts = int(card.get("moai_max_texts", self.default_batch_size))  # the gateway's limit
         self.name = name or f"openai-http://{address}/{model}"
 

@@ -22,6 +22,8 @@ from ..model_files.triton_config import (
     CONTRACT_PARAMETER,
     PRECISION_PARAMETER,
     REPOSITORY_ID_PARAMETER,
+    TOKENS,
+    UNTRUNCATED_TOKENS,
     ModelConfigFields,
     read_model_config,
 )
@@ -40,6 +42,7 @@ class ServedEnsemble:
     max_batch_size: int
     repository_id: str | None
     counts_tokens: bool  # declares TOKENS (each text's token count), read by the gateway for usage
+    reports_truncation: bool  # declares UNTRUNCATED_TOKENS, read by the gateway to report cut texts
 
     @classmethod
     def from_config(cls, config: dict, where: str) -> "ServedEnsemble":
@@ -50,7 +53,8 @@ class ServedEnsemble:
         except (KeyError, ValueError):
             raise MoaiError(f"{where} carries no moai contract; was it written by `moai-export triton`?") from None
         return cls(contract, fields.parameters.get(PRECISION_PARAMETER, "fp32"), fields.max_batch_size or 1,
-                   fields.parameters.get(REPOSITORY_ID_PARAMETER), "TOKENS" in fields.outputs)
+                   fields.parameters.get(REPOSITORY_ID_PARAMETER), TOKENS in fields.outputs,
+                   UNTRUNCATED_TOKENS in fields.outputs)
 
 
 def ensemble_inputs(client, texts: list[str], kind: str) -> list:

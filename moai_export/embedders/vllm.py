@@ -255,7 +255,12 @@ def gate_precision(weights_dtype: str, compute_dtype: str) -> str:
     return compute_dtype if compute_dtype != "fp32" else weights_dtype
 
 
-def _gate_precision(directory: Path, compute_dtype: str) -> str:
+def weights_precision(directory: Path) -> str:
+    """The dtype a `moai-export vllm` directory's weights were written in (its manifest)."""
     from ..artifacts.admission import read_manifest
 
-    return gate_precision(((read_manifest(directory) or {}).get("options") or {}).get("dtype", "fp32"), compute_dtype)
+    return ((read_manifest(directory) or {}).get("options") or {}).get("dtype", "fp32")
+
+
+def _gate_precision(directory: Path, compute_dtype: str) -> str:
+    return gate_precision(weights_precision(directory), compute_dtype)

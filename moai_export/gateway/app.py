@@ -1,8 +1,11 @@
 """The gateway's Starlette app: OpenAI's `/v1/embeddings` and `/v1/models`, `/health/live`,
-`/health/ready` (= `/health`: ready only while a real embedding through Triton passes, see
-probe.py) and `/metrics`.
+`/health/ready` (= `/health`: ready only while a real embedding through the upstream, Triton or
+vLLM, passes, see probe.py) and `/metrics`.
 
-Overload: at most `max_in_flight` requests go to Triton at once, up to `max_queue` more wait
+Over-length input is never silent: texts cut to the contract's max_tokens are listed in
+`usage.truncated_inputs` and the X-Moai-Truncated-Inputs header, or refused (`truncate` off).
+
+Overload: at most `max_in_flight` requests go upstream at once, up to `max_queue` more wait
 (each for at most the upstream timeout, then 503); beyond that a request is refused at once
 with 429 and Retry-After. Every request gets an answer: a vector for each of its texts, or an
 error in OpenAI's shape; never a lost request, never a vector for another text.
@@ -33,9 +36,10 @@ from .config import GatewayConfig
 from .errors import ApiError, internal_error, invalid_input, unavailable
 from .metrics import GatewayMetrics
 from .probe import ReadinessProbe
-from .upstream import TritonUpstream
+from .upstream import Embedded, open_upstream
 
 ENCODING_FORMATS = ("float", "base64")
+TRUNCATED_HEADER = "X-Moai-Truncated-Inputs"  # positions in `input` of the texts cut to max_tokens
 
 
 class Gateway:
@@ -43,8 +47,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig):
         self.config = config
-        self.upstream = TritonUpstream(config.triton, config.model, timeout=config.upstream_timeout,
-                                       ready_timeout=config.ready_timeout)
+        self.upstream = open_upstream(config)
         self.keys = KeyChecker(config.api_keys)
         self.probe = ReadinessProbe(self.upstream)
         self.metrics = GatewayMetrics()
@@ -141,19 +144,26 @@ class Gateway:
                     dims = check_dimensions(dims, contract)
                 except MoaiError as exc:
                     raise ApiError(400, str(exc), param="dimensions", code="invalid_dimensions") from None
-            # usage comes back with the vectors (Triton's tokenizer model counts): no second tokenizing here
-            vectors, prompt_tokens = await self.upstream.embed(texts, kind, self.config.chunk)
+            # usage and lengths come back with the vectors (the backend's own counts)
+            embedded = await self.upstream.embed(texts, kind, self.config.chunk)
+        truncated = embedded.truncated
+        if truncated and not self.config.truncate:
+            raise _over_length(embedded)
         try:
-            vectors = check_vectors(vectors, (len(texts), contract.dims), f"Triton {self.config.model}")
+            vectors = check_vectors(embedded.vectors, (len(texts), contract.dims), self.upstream.describe())
         except MoaiError as exc:  # a zero vector is never an answer
             raise ApiError(502, str(exc), code="upstream_error") from None
         vectors = truncate_dimensions(vectors, dims or contract.dims, contract.normalize)
-        self.metrics.tokens.inc(prompt_tokens)
+        self.metrics.tokens.inc(embedded.prompt_tokens)
         self.metrics.texts.inc(len(texts))
+        self.metrics.truncated.inc(len(truncated))
         data = [{"object": "embedding", "index": i, "embedding": _encode(vector, encoding)}
                 for i, vector in enumerate(vectors)]
-        return JSONResponse({"object": "list", "data": data, "model": self.config.name,
-                             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}})
+        usage = {"prompt_tokens": embedded.prompt_tokens, "total_tokens": embedded.prompt_tokens,
+                 "truncated_inputs": truncated}
+        headers = {TRUNCATED_HEADER: ",".join(map(str, truncated))} if truncated else None
+        return JSONResponse({"object": "list", "data": data, "model": self.config.name, "usage": usage},
+                            headers=headers)
 
     async def models(self, request: Request) -> Response:
         self.keys.check(request.headers.get("authorization"))
@@ -163,7 +173,9 @@ class Gateway:
             card.update(moai_contract=contract.to_dict(), moai_precision=self.upstream.precision,
                         moai_max_texts=self.config.max_texts)
         except ApiError:
-            pass  # Triton down: the card without them
+            pass  # the upstream down: the card without them
+        # the server behind: an openai-http target is judged by its gate family (artifacts/kinds.py)
+        card["moai_backend"] = self.upstream.backend
         if "model" in request.path_params:
             if request.path_params["model"] != self.config.name:
                 raise ApiError(404, f"The model '{request.path_params['model']}' does not exist.",
@@ -172,21 +184,32 @@ class Gateway:
         return JSONResponse({"object": "list", "data": [card]})
 
     async def health(self, request: Request) -> Response:
-        """Readiness: the last end-to-end probe passed (and no 5xx from Triton since). Probes need
-        no key; where Triton is and what it serves is told to key holders only."""
+        """Readiness: the last end-to-end probe passed (and no 5xx from the upstream since). Probes
+        need no key; where the upstream is and what it serves is told to key holders only."""
         insider = self.keys.enabled and self.keys.accepts(request.headers.get("authorization"))
         if self.probe.ready:
-            details = {"upstream": self.config.triton, "model": self.config.model} if insider else {}
+            details = {"upstream": self.upstream.address, "model": self.upstream.model,
+                       "backend": self.upstream.backend} if insider else {}
             return JSONResponse({"status": "ready", **details})
-        raise unavailable(f"Triton at {self.config.triton} does not serve {self.config.model!r}: {self.probe.reason}"
+        raise unavailable(f"{self.upstream.describe()} is not ready: {self.probe.reason}"
                           if insider else "The upstream model is not ready.")
 
     async def live(self, request: Request) -> Response:
-        """Liveness: the process runs and its event loop answers, whatever Triton does."""
+        """Liveness: the process runs and its event loop answers, whatever the upstream does."""
         return JSONResponse({"status": "alive"})
 
     async def metrics_page(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _over_length(embedded: Embedded) -> ApiError:
+    """The refusal of texts over max_tokens, each named with its length (truncation off)."""
+    named = ", ".join(f"input[{i}] has {embedded.untruncated[i]} tokens" for i in embedded.truncated[:5])
+    more = len(embedded.truncated) - 5
+    return ApiError(400, f"{named}{f' (and {more} more)' if more > 0 else ''}: over the model's max_tokens "
+                         f"{embedded.max_tokens} (prompt and end token included). This gateway refuses over-length "
+                         "input instead of truncating it (--truncate false): shorten or split the text.",
+                    param="input", code="input_too_long")
 
 
 def _encode(vector: np.ndarray, encoding: str):

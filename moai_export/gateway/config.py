@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.addresses import parse_grpc_target
+from ..core.addresses import parse_grpc_target, parse_url
 from ..core.errors import MoaiError
 
 API_KEYS_ENV = "MOAI_GATEWAY_API_KEYS"  # comma-separated keys
@@ -14,9 +14,13 @@ API_KEYS_ENV = "MOAI_GATEWAY_API_KEYS"  # comma-separated keys
 
 @dataclass
 class GatewayConfig:
-    triton: str  # Triton's gRPC endpoint, as a gRPC channel takes it (HOST:PORT)
-    model: str  # the ensemble's name in Triton
+    # exactly one backend: Triton's gRPC endpoint, as a gRPC channel takes it (HOST:PORT), or a vLLM
+    # server's base URL (http://HOST:PORT) with the `moai-export vllm` directory it serves
+    triton: str | None = None
+    model: str | None = None  # the ensemble's name in Triton; vLLM's served model (default: the artifact's)
     served_model_name: str | None = None  # what /v1/models lists and requests name (default: model)
+    vllm: str | None = None
+    vllm_artifact: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     api_keys: tuple[str, ...] = ()
@@ -40,14 +44,21 @@ class GatewayConfig:
     # (keep a container's grace period above it: Kubernetes' default is 30 s)
     drain_timeout: float = 25.0
     no_auth: bool = False  # serve without API keys on a non-loopback address (an explicit choice)
+    # a text over the contract's max_tokens: cut (the end token kept last) and reported in usage and
+    # a header (True), or refused with a 400 naming it (False); never silent
+    truncate: bool = True
     extra: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.served_model_name or self.model
 
+    @property
+    def backend(self) -> str:
+        return "vllm" if self.vllm else "triton"
+
     def validate(self) -> "GatewayConfig":
-        parse_triton_url(self.triton)
+        self.check_backend()
         for label, value in (("--max-texts", self.max_texts), ("--max-chars", self.max_chars),
                              ("--max-body-bytes", self.max_body_bytes), ("--max-in-flight", self.max_in_flight),
                              ("--max-header-bytes", self.max_header_bytes), ("--max-headers", self.max_headers)):
@@ -61,6 +72,27 @@ class GatewayConfig:
             raise MoaiError(f"--drain-timeout must be at least 0, not {self.drain_timeout}")
         self.check_access()
         return self
+
+    def check_backend(self) -> None:
+        """Exactly one server behind the gateway, and what it needs to be fronted."""
+        if bool(self.triton) == bool(self.vllm):
+            raise MoaiError("give the gateway exactly one backend: --triton grpc://HOST:PORT --model NAME, "
+                            "or --vllm http://HOST:PORT --vllm-artifact DIR")
+        if self.triton:
+            parse_triton_url(self.triton)
+            if not self.model:
+                raise MoaiError("--triton needs --model (the ensemble's name in Triton, e.g. moai_embedding)")
+            return
+        self.vllm = parse_vllm_url(self.vllm)
+        if self.vllm_artifact is None:
+            raise MoaiError("--vllm needs --vllm-artifact DIR: the directory `moai-export vllm` wrote, which the "
+                            "gateway reads the contract and tokenizer from")
+        from ..artifacts.kinds import kind_named
+        from ..launchers.vllm_server import VllmServer
+
+        kind_named("vllm").check_directory(str(self.vllm_artifact))
+        # vLLM serves the artifact under its served_model_name unless the launch said otherwise
+        self.model = self.model or VllmServer(self.vllm_artifact).serve_args()["served_model_name"]
 
     def check_access(self) -> None:
         """Keys, or an open gateway that only this machine can reach, or --no-auth said out loud."""
@@ -77,6 +109,12 @@ def parse_triton_url(url: str) -> str:
     target = parse_grpc_target(url, "--triton")
     target.single("--triton")
     return str(target)
+
+
+def parse_vllm_url(url: str) -> str:
+    """http://HOST:PORT (or https://) of a vLLM server -> its base URL, as the upstream calls it."""
+    scheme, endpoint = parse_url(url, ("http", "https"), "--vllm")
+    return f"{scheme}://{endpoint}"
 
 
 def is_loopback(host: str) -> bool:

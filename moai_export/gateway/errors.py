@@ -31,7 +31,7 @@ class ApiError(Exception):
 
 
 def unavailable(message: str) -> ApiError:
-    """Triton down, restarting or not answering in time: the client may retry."""
+    """The upstream (Triton, vLLM) down, restarting or not answering in time: the client may retry."""
     return ApiError(503, message, code="upstream_unavailable", retry_after=1)
 
 
@@ -44,5 +44,5 @@ def invalid_input(error: InvalidInput) -> ApiError:
     """A text that breaks moai_export.core.input_rules: 400, the text named by its place in `input`."""
     message = error.naming(f"input[{error.index}]")
     if error.reason == "invalid_input" and error.index is not None:
-        message += " (only strings are accepted, no token arrays: Triton tokenizes with the model's contract)"
+        message += " (only strings are accepted, no token arrays: the model's contract tokenizes)"
     return ApiError(400, message + ".", param="input", code=error.reason)

@@ -16,9 +16,11 @@ class GatewayMetrics:
                               ["route", "code"], registry=self.registry)
         self.latency = Histogram("moai_gateway_request_seconds", "Request latency by route", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.tokens = Counter("moai_gateway_prompt_tokens", "Tokens embedded (counted by Triton's tokenizer model)",
+        self.tokens = Counter("moai_gateway_prompt_tokens", "Tokens embedded (counted by the upstream)",
                               registry=self.registry)
         self.texts = Counter("moai_gateway_texts", "Texts embedded", registry=self.registry)
+        self.truncated = Counter("moai_gateway_truncated_texts", "Texts cut to the model's max tokens",
+                                 registry=self.registry)
         self.in_flight = Gauge("moai_gateway_in_flight", "Embedding requests being served or queued",
                                registry=self.registry)
 

@@ -1,10 +1,11 @@
-"""The gateway's readiness: a real embedding, end to end, not Triton's word for it.
+"""The gateway's readiness: a real embedding, end to end, not the upstream's word for it.
 
 Triton answers ready while a model's python stub is dead and every request fails. So readiness
-is a cached probe: one fixed short text embedded through the ensemble every `interval` seconds,
-and at once after any 5xx from Triton (which also marks the gateway not ready until a probe
-passes again). The first good answer is the reference; a later answer outside the artifact's
-gate of it (min cosine, by the precision Triton reports) is a failure too.
+is a cached probe: one fixed short text embedded through the upstream (Triton or vLLM) every
+`interval` seconds, and at once after any 5xx from it (which also marks the gateway not ready
+until a probe passes again). The first good answer is the reference; a later answer outside the
+artifact's gate of it (min cosine, by the backend's gate family and the precision it reports) is
+a failure too.
 
 Liveness is separate: the process runs and its event loop answers (`/health/live`); a failing
 readiness takes the gateway out of a load balancer, it does not restart it.
@@ -41,7 +42,7 @@ class ReadinessProbe:
 
     def _min_cosine(self) -> float:
         try:
-            return gate_for("triton", self.upstream.precision).min_cosine
+            return gate_for(self.upstream.backend, self.upstream.precision).min_cosine
         except MoaiError:
             return UNKNOWN_GATE_MIN_COSINE
 
@@ -49,8 +50,8 @@ class ReadinessProbe:
         """Embed the probe text now; updates and returns readiness."""
         try:
             contract = await self.upstream.connect()
-            vectors, _ = await self.upstream.embed([PROBE_TEXT], "query")
-            vector = check_vectors(vectors, (1, contract.dims), "the readiness probe")[0].astype(np.float64)
+            embedded = await self.upstream.embed([PROBE_TEXT], "query")
+            vector = check_vectors(embedded.vectors, (1, contract.dims), "the readiness probe")[0].astype(np.float64)
         except (ApiError, MoaiError) as exc:
             return self._set(False, str(exc))
         if not np.isfinite(vector).all():
@@ -69,14 +70,14 @@ class ReadinessProbe:
         return ready
 
     def suspect(self, reason: str) -> None:
-        """Triton answered a 5xx: not ready until the next probe (run at once) passes."""
+        """The upstream answered a 5xx: not ready until the next probe (run at once) passes."""
         self._set(False, reason)
         if self._wake is not None:
             self._wake.set()
 
     @asynccontextmanager
     async def watching(self):
-        """Around calls to Triton: a 5xx marks readiness failed at once."""
+        """Around calls to the upstream: a 5xx marks readiness failed at once."""
         try:
             yield
         except ApiError as error:

@@ -1,140 +1,88 @@
-"""Triton's ensemble over async gRPC, as the gateway needs it: many requests in flight on one
-channel, a timeout on every call, and Triton down / restarting reported as `unavailable` (503)
-instead of a hang. The channel reconnects by itself (short backoff), so the gateway recovers
-when Triton is back without a restart of its own; the served contract is read again at most
-CONFIG_REFRESH_S after, as Triton may come back serving another repository (another precision,
-even other dims)."""
+"""What the gateway needs of the server it fronts, whichever it is: Triton's ensemble
+(triton_upstream.py) or a vLLM server of a `moai-export vllm` directory (vllm_upstream.py).
+
+Both learn the contract from the artifact they serve, answer with the backend's own token counts
+(usage) and with each text's length before truncation, so every policy of the gateway (kind,
+empty text, `dimensions`, keys, limits, metrics, usage, truncation, readiness) is written once,
+in app.py, for both.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..core.contract import EmbeddingContract
-from ..core.errors import MoaiError
-from ..embedders.triton import ServedEnsemble, ensemble_inputs
-from .errors import ApiError, unavailable
 
-# Retry reconnecting quickly: gRPC's default backoff grows to 2 minutes, which would keep the
-# gateway answering 503 long after Triton is back.
-CHANNEL_ARGS = [
-    ("grpc.max_send_message_length", 2**31 - 1),
-    ("grpc.max_receive_message_length", 2**31 - 1),
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
-RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED")
-# How long the ensemble's config read from Triton is trusted: one cheap call per period, and at
-# once after Triton failed a call, so a restart on another repository shows in the model card.
-CONFIG_REFRESH_S = 5.0
+BACKENDS = ("triton", "vllm")  # also the gate family an openai-http target in front of each is judged by
 
 
-class TritonUpstream:
-    def __init__(self, url: str, model: str, *, timeout: float, ready_timeout: float):
-        self.url, self.model = url, model
-        self.timeout, self.ready_timeout = timeout, ready_timeout
-        self.contract: EmbeddingContract | None = None
-        self.max_batch_size = 1
-        self.precision = "fp32"
-        self.repository_id: str | None = None
-        self._read_at = float("-inf")  # when the config was read (time.monotonic())
-        self._client = None
-        self._connect_lock = asyncio.Lock()
+@dataclass(frozen=True)
+class Embedded:
+    """One upstream answer for n texts."""
+
+    vectors: np.ndarray  # [n, dims], full width, in input order
+    prompt_tokens: int  # the backend's own count of what it embedded (after truncation): the usage
+    untruncated: tuple[int, ...]  # each text's tokens before truncation (prompt and end token included)
+    max_tokens: int  # the contract's: longer texts were cut to it, the end token kept last
 
     @property
-    def client(self):
-        if self._client is None:  # created inside the running event loop
-            import tritonclient.grpc.aio as grpc_aio
+    def truncated(self) -> list[int]:
+        """Positions of the texts that were cut."""
+        return [i for i, count in enumerate(self.untruncated) if count > self.max_tokens]
 
-            self._client = grpc_aio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
-        return self._client
+    @classmethod
+    def joined(cls, parts: list["Embedded"]) -> "Embedded":
+        """The answers of consecutive chunks of one request, as one."""
+        return cls(np.concatenate([part.vectors for part in parts]), sum(part.prompt_tokens for part in parts),
+                   tuple(count for part in parts for count in part.untruncated), parts[0].max_tokens)
 
+
+class Upstream(ABC):
+    """The server behind the gateway. Failures are ApiErrors: 503 (`unavailable`) while it is down
+    or restarting, so clients retry; 502 for an answer that cannot be used."""
+
+    backend: str  # one of BACKENDS: the model card's moai_backend
+    label: str  # its name in messages ("Triton", "vLLM")
+    address: str  # where it is (told to key holders by /health)
+    model: str  # the model it serves under that name
+    precision: str = "fp32"  # picks the gate (readiness probe, openai-http targets)
+
+    def describe(self) -> str:
+        return f"{self.label} at {self.address} (model {self.model!r})"
+
+    @abstractmethod
     async def ready(self) -> bool:
-        """Triton answers and the model is ready (each check bounded by ready_timeout)."""
-        try:
-            return bool(await self.client.is_server_ready(client_timeout=self.ready_timeout)
-                        and await self.client.is_model_ready(self.model, client_timeout=self.ready_timeout))
-        except Exception:  # connection refused, deadline, model unknown: not ready
-            return False
+        """The server answers and serves the model (each check bounded by the ready timeout)."""
 
+    @abstractmethod
     async def connect(self) -> EmbeddingContract:
-        """The served contract and batch size, from the ensemble's config (read again when older
-        than CONFIG_REFRESH_S)."""
-        if self._fresh():
-            return self.contract
-        async with self._connect_lock:
-            if not self._fresh():
-                await self._read_config()
-        return self.contract
+        """The contract served (an ApiError while it cannot be known)."""
 
-    def _fresh(self) -> bool:
-        return self.contract is not None and time.monotonic() - self._read_at < CONFIG_REFRESH_S
-
-    async def _read_config(self) -> None:
-        if self.contract is None and not await self.ready():
-            raise unavailable(f"Triton at {self.url} has no ready model {self.model!r}")
-        try:
-            config = (await self.client.get_model_config(self.model, as_json=True,
-                                                         client_timeout=self.ready_timeout))["config"]
-        except Exception as exc:
-            raise unavailable(f"Triton at {self.url}: cannot read the config of {self.model!r} ({_first_line(exc)})")
-        try:
-            served = ServedEnsemble.from_config(config, f"model {self.model!r}")
-        except MoaiError as exc:
-            raise ApiError(500, str(exc), code="bad_upstream_model") from None
-        if not served.counts_tokens:  # usage would need the tokenizer here again
-            raise ApiError(500, f"model {self.model!r} has no TOKENS output: it was written by an older "
-                                "`moai-export triton`; write the repository again", code="bad_upstream_model")
-        if self.contract is not None and served.repository_id != self.repository_id:
-            logging.getLogger("moai_export.gateway").warning(
-                "Triton now serves another repository (id %s, precision %s)", served.repository_id, served.precision)
-        self.max_batch_size, self.precision, self.contract = served.max_batch_size, served.precision, served.contract
-        self.repository_id = served.repository_id
-        self._read_at = time.monotonic()
-
-    async def embed(self, texts: list[str], kind: str, chunk: int | None = None) -> tuple[np.ndarray, int]:
-        """(full-width vectors in input order, their token count): requests of at most the model's
-        batch size, in flight together."""
-        await self.connect()
-        size = min(chunk or self.max_batch_size, self.max_batch_size)
-        parts = await asyncio.gather(*(self._infer(texts[i:i + size], kind) for i in range(0, len(texts), size)))
-        return np.concatenate([vectors for vectors, _ in parts]), sum(tokens for _, tokens in parts)
-
-    async def _infer(self, texts: list[str], kind: str) -> tuple[np.ndarray, int]:
-        import tritonclient.grpc.aio as grpc_aio
-
-        outputs = [grpc_aio.InferRequestedOutput("EMBEDDING"), grpc_aio.InferRequestedOutput("TOKENS")]
-        try:
-            result = await self.client.infer(self.model, ensemble_inputs(grpc_aio, texts, kind), outputs=outputs,
-                                             client_timeout=self.timeout)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            status = str(getattr(exc, "status", lambda: "")() or "")
-            # A server shutting down or restarting answers with all sorts of errors (model not
-            # found, stub unhealthy): whatever it says, while it is not ready the client may retry.
-            if any(word in status for word in RETRYABLE) or not await self.ready():
-                self._read_at = float("-inf")  # Triton is restarting: read the config again when it is back
-                raise unavailable(f"Triton at {self.url} is unavailable ({_first_line(exc)})") from None
-            raise ApiError(502, f"Triton at {self.url}: {_first_line(exc)}", code="upstream_error") from None
-        vectors, tokens = result.as_numpy("EMBEDDING"), result.as_numpy("TOKENS")
-        if vectors is None or vectors.shape[0] != len(texts):
-            raise ApiError(502, f"Triton returned {None if vectors is None else vectors.shape[0]} vectors for "
-                                f"{len(texts)} texts", code="upstream_error")
-        if tokens is None or tokens.size != len(texts):
-            raise ApiError(502, f"Triton returned no token count for each of {len(texts)} texts", code="upstream_error")
-        return vectors, int(tokens.sum())
+    @abstractmethod
+    async def embed(self, texts: list[str], kind: str, chunk: int | None = None) -> Embedded:
+        """Full-width vectors of `texts` embedded as `kind`, with their token counts."""
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        pass
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
+    """An exception in one line, for an error message."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def open_upstream(config) -> Upstream:
+    """The upstream a GatewayConfig names (exactly one backend: GatewayConfig.validate checks it)."""
+    if config.vllm:
+        from .vllm_upstream import VllmUpstream
+
+        return VllmUpstream(config.vllm, config.vllm_artifact, config.model, timeout=config.upstream_timeout,
+                            ready_timeout=config.ready_timeout)
+    from .triton_upstream import TritonUpstream
+
+    return TritonUpstream(config.triton, config.model, timeout=config.upstream_timeout,
+                          ready_timeout=config.ready_timeout)

@@ -113,6 +113,14 @@ def private_tmpdir_env(workdir: Path) -> dict[str, str]:
     return {**os.environ, "TMPDIR": str(tmp)}
 
 
+def front_door_note(server: VllmServer) -> str:
+    """What this server's own OpenAI route does not do, and the command that does it."""
+    return ("note: this server's own /v1/embeddings ignores input_type (a query is embedded as a document, "
+            "without its instruction) and embeds an empty text; /v2/embed takes input_type. For OpenAI "
+            f"clients put the gateway in front: moai-export gateway --vllm {server.base_url} "
+            f"--vllm-artifact {server.model_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve a `moai-export vllm` directory with vLLM on 127.0.0.1. "
                                      "Refuses a device/dtype its parity gate did not admit.")
@@ -147,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     names = [server.serve_args()["served_model_name"], *lora]
+    print(front_door_note(server), file=sys.stderr, flush=True)
     return server.run_foreground(args.timeout, lambda: (
         f"vLLM ready: {server.base_url} (models: {', '.join(names)}; {config.describe()}; "
         "/v2/embed with input_type query|document, /v1/embeddings)"))

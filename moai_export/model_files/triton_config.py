@@ -19,6 +19,10 @@ CONFIG_FILE = "config.pbtxt"
 CONTRACT_PARAMETER = "moai_contract"  # the embedding contract, as JSON: clients need no other source
 PRECISION_PARAMETER = "moai_precision"  # what the encoder computes in: picks the parity gate
 REPOSITORY_ID_PARAMETER = "moai_repository_id"  # ties a running server to the files it was verified with
+# The ensemble's outputs beside EMBEDDING: each text's token count after truncation (usage) and before
+# it (above max_tokens: the text was cut)
+TOKENS = "TOKENS"
+UNTRUNCATED_TOKENS = "UNTRUNCATED_TOKENS"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,13 @@ import uuid
 
 from ...core.contract import EmbeddingContract
 from ...embedders.onnx_runtime import ONNX_FILE, OUTPUT_NAME
-from ...model_files.triton_config import CONTRACT_PARAMETER, PRECISION_PARAMETER, REPOSITORY_ID_PARAMETER
+from ...model_files.triton_config import (
+    CONTRACT_PARAMETER,
+    PRECISION_PARAMETER,
+    REPOSITORY_ID_PARAMETER,
+    TOKENS,
+    UNTRUNCATED_TOKENS,
+)
 from .options import TritonOptions, engine_options, moai_source_root
 
 
@@ -58,7 +64,7 @@ def tokenizer_config(options: TritonOptions):
     _batching(pb, config, options)
     config.input.extend([_input(pb, "TEXT", "TYPE_STRING", [1]), _input(pb, "KIND", "TYPE_STRING", [1], True)])
     config.output.extend([_output(pb, "input_ids", "TYPE_INT64", [-1]), _output(pb, "attention_mask", "TYPE_INT64", [-1]),
-                          _output(pb, "num_tokens", "TYPE_INT64", [1])])
+                          _output(pb, "num_tokens", "TYPE_INT64", [1]), _output(pb, "untruncated_tokens", "TYPE_INT64", [1])])
     config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=max(1, options.instances // 2))
     warmup = config.model_warmup.add(name="warmup_text", batch_size=1)
     warmup.inputs["TEXT"].data_type = pb.TYPE_STRING
@@ -115,7 +121,10 @@ def ensemble_config(options: TritonOptions, contract: EmbeddingContract, precisi
     config.input.extend([_input(pb, "TEXT", "TYPE_STRING", [1]), _input(pb, "KIND", "TYPE_STRING", [1])])
     # TOKENS: each text's token count (prompt and end token included, after truncation), from the
     # tokenizer model: what the gateway bills as usage without tokenizing every request again.
-    config.output.extend([_output(pb, "EMBEDDING", "TYPE_FP32", [dims]), _output(pb, "TOKENS", "TYPE_INT64", [1])])
+    # UNTRUNCATED_TOKENS: the same before truncation; above max_tokens, the text was cut, which the
+    # gateway reports (or refuses) instead of embedding it silently.
+    config.output.extend([_output(pb, "EMBEDDING", "TYPE_FP32", [dims]), _output(pb, TOKENS, "TYPE_INT64", [1]),
+                          _output(pb, UNTRUNCATED_TOKENS, "TYPE_INT64", [1])])
     # Clients (the Triton Embedder) read the contract from the model config: no guessing of
     # dims, prompts or max tokens on the client side.
     config.parameters[CONTRACT_PARAMETER].string_value = json.dumps(contract.to_dict(), ensure_ascii=False)
@@ -123,7 +132,8 @@ def ensemble_config(options: TritonOptions, contract: EmbeddingContract, precisi
     config.parameters[REPOSITORY_ID_PARAMETER].string_value = uuid.uuid4().hex
     tokenize = config.ensemble_scheduling.step.add(model_name=names["tokenizer"], model_version=-1)
     tokenize.input_map.update({"TEXT": "TEXT", "KIND": "KIND"})
-    tokenize.output_map.update({"input_ids": "_input_ids", "attention_mask": "_attention_mask", "num_tokens": "TOKENS"})
+    tokenize.output_map.update({"input_ids": "_input_ids", "attention_mask": "_attention_mask",
+                                "num_tokens": TOKENS, "untruncated_tokens": UNTRUNCATED_TOKENS})
     encode = config.ensemble_scheduling.step.add(model_name=names["encoder"], model_version=-1)
     encode.input_map.update({"input_ids": "_input_ids", "attention_mask": "_attention_mask"})
     encode.output_map.update({OUTPUT_NAME: "EMBEDDING"})

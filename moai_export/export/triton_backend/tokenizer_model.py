@@ -1,8 +1,10 @@
-"""Triton python backend: raw text -> input_ids, attention_mask, num_tokens, exactly as the embedding
-contract (moai_contract.json beside this file) says: the query prompt for KIND "query",
-truncation to max_tokens with the end token kept last (tokenizer.json's post-processor
+"""Triton python backend: raw text -> input_ids, attention_mask, num_tokens, untruncated_tokens,
+exactly as the embedding contract (moai_contract.json beside this file) says: the query prompt for
+KIND "query", truncation to max_tokens with the end token kept last (tokenizer.json's post-processor
 appends it), padding on the contract's side to the longest text of this execution. num_tokens
-[n, 1] is each text's real token count (the ensemble's TOKENS output: usage without re-tokenizing).
+[n, 1] is each text's real token count (the ensemble's TOKENS output: usage without re-tokenizing);
+untruncated_tokens [n, 1] its count before truncation (UNTRUNCATED_TOKENS: above max_tokens means
+the text was cut, which the gateway reports or refuses instead of embedding it silently).
 
 The input rules are moai_export's own (moai_export/core/input_rules.py), copied beside this file as
 moai_input_rules.py: this stub has no moai_export to import them from."""
@@ -25,6 +27,10 @@ class TritonPythonModel:
         with open(os.path.join(here, "moai_contract.json"), encoding="utf-8") as handle:
             self.contract = json.load(handle)
         tokenizer = tokenizers.Tokenizer.from_file(os.path.join(here, "tokenizer.json"))
+        # the same tokenizer without truncation, run only on the texts that were cut: their full length
+        self.counter = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+        self.counter.no_truncation()
+        self.counter.no_padding()
         tokenizer.enable_truncation(max_length=self.contract["max_tokens"])
         tokenizer.enable_padding(direction=self.contract["padding_side"], pad_id=self.contract["pad_token_id"],
                                  pad_token=self.contract["pad_token"])
@@ -77,6 +83,11 @@ class TritonPythonModel:
             encodings = self.tokenizer.encode_batch(all_texts)  # padded to the longest of this execution
             ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
             mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+            counts = mask.sum(axis=1, keepdims=True)
+            untruncated = counts.copy()
+            for row, encoding in enumerate(encodings):
+                if encoding.overflowing:
+                    untruncated[row, 0] = len(self.counter.encode(all_texts[row]).ids)
             start = 0
             for index, texts in parsed:
                 rows = slice(start, start + len(texts))
@@ -84,6 +95,7 @@ class TritonPythonModel:
                 responses[index] = pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("input_ids", ids[rows]),
                     pb_utils.Tensor("attention_mask", mask[rows]),
-                    pb_utils.Tensor("num_tokens", mask[rows].sum(axis=1, keepdims=True)),
+                    pb_utils.Tensor("num_tokens", counts[rows]),
+                    pb_utils.Tensor("untruncated_tokens", untruncated[rows]),
                 ])
         return responses
