@@ -48,6 +48,18 @@ def test_every_kind_has_a_gate_family_and_a_factory():
         assert callable(getattr(__import__(module, fromlist=[function]), function)), kind.factory
 
 
+def test_a_gateway_target_is_judged_by_the_backend_it_reports():
+    """openai-http in front of vLLM gets vLLM's gate (the merged weights' max abs 1e-5), in front of
+    Triton Triton's (the ONNX graph's 1e-4); a gateway that reports no backend fronts Triton."""
+    from types import SimpleNamespace
+
+    gateway = parse_spec("openai-http://127.0.0.1:8080/m")[0]
+    assert gateway.gate_family(SimpleNamespace(backend_family="vllm")) == "vllm"
+    assert gateway.gate_family(SimpleNamespace(backend_family="triton")) == "triton"
+    assert gateway.gate_family(SimpleNamespace()) == "triton"
+    assert gate_for("vllm", "fp32").max_abs != gate_for("triton", "fp32").max_abs  # the choice matters
+
+
 def test_bare_directories_of_every_artifact_kind_are_recognised(tmp_path):
     """Defect 4: a vLLM directory was taken for a torch directory."""
     layouts = {

@@ -64,11 +64,12 @@ READ_TIMEOUT = 2  # the module gateway's --header-timeout and --body-timeout: sl
 
 
 def start_gateway(triton, log: Path, *args: str, **popen) -> tuple[str, subprocess.Popen]:
-    """`moai-export gateway` in its own process, once /health is 200: (base URL, process)."""
+    """`moai-export gateway` in its own process, once /health is 200: (base URL, process). In front
+    of `triton`, or (None) of the backend `args` name (tests/test_vllm.py: --vllm)."""
     (port,) = free_ports(1)
+    backend = ["--triton", f"grpc://{triton.grpc_url}", "--model", MODEL] if triton is not None else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "moai_export.commands.export_cli", "gateway", "--triton", f"grpc://{triton.grpc_url}",
-         "--model", MODEL, "--port", str(port), *args],
+        [sys.executable, "-m", "moai_export.commands.export_cli", "gateway", *backend, "--port", str(port), *args],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT,
         env={**os.environ, "MOAI_GATEWAY_API_KEYS": ",".join(KEYS), "PYTHONPATH": str(Path(__file__).parents[1])},
         **popen)
@@ -169,7 +170,37 @@ def test_usage_counts_contract_tokens(gateway, reference):
         tokens = reference.tokenizer.encode(texts, kind)
         assert tokens.num_truncated == 3  # the count is after truncation
         expected = sum(len(ids) for ids in tokens.ids)
-        assert body["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
+        assert body["usage"] == {"prompt_tokens": expected, "total_tokens": expected, "truncated_inputs": [3, 7, 11]}
+
+
+def assert_truncation_is_reported_or_refused(url, strict_url, model, reference):
+    """Over-length input is never silent: the cut texts are listed in usage and a header, and a
+    gateway started with --truncate false refuses them naming each one, its length and max_tokens
+    (the lengths as the contract counts them, prompt and end token included). For both backends."""
+    long = long_text(1024)
+    texts = ["short", long, "also short", long + " more"]
+    status, headers, body = call(url, "POST", "/v1/embeddings", {"model": model, "input": texts, "input_type": "query"})
+    assert status == 200 and body["usage"]["truncated_inputs"] == [1, 3], body.get("usage", body)
+    assert headers["x-moai-truncated-inputs"] == "1,3"
+    status, headers, body = call(url, "POST", "/v1/embeddings", {"model": model, "input": texts[:1], "input_type": "query"})
+    assert status == 200 and body["usage"]["truncated_inputs"] == [] and "x-moai-truncated-inputs" not in headers
+    status, _, body = call(strict_url, "POST", "/v1/embeddings", {"model": model, "input": texts, "input_type": "query"})
+    assert status == 400 and body["error"]["code"] == "input_too_long" and body["error"]["param"] == "input", body
+    for i in (1, 3):
+        assert f"input[{i}] has {reference.tokenizer.count_tokens(texts[i], 'query')} tokens" in body["error"]["message"]
+    assert "input[0]" not in body["error"]["message"] and "max_tokens 1024" in body["error"]["message"]
+    status, _, body = call(strict_url, "POST", "/v1/embeddings", {"model": model, "input": texts[:1], "input_type": "query"})
+    assert status == 200, body
+
+
+def test_truncation_is_reported_or_refused(gateway, triton, reference, tmp_path):
+    url, _ = gateway
+    strict_url, process = start_gateway(triton, tmp_path / "strict.log", "--truncate", "false")
+    try:
+        assert_truncation_is_reported_or_refused(url, strict_url, MODEL, reference)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
 
 
 def test_dimensions_truncate_and_renormalize(gateway):
@@ -435,7 +466,7 @@ def test_metrics_and_models(gateway):
                  "moai_gateway_prompt_tokens_total"):
         assert name in page
     status, _, card = call(url, "GET", f"/v1/models/{MODEL}")
-    assert status == 200 and card["moai_contract"]["dims"] == 64
+    assert status == 200 and card["moai_contract"]["dims"] == 64 and card["moai_backend"] == "triton"
 
 
 def test_verify_and_bench_drive_the_gateway_as_a_variant(gateway, example_dir, tmp_path, monkeypatch):
@@ -499,3 +530,22 @@ def test_an_ensemble_without_token_counts_is_recognised(reference):
     assert not ServedEnsemble.from_config(config, "old").counts_tokens
     config["output"].append({"name": "TOKENS"})
     assert ServedEnsemble.from_config(config, "new").counts_tokens
+    assert not ServedEnsemble.from_config(config, "before truncation was reported").reports_truncation
+    config["output"].append({"name": "UNTRUNCATED_TOKENS"})
+    assert ServedEnsemble.from_config(config, "newest").reports_truncation
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], "exactly one backend"),
+    (["--triton", "grpc://127.0.0.1:1", "--model", MODEL, "--vllm", "http://127.0.0.1:2"], "exactly one backend"),
+    (["--triton", "grpc://127.0.0.1:1"], "--triton needs --model"),
+    (["--vllm", "http://127.0.0.1:2"], "--vllm needs --vllm-artifact"),
+    (["--vllm", "127.0.0.1:2", "--vllm-artifact", "{tmp}"], "expected http://HOST:PORT"),
+    (["--vllm", "http://127.0.0.1:2", "--vllm-artifact", "{tmp}"], "no vllm_serve.json"),
+])
+def test_the_gateway_fronts_exactly_one_backend(monkeypatch, tmp_path, args, words):
+    served = []
+    monkeypatch.setattr("moai_export.gateway.server.serve", lambda config, log_level="info": served.append(config))
+    result = CliRunner().invoke(main, ["gateway", *(a.replace("{tmp}", str(tmp_path)) for a in args)],
+                                env={"MOAI_GATEWAY_API_KEYS": None})
+    assert result.exit_code == 1 and not served and words in result.output, result.output

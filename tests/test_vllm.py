@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -215,3 +216,108 @@ def test_vllm_cli_and_verify(vllm_dir, example_dir, server, tmp_path):
     assert report["passed"]
     assert [(r["kind"], r["config"]) for r in report["results"]] == [
         ("vllm", "vllm on cpu in fp32, server"), ("vllm-http", None)]
+
+
+# -- the gateway in front of this module's vLLM server ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def vllm_gateways(server, vllm_dir, tmp_path_factory):
+    """Two gateways in front of the module's vLLM server, truncating (reported) and refusing
+    over-length input: (URL, strict URL)."""
+    from test_gateway import start_gateway
+
+    logs = tmp_path_factory.mktemp("vllm-gateway")
+    backend = ("--vllm", server.base_url, "--vllm-artifact", str(vllm_dir))
+    url, process = start_gateway(None, logs / "gateway.log", *backend)
+    strict_url, strict = start_gateway(None, logs / "strict.log", *backend, "--truncate", "false")
+    yield url, strict_url
+    for running in (process, strict):
+        running.send_signal(signal.SIGTERM)
+        assert running.wait(30) == 128 + signal.SIGTERM
+
+
+def test_gateway_in_front_of_vllm_holds_the_vllm_gate(vllm_gateways, reference, tmp_path, example_dir, monkeypatch):
+    """Queries (the prompt applied exactly once) and documents, an over-length one among them, as the
+    openai-http Embedder and `verify` see them: judged by vLLM's gate, not Triton's."""
+    from test_gateway import KEYS
+
+    from moai_export.artifacts.kinds import parse_spec
+    from moai_export.gates.table import gate_for
+
+    url, _ = vllm_gateways
+    monkeypatch.setenv("MOAI_GATEWAY_API_KEY", KEYS[0])
+    spec = f"openai-http://{url.removeprefix('http://')}/moai-embedding"
+    with load_embedder(spec) as served:
+        family = parse_spec(spec)[0].gate_family(served)
+        gate = gate_for(family, served.precision)
+        assert (family, served.precision) == ("vllm", "fp32")
+        for kind in ("query", "document"):
+            got, expected = served.encode(TEXTS, kind), reference.encode(TEXTS, kind)
+            assert cosine_rows(got, expected).min() >= gate.min_cosine
+            assert abs(got - expected).max() <= gate.max_abs
+    result = CliRunner().invoke(main, ["verify", spec, "--reference", f"{example_dir / 'base'}+{example_dir / 'adapter'}",
+                                       "--json", str(tmp_path / "v.json")])
+    assert result.exit_code == 0 and "PASS" in result.output, result.output
+    [checked] = json.loads((tmp_path / "v.json").read_text())["results"]
+    assert checked["gate"] == gate_for("vllm", "fp32").to_dict(), checked
+
+
+def test_gateway_in_front_of_vllm_keeps_the_gateway_policies(vllm_gateways, server, reference):
+    """Empty text refused, Matryoshka dimensions, the model card, and usage: vLLM's own count of
+    what it embedded, equal to what vLLM counts on /v2/embed with its own prompt and truncation."""
+    from test_gateway import assert_openai_error, call
+
+    url, _ = vllm_gateways
+    status, _, body = call(url, "POST", "/v1/embeddings", {"model": "moai-embedding", "input": ["ok", ""],
+                                                          "input_type": "query"})
+    assert status == 400 and "input[1] is empty" in body["error"]["message"], body
+    payload = {"model": "moai-embedding", "input": TEXTS, "input_type": "document"}
+    status, _, full = call(url, "POST", "/v1/embeddings", payload)
+    status, _, short = call(url, "POST", "/v1/embeddings", {**payload, "dimensions": 32})
+    assert status == 200, short
+    full = np.asarray([item["embedding"] for item in full["data"]], dtype=np.float32)
+    short_vectors = np.asarray([item["embedding"] for item in short["data"]], dtype=np.float32)
+    assert short_vectors.shape == (len(TEXTS), 32)
+    assert cosine_rows(short_vectors, full[:, :32]).min() >= 0.99999
+    assert_openai_error(*call(url, "POST", "/v1/embeddings", {**payload, "dimensions": 16}), 400, "dimensions")
+    for kind in ("query", "document"):
+        _, _, body = call(url, "POST", "/v1/embeddings", {**payload, "input_type": kind})
+        vllm_count = post(server, "/v2/embed", {"model": "moai-embedding", "texts": TEXTS, "input_type": kind,
+                                                "embedding_types": ["float"], "truncate": "END"})
+        expected = vllm_count["meta"]["billed_units"]["input_tokens"]
+        assert expected == sum(len(ids) for ids in reference.tokenizer.encode(TEXTS, kind).ids)
+        assert body["usage"] == {"prompt_tokens": expected, "total_tokens": expected, "truncated_inputs": [3]}
+    status, _, card = call(url, "GET", "/v1/models/moai-embedding")
+    assert card["moai_backend"] == "vllm" and card["moai_contract"]["dims"] == 64 and card["moai_precision"] == "fp32"
+
+
+def test_gateway_in_front_of_vllm_reports_or_refuses_truncation(vllm_gateways, reference):
+    from test_gateway import assert_truncation_is_reported_or_refused
+
+    url, strict_url = vllm_gateways
+    assert_truncation_is_reported_or_refused(url, strict_url, "moai-embedding", reference)
+
+
+def test_vllm_launcher_points_openai_clients_to_the_gateway(vllm_dir):
+    """Said when it starts (here a start that gives up at once): its own /v1 ignores input_type."""
+    started = _launch(vllm_dir, "--timeout", "0.1")
+    assert started.returncode == 1, started.stderr
+    assert "/v1/embeddings ignores input_type" in started.stderr
+    assert f"moai-export gateway --vllm http://127.0.0.1:1 --vllm-artifact {vllm_dir}" in started.stderr
+
+
+def test_vllm_down_gives_503_at_the_gateway(vllm_gateways, server):
+    """Last in this module: stops the module's vLLM server."""
+    from test_gateway import assert_openai_error, call
+
+    url, _ = vllm_gateways
+    server.stop()
+    started = time.monotonic()
+    status, headers, body = call(url, "POST", "/v1/embeddings", {"model": "moai-embedding", "input": ["while down"],
+                                                                "input_type": "query"})
+    assert_openai_error(status, headers, body, 503)
+    assert headers.get("retry-after") == "1" and time.monotonic() - started < 10
+    deadline = time.monotonic() + 10
+    while call(url, "GET", "/health")[0] != 503:
+        assert time.monotonic() < deadline, "the gateway still reports ready with vLLM down"
+        time.sleep(0.3)
