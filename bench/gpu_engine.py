@@ -155,10 +155,10 @@ def attention_backends(merged: Path, device: str, dtype: str, documents: list[st
         try:
             embedder, _ = load(spec)
             with embedder:
-                embedder.encode(documents[:8])
+                embedder.encode(documents[:8], "document")
                 sync()
                 t0 = time.perf_counter()
-                embedder.encode(documents)
+                embedder.encode(documents, "document")
                 sync()
                 rows[backend] = {"docs_per_s": len(documents) / (time.perf_counter() - t0)}
         except Exception as exc:
@@ -216,8 +216,8 @@ def engine_and_parity(run: Run, merged: Path, example: Path, device: str, spec: 
         report = run.reference.gate_with(embedder, gate)
         result["parity"] = {k: v for k, v in report.to_dict().items() if k != "probes"}
         texts = ["짧은 질문", "BC카드 연회비는 어떻게 되나요? " * 40, "a", "retrieval " * 300, "모아이 " * 7]
-        together = embedder.encode(texts)
-        alone = np.concatenate([embedder.encode([t]) for t in texts])
+        together = embedder.encode(texts, "document")
+        alone = np.concatenate([embedder.encode([t], "document") for t in texts])
         result["batch_independence_min_cosine"] = float((together * alone).sum(1).min())
     except BaseException:
         try:  # a fallback engine gets its memory (after a CUDA fault this can raise too)

@@ -186,7 +186,7 @@ def test_generated_lengths_are_what_they_say(merged_dir):
     from moai_export.model_files.model_contract import read_contract
 
     tokenizer = ContractTokenizer.from_dir(merged_dir, read_contract(merged_dir))
-    texts, measured = generate_texts(LengthSpec.parse("64"), 12, tokenizer, seed=3)
+    texts, measured = generate_texts(LengthSpec.parse("64"), 12, tokenizer, kind="document", seed=3)
     assert len(set(texts)) == 12
     assert all(abs(n - 64) <= 2 for n in measured), measured
     _, spread = generate_texts(LengthSpec.parse("16-128"), 40, tokenizer, kind="query", seed=3)

@@ -63,8 +63,12 @@ def test_truncation_is_counted(merged):
 def test_bad_input_is_rejected(merged):
     with pytest.raises(MoaiError, match="list of texts"):
         merged.encode("just a string", "query")
-    with pytest.raises(MoaiError, match="unknown text kind"):
+    with pytest.raises(MoaiError, match="unknown text kind 'passage': expected one of query, document"):
         merged.encode(["x"], "passage")
+    with pytest.raises(MoaiError, match="expected one of query, document"):
+        merged.encode(["x"], None)
+    with pytest.raises(TypeError, match="kind"):  # no default kind: a query embedded as a document is silently wrong
+        merged.encode(["x"])
     with pytest.raises(MoaiError, match="not str"):
         merged.encode(["x", 3], "document")
     assert merged.encode([], "query").shape == (0, 64)

@@ -51,9 +51,9 @@ def test_packed_equals_padded_in_fp32(engine, padded, kind):
 def test_order_restored_and_batch_independent(engine):
     """Sorting by length and packing must be invisible: each row is its own text's vector,
     whatever shares its batch and wherever it stood."""
-    together = engine.encode(TEXTS)
-    reversed_order = engine.encode(TEXTS[::-1])[::-1]
-    alone = np.concatenate([engine.encode([text]) for text in TEXTS])
+    together = engine.encode(TEXTS, "document")
+    reversed_order = engine.encode(TEXTS[::-1], "document")[::-1]
+    alone = np.concatenate([engine.encode([text], "document") for text in TEXTS])
     assert cosines(together, alone).min() >= 0.99999
     assert cosines(together, reversed_order).min() >= 0.99999
     # rows differ from each other: a shuffled result would not pass the checks above by chance
@@ -78,7 +78,7 @@ def test_token_budget_respected(merged_dir, monkeypatch):
         original = small.run_packed
         monkeypatch.setattr(small, "run_packed", lambda batch: seen.append(batch.lengths) or original(batch))
         texts = TEXTS * 3
-        small.encode(texts)
+        small.encode(texts, "document")
     lengths = sorted(len(r) for r in small.tokenizer.encode(texts, "document").ids)
     assert sorted(n for batch in seen for n in batch) == lengths  # every text exactly once
     assert all(len(batch) <= cap for batch in seen)
@@ -101,7 +101,7 @@ def test_long_input_stream_uses_the_producer_thread(engine, padded, monkeypatch)
 
     monkeypatch.setattr(module, "TEXTS_PER_CHUNK", 4)
     texts = [f"문서 {i} " * (1 + i % 9) for i in range(40)]
-    assert cosines(engine.encode(texts), padded.encode(texts)).min() >= 0.99999
+    assert cosines(engine.encode(texts, "document"), padded.encode(texts, "document")).min() >= 0.99999
 
 
 def test_triton_style_padded_input(engine, padded):
@@ -127,8 +127,8 @@ def test_compiled_path_equals_padded_and_is_batch_independent(merged_dir, padded
 
 def test_bf16_batch_independence(merged_dir):
     with load_embedder(f"engine:{merged_dir}?dtype=bf16", admission="skip") as bf16:
-        together = bf16.encode(TEXTS)
-        alone = np.concatenate([bf16.encode([text]) for text in TEXTS])
+        together = bf16.encode(TEXTS, "document")
+        alone = np.concatenate([bf16.encode([text], "document") for text in TEXTS])
     assert cosines(together, alone).min() >= 0.9999
 
 

@@ -138,11 +138,10 @@ def test_openai_client_embeds_queries_and_documents_like_the_reference(gateway, 
         answer = client.embeddings.create(model=MODEL, input=TEXTS, extra_body={"input_type": kind})
         served = np.asarray([item.embedding for item in answer.data], dtype=np.float32)
         assert cosine_rows(served, reference.encode(TEXTS, kind)).min() >= 0.99999
-    default = client.embeddings.create(model=MODEL, input=TEXTS[:2])  # no input_type: document
-    assert cosine_rows(np.asarray([d.embedding for d in default.data]), reference.encode(TEXTS[:2], "document")).min() >= 0.99999
+    document = client.embeddings.create(model=MODEL, input=TEXTS[:2], extra_body={"input_type": "document"})
     query = client.embeddings.create(model=MODEL, input=TEXTS[:2], extra_body={"input_type": "query"})
-    assert cosine_rows(np.asarray([d.embedding for d in query.data]), np.asarray([d.embedding for d in default.data])).max() < 0.999
-    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert cosine_rows(np.asarray([d.embedding for d in query.data]), np.asarray([d.embedding for d in document.data])).max() < 0.999
+    assert [m.id for m in client.models.list().data] == [MODEL, f"{MODEL}:query", f"{MODEL}:document"]
 
 
 def test_float_and_base64_batch_and_single_agree(gateway):
@@ -211,7 +210,8 @@ def test_dimensions_truncate_and_renormalize(gateway):
     np.testing.assert_allclose(np.linalg.norm(short, axis=1), 1.0, atol=1e-5)
     assert cosine_rows(short, full[:, :32]).min() >= 0.99999
     for bad in (16, 65, "32", 0):
-        status, _, body = call(url, "POST", "/v1/embeddings", {"model": MODEL, "input": "x", "dimensions": bad})
+        status, _, body = call(url, "POST", "/v1/embeddings", {"model": MODEL, "input": "x", "input_type": "query",
+                                                               "dimensions": bad})
         assert status == 400 and body["error"]["param"] == "dimensions", body
 
 
@@ -283,9 +283,13 @@ def test_an_open_gateway_is_loopback_or_said_out_loud(monkeypatch, args):
     ({"model": MODEL, "input": []}, 400, "input"),
     ({"model": MODEL, "input": [[1, 2, 3]]}, 400, "input"),  # token arrays
     ({"model": MODEL, "input": "x", "input_type": "passage"}, 400, "input_type"),
-    ({"model": MODEL, "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
+    ({"model": MODEL, "input": "x", "input_type": "query", "encoding_format": "int8"}, 400, "encoding_format"),
+    ({"model": MODEL, "input": "x"}, 400, "input_type"),  # the kind is never guessed
+    ({"model": MODEL, "input": "x", "input_type": None}, 400, "input_type"),
+    ({"model": f"{MODEL}:query", "input": "x", "input_type": "document"}, 400, "input_type"),  # contradicts the alias
     ({"input": "x"}, 400, "model"),
     ({"model": "other-model", "input": "x"}, 404, "model"),
+    ({"model": f"{MODEL}:passage", "input": "x"}, 404, "model"),
 ])
 def test_bad_requests_get_openai_errors(gateway, payload, status, param):
     url, _ = gateway
@@ -299,7 +303,7 @@ def test_body_size_json_and_routes(gateway):
     assert_openai_error(*call(url, "POST", "/v1/embeddings", raw=b"{not json"), 400)
     assert_openai_error(*call(url, "GET", "/v1/nothing"), 404)
     assert_openai_error(*call(url, "GET", "/v1/embeddings"), 405)
-    assert "".join("x" for _ in range(3)) and embed(url, ["still serving"])[0].shape == (1, 64)
+    assert "".join("x" for _ in range(3)) and embed(url, ["still serving"], input_type="query")[0].shape == (1, 64)
 
 
 def test_empty_text_is_an_error_in_every_variant(gateway, triton, reference):
@@ -382,7 +386,7 @@ def test_slow_clients_get_408_and_idle_connections_close(gateway):
     assert answer == b"" and seconds < READ_TIMEOUT + 2
     # an idle kept-alive connection is the keep-alive timeout's (75 s), not the header timeout's; a
     # body sent with the headers in one write is not counted as headers (over 16 KiB here)
-    body = json.dumps({"model": MODEL, "input": ["kept alive " * 1000] * 2}).encode()
+    body = json.dumps({"model": MODEL, "input": ["kept alive " * 1000] * 2, "input_type": "document"}).encode()
     request = post.replace(b"Content-Length: 40", b"Content-Length: %d" % len(body)) + b"\r\n" + body
     last = request.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n")
     seconds, answer = raw_exchange(url, request, pause=READ_TIMEOUT + 1, then=last)
@@ -419,7 +423,7 @@ def test_health_names_the_upstream_to_key_holders_only(gateway, triton):
 
 def _trickled_embedding(url: str, text: str) -> tuple[socket.socket, bytes]:
     """A request in flight: its headers and half its body sent; (its socket, the rest it owes)."""
-    body = json.dumps({"model": MODEL, "input": [text]}).encode()
+    body = json.dumps({"model": MODEL, "input": [text], "input_type": "document"}).encode()
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=60)
     sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEYS[0].encode()
@@ -459,7 +463,7 @@ def test_stop_signals_finish_the_requests_in_flight(triton, reference, tmp_path)
 
 def test_metrics_and_models(gateway):
     url, _ = gateway
-    embed(url, ["metrics"])
+    embed(url, ["metrics"], input_type="document")
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
         page = response.read().decode()
     for name in ("moai_gateway_requests_total", "moai_gateway_errors_total", "moai_gateway_request_seconds_bucket",
@@ -502,7 +506,8 @@ def test_triton_down_gives_503_and_the_gateway_recovers_on_another_repository(ga
     assert call(url, "GET", f"/v1/models/{MODEL}")[2]["moai_precision"] == "fp32"
     triton.stop()
     started = time.monotonic()
-    status, headers, body = call(url, "POST", "/v1/embeddings", {"model": MODEL, "input": ["while down"]})
+    status, headers, body = call(url, "POST", "/v1/embeddings", {"model": MODEL, "input": ["while down"],
+                                                                 "input_type": "query"})
     assert_openai_error(status, headers, body, 503)
     assert headers.get("retry-after") == "1" and time.monotonic() - started < 10  # no hang
     assert call(url, "GET", "/health")[0] == 503
@@ -512,7 +517,7 @@ def test_triton_down_gives_503_and_the_gateway_recovers_on_another_repository(ga
     while call(url, "GET", "/health")[0] != 200:
         assert time.monotonic() < deadline, "the gateway did not see Triton come back"
         time.sleep(0.3)
-    assert embed(url, ["after the restart"])[0].shape == (1, 64)
+    assert embed(url, ["after the restart"], input_type="query")[0].shape == (1, 64)
     deadline = time.monotonic() + 15
     while call(url, "GET", f"/v1/models/{MODEL}")[2]["moai_precision"] != "int8":
         assert time.monotonic() < deadline, "the model card still shows the first Triton's precision"

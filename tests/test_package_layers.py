@@ -124,7 +124,7 @@ LAYERS = (
     ("gates",),  # parity gates and verification records
     ("train", "example", "export"),  # the stages that write artifacts
     ("gateway", "benchmark"),  # serving in front of Triton; measuring every variant
-    ("commands",),  # moai-export, moai-bench, the demo, verify
+    ("commands", "integrations"),  # moai-export, moai-bench, the demo, verify; LangChain / LlamaIndex adapters
 )
 SAME_LAYER = {("engine", "embedders"), ("example", "train"), ("export", "train")}
 

@@ -83,7 +83,7 @@ def _source_text() -> str:
     return " ".join(texts)
 
 
-def generate_texts(lengths: LengthSpec, count: int, tokenizer: ContractTokenizer, *, kind: str = "document",
+def generate_texts(lengths: LengthSpec, count: int, tokenizer: ContractTokenizer, *, kind: str,
                    seed: int = 0) -> tuple[list[str], list[int]]:
     """`count` texts whose model input (prompt of `kind`, text, end token) has the sampled
     token length, cut from shuffled built-in Korean finance text. Returns (texts, lengths
@@ -113,7 +113,7 @@ def generate_texts(lengths: LengthSpec, count: int, tokenizer: ContractTokenizer
     return texts, measured
 
 
-def generated_workload(lengths: LengthSpec, count: int, tokenizer: ContractTokenizer, *, kind: str = "document",
+def generated_workload(lengths: LengthSpec, count: int, tokenizer: ContractTokenizer, *, kind: str,
                        seed: int = 0) -> Workload:
     texts, measured = generate_texts(lengths, count, tokenizer, kind=kind, seed=seed)
     name = f"generated-{lengths}{'/queries' if kind == 'query' else ''}"

@@ -12,6 +12,7 @@ import click
 from .. import __version__
 from ..artifacts.kinds import describe_recognised, kind_names
 from ..core.errors import MoaiError
+from ..core.input_rules import KINDS
 from .base import (
     EXIT_INTERRUPTED,
     EXIT_VERIFICATION_FAILED,
@@ -451,11 +452,15 @@ def demo(out: Path, size: str, force: bool) -> None:
                 help="A text over the model's max tokens: cut (the end token kept last) and listed in "
                      "usage.truncated_inputs and the X-Moai-Truncated-Inputs header (true), or refused with "
                      "a 400 naming it (false).")
+@click.option("--default-input-type", type=click.Choice(KINDS), default=None,
+              help="The kind of a request that names none (no input_type, no NAME:query / NAME:document "
+                   "model). Without it such a request is refused with 400: stock OpenAI, LangChain and "
+                   "LlamaIndex clients send no kind, and a query embedded as a document loses its instruction.")
 @library_option(".gateway.server:serve", "--log-level",
                 type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def gateway(triton_url, vllm_url, vllm_artifact, model, served_model_name, host, port, api_keys, api_key_file,
             no_auth, max_texts, max_chars, max_body_bytes, max_header_bytes, max_headers, header_timeout,
-            body_timeout, max_in_flight, max_queue, timeout, drain_timeout, truncate, log_level):
+            body_timeout, max_in_flight, max_queue, timeout, drain_timeout, truncate, default_input_type, log_level):
     """Serve OpenAI's embeddings API in front of a Triton ensemble or a vLLM server: POST
     /v1/embeddings (input, model, encoding_format float|base64, dimensions, user, input_type
     query|document), GET /v1/models, /health (ready only when the backend is) and /metrics
@@ -466,6 +471,10 @@ def gateway(triton_url, vllm_url, vllm_artifact, model, served_model_name, host,
       moai-export gateway --vllm http://127.0.0.1:8000 --vllm-artifact build/vllm
       curl -s localhost:8080/v1/embeddings -H 'Content-Type: application/json' \\
           -d '{"model": "moai_embedding", "input": ["a question"], "input_type": "query"}'
+
+    Each request chooses its kind: input_type, or the model moai_embedding:query /
+    moai_embedding:document (for clients that cannot add a field); else 400, unless
+    --default-input-type chooses one for the whole deployment.
 
     Every error is OpenAI's error JSON; the backend down gives 503 with Retry-After. In front of
     Triton the gateway needs no model files: the contract comes from the ensemble's config, usage
@@ -486,12 +495,14 @@ def gateway(triton_url, vllm_url, vllm_artifact, model, served_model_name, host,
                            max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes,
                            max_header_bytes=max_header_bytes, max_headers=max_headers, header_timeout=header_timeout,
                            body_timeout=body_timeout, max_in_flight=max_in_flight, max_queue=max_queue,
-                           upstream_timeout=timeout, drain_timeout=drain_timeout, no_auth=no_auth).validate()
+                           upstream_timeout=timeout, drain_timeout=drain_timeout, no_auth=no_auth,
+                           default_input_type=default_input_type).validate()
     upstream = (f"Triton grpc://{config.triton}/{config.model}" if config.backend == "triton"
                 else f"vLLM {config.vllm} ({config.model}, contract from {config.vllm_artifact})")
     _log(f"gateway: http://{host}:{port}/v1/embeddings -> {upstream} "
          f"({'API keys: ' + str(len(config.api_keys)) if config.api_keys else 'no API key: open'}; "
          f"over-length texts {'truncated and reported' if config.truncate else 'refused'})")
+    _log(f"gateway: input_type: {config.kind_rule()}")
     if port_taken(host, port):
         raise MoaiError(f"cannot listen on {host}:{port}: the port is already in use (another server?)")
     try:

@@ -59,7 +59,9 @@ class Embedder(ABC):
         self.num_truncated: int | None = 0
         self._count_lock = threading.Lock()
 
-    def encode(self, texts: Sequence[str], kind: str = "document", *, batch_size: int | None = None) -> np.ndarray:
+    def encode(self, texts: Sequence[str], kind: str, *, batch_size: int | None = None) -> np.ndarray:
+        """Vectors of `texts` as `kind` ("query" or "document": no default, since a query embedded
+        as a document loses its instruction and still looks like a good vector)."""
         check_kind(kind)
         texts = check_texts(texts)
         if batch_size is not None and batch_size < 1:

@@ -2,6 +2,10 @@
 `/health/ready` (= `/health`: ready only while a real embedding through the upstream, Triton or
 vLLM, passes, see probe.py) and `/metrics`.
 
+The kind is never guessed: a request chooses query or document with `input_type`, or by naming
+the model alias NAME:query / NAME:document (each listed by /v1/models); one that does neither is
+refused with 400 unless the deployment chose a default (`default_input_type`).
+
 Over-length input is never silent: texts cut to the contract's max_tokens are listed in
 `usage.truncated_inputs` and the X-Moai-Truncated-Inputs header, or refused (`truncate` off).
 
@@ -87,8 +91,9 @@ class Gateway:
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError(400, "'model' is required (see GET /v1/models).", param="model", code="missing_model")
-        if model != self.config.name:
-            raise ApiError(404, f"The model '{model}' does not exist; this gateway serves '{self.config.name}'.",
+        if model not in self.config.model_names:
+            raise ApiError(404, f"The model '{model}' does not exist; this gateway serves "
+                                f"{' / '.join(repr(name) for name in self.config.model_names)}.",
                            param="model", code="model_not_found")
         texts = payload.get("input")
         if isinstance(texts, str):
@@ -100,10 +105,7 @@ class Gateway:
             texts = check_texts(texts, max_texts=self.config.max_texts, max_chars=self.config.max_chars)
         except InvalidInput as error:
             raise invalid_input(error) from None
-        kind = payload.get("input_type", "document")
-        if kind not in KINDS:
-            raise ApiError(400, f"'input_type' must be one of {', '.join(KINDS)}, not {kind!r}.",
-                           param="input_type", code="invalid_input_type")
+        kind = self.kind_of(payload, model)
         encoding = payload.get("encoding_format") or "float"
         if encoding not in ENCODING_FORMATS:
             raise ApiError(400, f"'encoding_format' must be float or base64, not {encoding!r}.",
@@ -113,6 +115,29 @@ class Gateway:
         if user is not None and not isinstance(user, str):
             raise ApiError(400, "'user' must be a string.", param="user", code="invalid_user")
         return texts, kind, encoding, dims
+
+    def kind_of(self, payload: dict, model: str) -> str:
+        """The kind the request chose (its `input_type`, or the alias it names as `model`), else the
+        deployment's explicit default; never a guess: a query embedded as a document loses its
+        instruction and still looks like a good vector."""
+        asked = payload.get("input_type")
+        if asked is not None and asked not in KINDS:
+            raise ApiError(400, f"'input_type' must be one of {', '.join(KINDS)}, not {asked!r}.",
+                           param="input_type", code="invalid_input_type")
+        named = self.config.model_names[model]
+        if asked is not None and named is not None and asked != named:
+            raise ApiError(400, f"The model '{model}' embeds every text as a {named}, but 'input_type' is "
+                                f"{asked!r}: send one of the two.", param="input_type", code="conflicting_input_type")
+        kind = asked or named or self.config.default_input_type
+        if kind is None:
+            name = self.config.name
+            raise ApiError(400, f"'input_type' is required: this model embeds a query and a document differently "
+                                f"(a query embedded as a document loses its instruction). Choose the kind in one "
+                                f"of two ways: send \"input_type\": \"query\" or \"document\" in the body (with the "
+                                f"OpenAI client: extra_body={{\"input_type\": \"query\"}}), or name the model "
+                                f"'{name}:query' or '{name}:document' (listed by GET /v1/models).",
+                           param="input_type", code="missing_input_type")
+        return kind
 
     # -- the overload gate ----------------------------------------------------------------------
 
@@ -167,21 +192,24 @@ class Gateway:
 
     async def models(self, request: Request) -> Response:
         self.keys.check(request.headers.get("authorization"))
-        card = {"id": self.config.name, "object": "model", "created": 0, "owned_by": "moai-export"}
-        try:  # what clients of this toolkit need to check parity (openai-http:// Embedder)
+        # moai_max_texts: the batch size clients of this toolkit send (openai-http://, moai_export.integrations)
+        card = {"object": "model", "created": 0, "owned_by": "moai-export", "moai_max_texts": self.config.max_texts}
+        try:  # what they need to check parity (openai-http:// Embedder)
             contract = await self.upstream.connect()
-            card.update(moai_contract=contract.to_dict(), moai_precision=self.upstream.precision,
-                        moai_max_texts=self.config.max_texts)
+            card.update(moai_contract=contract.to_dict(), moai_precision=self.upstream.precision)
         except ApiError:
             pass  # the upstream down: the card without them
         # the server behind: an openai-http target is judged by its gate family (artifacts/kinds.py)
         card["moai_backend"] = self.upstream.backend
+        # one card per name a request may send; moai_input_type: the kind it gets without input_type (None: 400)
+        cards = {name: {"id": name, **card, "moai_input_type": kind or self.config.default_input_type}
+                 for name, kind in self.config.model_names.items()}
         if "model" in request.path_params:
-            if request.path_params["model"] != self.config.name:
+            if request.path_params["model"] not in cards:
                 raise ApiError(404, f"The model '{request.path_params['model']}' does not exist.",
                                param="model", code="model_not_found")
-            return JSONResponse(card)
-        return JSONResponse({"object": "list", "data": [card]})
+            return JSONResponse(cards[request.path_params["model"]])
+        return JSONResponse({"object": "list", "data": list(cards.values())})
 
     async def health(self, request: Request) -> Response:
         """Readiness: the last end-to-end probe passed (and no 5xx from the upstream since). Probes

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.addresses import parse_grpc_target, parse_url
 from ..core.errors import MoaiError
+from ..core.input_rules import KINDS
 
 API_KEYS_ENV = "MOAI_GATEWAY_API_KEYS"  # comma-separated keys
 
@@ -47,6 +48,11 @@ class GatewayConfig:
     # a text over the contract's max_tokens: cut (the end token kept last) and reported in usage and
     # a header (True), or refused with a 400 naming it (False); never silent
     truncate: bool = True
+    # The kind of a request that names none (no `input_type`, no NAME:query / NAME:document model).
+    # None refuses it with 400: the model embeds a query with an instruction a document lacks, and
+    # a stock client (OpenAI, LangChain, LlamaIndex) sends no kind, so any guess is silently wrong
+    # for half of its texts. A deployment whose clients send one kind only may choose it here.
+    default_input_type: str | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -56,6 +62,20 @@ class GatewayConfig:
     @property
     def backend(self) -> str:
         return "vllm" if self.vllm else "triton"
+
+    @property
+    def model_names(self) -> dict[str, str | None]:
+        """What a request may send as `model` -> the kind that name selects: NAME (the request's
+        `input_type` decides), NAME:query and NAME:document (for clients that cannot add a field)."""
+        return {self.name: None, **{f"{self.name}:{kind}": kind for kind in KINDS}}
+
+    def kind_rule(self) -> str:
+        """What a request that names no kind gets, as the gateway says it at start."""
+        if self.default_input_type is None:
+            return (f"a request must choose the kind (input_type query|document, or the model {self.name}:query "
+                    f"/ {self.name}:document); without one it is refused with 400")
+        return (f"a request without input_type or a kind alias is embedded as a {self.default_input_type} "
+                f"(--default-input-type)")
 
     def validate(self) -> "GatewayConfig":
         self.check_backend()
@@ -70,6 +90,8 @@ class GatewayConfig:
                 raise MoaiError(f"{label} must be positive, not {value}")
         if self.drain_timeout < 0:
             raise MoaiError(f"--drain-timeout must be at least 0, not {self.drain_timeout}")
+        if self.default_input_type not in (None, *KINDS):
+            raise MoaiError(f"--default-input-type must be one of {', '.join(KINDS)}, not {self.default_input_type!r}")
         self.check_access()
         return self
 
