@@ -52,7 +52,7 @@ def measure(spec: str, texts: list[str], rounds: int) -> dict:
     baseline = names[0]
     rows = []
     for name in names:
-        rows.append({"policy": name, **describe_policy(POLICIES[name]),
+        rows.append({"label": name, **describe_policy(POLICIES[name]),
                      "docs_per_s": len(texts) / best[name], "ratio": best[baseline] / best[name],
                      "min_cosine_to_first": float(cosine_rows(vectors[baseline], vectors[name]).min())})
     embedder.close()
@@ -74,16 +74,22 @@ def main() -> None:
                "targets": [measure(spec, texts, args.rounds) for spec in args.target]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "token-budget.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results, len(texts), args))
+
+
+def markdown(results: dict, texts: int, args) -> str:
     lines = [f"# Token budget, {results['machine'].get('cpu', '')}", "",
-             f"{len(texts)} passages of {args.dataset}, best of {args.rounds} interleaved rounds.", ""]
+             f"{texts} passages of {args.dataset}, best of {args.rounds} interleaved rounds, "
+             f"load average {results['machine'].get('load_average_at_start', '?')} at the start.", ""]
     for target in results["targets"]:
         lines += [f"## {target['target']} (mean {target['mean_tokens']:.0f} tokens, max {target['max_tokens']})", "",
                   "| policy | docs/s | vs fixed-16 | min cosine to fixed-16 |", "|---|---|---|---|"]
-        lines += [f"| {r['policy']} | {r['docs_per_s']:.1f} | {r['ratio']:.2f}x | {r['min_cosine_to_first']:.7f} |"
+        lines += [f"| {r['label']} | {r['docs_per_s']:.1f} | {r['ratio']:.2f}x | {r['min_cosine_to_first']:.7f} |"
                   for r in target["rows"]]
         lines.append("")
-    (args.out / "token-budget.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    (args.out / "token-budget.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":

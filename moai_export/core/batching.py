@@ -79,10 +79,11 @@ class TokenBudget:
         return out
 
 
-# Measured by bench/token_budget.py (onnx and torch fp32, the small example, autorag-ko passages):
-# on CPU the batch's padded size matters little once batches are length-sorted, so the budget
-# only bounds memory; on a GPU larger batches keep the device busy.
-SERVING_BUDGETS = {"cpu": TokenBudget(max_batch_tokens=8192, max_batch_size=64),
+# CPU: measured by bench/token_budget.py (onnx and torch fp32, the small example, 240 autorag-ko
+# passages of mean 531 tokens): 4,096 was best or within 3% of best for both, ~2x the old fixed
+# batches of 16 (bench/results/2026-12-07-amd-epyc-2cpu/token-budget/). CUDA: the engine's order
+# of magnitude (larger passes keep the device busy), not yet measured for onnx/torch on a GPU.
+SERVING_BUDGETS = {"cpu": TokenBudget(max_batch_tokens=4096, max_batch_size=64),
                    "cuda": TokenBudget(max_batch_tokens=32768, max_batch_size=256)}
 
 
