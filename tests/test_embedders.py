@@ -122,12 +122,50 @@ def test_token_budget_policy_restores_order_and_matches_fixed_batches(merged):
     assert sorted(i for b in batches for i in b) == list(range(len(texts)))
     assert all(len(b) * max(lengths[i] for i in b) <= 2048 or len(b) == 1 for b in batches)
     assert padded_tokens(batches, lengths) <= padded_tokens(FixedCount(4).batches(lengths), lengths)
-    merged.policy = budget
+    serving, merged.policy = merged.policy, budget
     try:
         sorted_run = merged.encode(texts, "document")
     finally:
-        del merged.policy
+        merged.policy = serving
     assert cosine_rows(sorted_run, fixed).min() >= 0.99999
+
+
+@pytest.mark.parametrize("kind", ["torch", "onnx"])
+def test_serving_budget_mixes_lengths_without_changing_vectors(kind, merged_dir, onnx_fp32_dir):
+    """The batching the in-process variants serve (and are gated) with: length-sorted under a
+    token budget. Every forward pass stays within the budget, the vectors come back in input
+    order, and a batch mixing a near-max text with short ones gives each text's vector alone
+    within the fp32 gate (cosine >= 0.99999, max abs <= 1e-4): wrong padding or order fails."""
+    from moai_export.artifacts.kinds import load_embedder
+
+    directory = merged_dir if kind == "torch" else onnx_fp32_dir
+    embedder = load_embedder(f"{kind}:{directory}?max_batch_tokens=2048&max_batch_size=8")
+    assert embedder.batching == {"policy": "token-budget", "max_batch_tokens": 2048, "max_batch_size": 8,
+                                 "packed": False}
+    texts = ["카드", long_text(1024)[:5000], "해외 결제 수수료 안내", "a", long_text(1024)[:2500],
+             "Credit limits are reviewed every six months."]
+    lengths = embedder.tokenizer.encode(texts, "document").lengths
+    assert max(lengths) >= 900 and min(lengths) <= 4
+    shapes = []
+    forward = embedder.forward
+    embedder.forward = lambda ids, mask: shapes.append(ids.shape) or forward(ids, mask)
+    try:
+        together = embedder.encode(texts, "document")
+    finally:
+        del embedder.forward
+    assert all(rows * width <= 2048 or rows == 1 for rows, width in shapes)
+    assert any(rows > 1 and width >= 900 for rows, width in shapes), shapes  # a long and a short text shared a pass
+    alone = np.concatenate([embedder.encode([text], "document") for text in texts])
+    assert cosine_rows(together, alone).min() >= 0.99999
+    assert np.abs(together - alone).max() <= 1e-4
+
+
+def test_default_batching_follows_the_device(merged):
+    from moai_export.core.batching import SERVING_BUDGETS, serving_budget
+
+    assert merged.policy == SERVING_BUDGETS["cpu"]
+    assert serving_budget("cuda:1") == SERVING_BUDGETS["cuda"]
+    assert serving_budget("cpu", max_batch_size=3).max_batch_size == 3
 
 
 def test_adapter_disabled_gives_the_base_model(reference, example_dir):

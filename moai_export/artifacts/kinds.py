@@ -56,6 +56,8 @@ _DIMS = Option("dims", int)
 _ALLOW_UNVERIFIED = Option("allow_unverified", bool)
 _DEVICE = Option("device")
 _DTYPE = Option("dtype")
+# the token budget the in-process variants batch under (core.batching.serving_budget)
+_BATCHING = (Option("max_batch_tokens", int), Option("max_batch_size", int))
 
 
 @dataclass(frozen=True)
@@ -150,9 +152,11 @@ class Kind:
 KINDS: list[Kind] = [
     Kind("peft", "BASE+ADAPTER: base model + unmerged LoRA adapter, float32 (the reference)",
          "moai_export.embedders.peft_reference:from_spec", "torch", options=(_DEVICE,)),
-    Kind("onnx", "DIR: ONNX artifact in onnxruntime (?provider=cpu|cuda|tensorrt, ?intra_op_threads=N)",
+    Kind("onnx", "DIR: ONNX artifact in onnxruntime (?provider=cpu|cuda|tensorrt, ?intra_op_threads=N, "
+                 "?max_batch_tokens=, ?max_batch_size=)",
          "moai_export.embedders.onnx_runtime:from_spec", "onnx",
-         options=(Option("provider"), _DEVICE, Option("intra_op_threads", int), Option("inter_op_threads", int)),
+         options=(Option("provider"), _DEVICE, Option("intra_op_threads", int), Option("inter_op_threads", int),
+                  *_BATCHING),
          runtime="onnxruntime", files=("model.onnx",), recognised=True, exporter="moai-export onnx"),
     Kind("vllm", "DIR: `moai-export vllm` directory served by a real vLLM server started for it, "
                  "as serve/vllm/run.sh would (?device=cpu|cuda, ?dtype=)",
@@ -165,14 +169,15 @@ KINDS: list[Kind] = [
                    "(?model=NAME)",
          "moai_export.embedders.triton:repository_from_spec", "triton", options=(Option("model"), Option("log_path")),
          runtime="triton", files=("*/config.pbtxt",), recognised=True, exporter="moai-export triton"),
-    Kind("torch", "DIR: merged / sentence-transformers directory in transformers (?device=, ?dtype=fp32|bf16|fp16)",
-         "moai_export.embedders.torch_model:from_spec", "torch", options=(_DEVICE, _DTYPE),
+    Kind("torch", "DIR: merged / sentence-transformers directory in transformers (?device=, ?dtype=fp32|bf16|fp16, "
+                  "?max_batch_tokens=, ?max_batch_size=)",
+         "moai_export.embedders.torch_model:from_spec", "torch", options=(_DEVICE, _DTYPE, *_BATCHING),
          runtime="torch", files=("config.json",), recognised=True, exporter="moai-export merge"),
     Kind("engine", "DIR: merged Qwen3 directory in the packed, length-sorted engine (?device=cpu|cuda, "
                    "?dtype=bf16|fp16|fp32, ?max_batch_tokens=, ?max_batch_size=, ?attention=auto|varlen|flex|sdpa, "
                    "?compile=true, ?cuda_graphs=, ?compile_cache_dir=)",
          "moai_export.engine:from_spec", "engine",
-         options=(_DEVICE, _DTYPE, Option("max_batch_tokens", int), Option("max_batch_size", int), Option("attention"),
+         options=(_DEVICE, _DTYPE, *_BATCHING, Option("attention"),
                   Option("compile", bool), Option("cuda_graphs", bool), Option("compile_cache_dir"),
                   Option("warmup", bool)),
          runtime="engine", files=("config.json",), exporter="moai-export merge"),

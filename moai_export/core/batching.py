@@ -10,6 +10,9 @@ back at those positions, so the caller always gets vectors in input order.
                                       minimal and the memory a batch needs is bounded;
                                       packed=True counts real tokens (sequences laid end to
                                       end without padding, the engine's packing)
+
+The in-process variants (onnx, torch) batch by `serving_budget(device)` unless told otherwise:
+on documents as long as real ones, fixed-count batches pad every batch to its longest text.
 """
 
 from __future__ import annotations
@@ -74,6 +77,31 @@ class TokenBudget:
         if current:
             out.append(current)
         return out
+
+
+# CPU: measured by bench/token_budget.py (onnx and torch fp32, the small example, 240 autorag-ko
+# passages of mean 531 tokens): 4,096 was best or within 3% of best for both, ~2x the old fixed
+# batches of 16 (bench/results/2026-12-07-amd-epyc-2cpu/token-budget/). CUDA: the engine's order
+# of magnitude (larger passes keep the device busy), not yet measured for onnx/torch on a GPU.
+SERVING_BUDGETS = {"cpu": TokenBudget(max_batch_tokens=4096, max_batch_size=64),
+                   "cuda": TokenBudget(max_batch_tokens=32768, max_batch_size=256)}
+
+
+def serving_budget(device: str, max_batch_tokens: int | None = None, max_batch_size: int | None = None) -> TokenBudget:
+    """The batching an in-process variant serves with on `device` (cpu, cuda[:N]); either limit
+    may be set by the caller (a spec's ?max_batch_tokens= / ?max_batch_size=)."""
+    default = SERVING_BUDGETS["cuda" if device.startswith("cuda") else "cpu"]
+    return TokenBudget(max_batch_tokens or default.max_batch_tokens, max_batch_size or default.max_batch_size)
+
+
+def describe_policy(policy: BatchPolicy) -> dict:
+    """What a gate records about the batching it embedded with."""
+    if isinstance(policy, TokenBudget):
+        return {"policy": "token-budget", "max_batch_tokens": policy.max_batch_tokens,
+                "max_batch_size": policy.max_batch_size, "packed": policy.packed}
+    if isinstance(policy, FixedCount):
+        return {"policy": "fixed-count", "batch_size": policy.size}
+    return {"policy": type(policy).__name__}
 
 
 def padded_tokens(batches: list[list[int]], lengths: Sequence[int]) -> int:

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..core.batching import BatchPolicy, FixedCount
+from ..core.batching import BatchPolicy, FixedCount, describe_policy
 from ..core.contract import EmbeddingContract, check_dimensions, check_kind, truncate_dimensions
 from ..core.errors import MoaiError
 from ..core.input_rules import check_texts
@@ -92,7 +92,8 @@ class Embedder(ABC):
 
 
 class TokenEmbedder(Embedder):
-    """In-process variants. `policy` batches when the caller gives no batch size."""
+    """In-process variants. `policy` batches when the caller gives no batch size (the onnx and
+    torch variants serve with core.batching.serving_budget of their device)."""
 
     policy: BatchPolicy = FixedCount(16)
 
@@ -102,6 +103,11 @@ class TokenEmbedder(Embedder):
         self.tokenizer = tokenizer
         if policy is not None:
             self.policy = policy
+
+    @property
+    def batching(self) -> dict:
+        """The batching this variant serves (and is gated) with."""
+        return describe_policy(self.policy)
 
     @abstractmethod
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.batching import serving_budget
 from ..core.errors import MoaiError
 from ..model_files.contract_tokenizer import ContractTokenizer
 from ..model_files.model_contract import read_contract
@@ -40,6 +41,8 @@ class OnnxEmbedder(TokenEmbedder):
         name: str | None = None,
         dims: int | None = None,
         admission: str = "require",
+        max_batch_tokens: int | None = None,
+        max_batch_size: int | None = None,
     ):
         import onnxruntime as ort
 
@@ -51,7 +54,8 @@ class OnnxEmbedder(TokenEmbedder):
             require_admitted(directory, serving_config(directory, provider), mode=admission,
                              spec=kind_named("onnx").format_spec(directory, provider=provider))
         contract = read_contract(directory)
-        super().__init__(contract, ContractTokenizer.from_dir(directory, contract), dims=dims)
+        super().__init__(contract, ContractTokenizer.from_dir(directory, contract), dims=dims,
+                         policy=serving_budget(PROVIDER_DEVICES.get(provider, "cpu"), max_batch_tokens, max_batch_size))
         if provider not in PROVIDERS:
             raise MoaiError(f"unknown provider {provider!r}: expected one of {', '.join(PROVIDERS)}")
         wanted = PROVIDERS[provider][0]
@@ -113,10 +117,12 @@ def serving_config(directory: Path, provider: str):
 
 def from_spec(location: str, *, name: str, provider: str | None = None, device: str | None = None,
               intra_op_threads: int | None = None, inter_op_threads: int | None = None, dims: int | None = None,
-              admission: str = "require") -> OnnxEmbedder:
+              admission: str = "require", max_batch_tokens: int | None = None,
+              max_batch_size: int | None = None) -> OnnxEmbedder:
     """`device=cuda` means the CUDA provider (what `verify --device cuda` passes every kind)."""
     provider = provider or ("cuda" if (device or "cpu").startswith("cuda") else "cpu")
     if provider not in PROVIDERS:
         raise MoaiError(f"unknown provider {provider!r}: expected one of {', '.join(PROVIDERS)}")
     return OnnxEmbedder(Path(location), provider=provider, intra_op_threads=intra_op_threads,
-                        inter_op_threads=inter_op_threads, name=name, dims=dims, admission=admission)
+                        inter_op_threads=inter_op_threads, name=name, dims=dims, admission=admission,
+                        max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.batching import serving_budget
 from ..core.contract import EmbeddingContract
 from ..core.errors import MoaiError
 from ..core.pooling import ContractPooler
@@ -72,8 +73,11 @@ class TorchEmbedder(TokenEmbedder):
         device: str = "cpu",
         dims: int | None = None,
         dtype: str = "fp32",
+        max_batch_tokens: int | None = None,
+        max_batch_size: int | None = None,
     ):
-        super().__init__(contract, tokenizer, dims=dims)
+        super().__init__(contract, tokenizer, dims=dims,
+                         policy=serving_budget(device, max_batch_tokens, max_batch_size))
         self.device = check_device(device)
         self.encoder = encoder.to(device).eval()
         self.dtype = self.precision = dtype
@@ -81,7 +85,8 @@ class TorchEmbedder(TokenEmbedder):
 
     @classmethod
     def from_dir(cls, directory: Path, *, dtype: str = "fp32", device: str = "cpu", name: str | None = None,
-                 dims: int | None = None, repair_tokenizer: bool = False, admission: str = "require"):
+                 dims: int | None = None, repair_tokenizer: bool = False, admission: str = "require",
+                 max_batch_tokens: int | None = None, max_batch_size: int | None = None):
         """A merged (or any sentence-transformers) model directory. `repair_tokenizer` only for
         a source directory (see ContractTokenizer); `admission`: see moai_export.artifacts.admission."""
         from ..artifacts.admission import require_admitted
@@ -104,6 +109,8 @@ class TorchEmbedder(TokenEmbedder):
             device=device,
             dims=dims,
             dtype=dtype,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
         )
         embedder.serving = serving
         embedder.artifact_dir = directory
@@ -128,7 +135,9 @@ def manifest_dtype(directory: Path) -> str:
 
 
 def from_spec(location: str, *, name: str, device: str = "cpu", dtype: str | None = None, dims: int | None = None,
-              admission: str = "require") -> TorchEmbedder:
+              admission: str = "require", max_batch_tokens: int | None = None,
+              max_batch_size: int | None = None) -> TorchEmbedder:
     directory = Path(location)
     return TorchEmbedder.from_dir(directory, dtype=dtype or manifest_dtype(directory), device=device, name=name,
-                                  dims=dims, admission=admission)
+                                  dims=dims, admission=admission, max_batch_tokens=max_batch_tokens,
+                                  max_batch_size=max_batch_size)

@@ -126,8 +126,9 @@ def compare(
     )
 
 
-def embed_probes(embedder: Embedder, probes: Sequence[Probe], *, batch_size: int = 8) -> np.ndarray:
-    """Embed probes in their given order, queries and documents each in mixed-length batches."""
+def embed_probes(embedder: Embedder, probes: Sequence[Probe], *, batch_size: int | None = None) -> np.ndarray:
+    """Embed probes in their given order, queries and documents each in mixed-length batches cut
+    by the embedder's own batching (what it serves with), unless `batch_size` is given."""
     out = np.empty((len(probes), embedder.dims), dtype=np.float32)
     for kind in ("query", "document"):
         index = [i for i, p in enumerate(probes) if p.kind == kind]
@@ -202,6 +203,7 @@ class GateReport:
     # what the vectors cannot show: a shipped file that consumers would read differently
     file_failures: list[str] = field(default_factory=list)
     vectors: np.ndarray | None = field(default=None, repr=False)  # the candidate's probe vectors (not reported)
+    batching: dict | None = None  # how the candidate cut its forward passes (None: a server's own batcher)
 
     @property
     def passed(self) -> bool:
@@ -222,6 +224,7 @@ class GateReport:
             "min_rank_agreement": self.min_rank_agreement,
             "truncated_probes": self.truncated_probes,
             "file_failures": self.file_failures,
+            "batching": self.batching,
         }
 
 
@@ -272,7 +275,8 @@ class ReferenceFigures:
         parity = compare(self.vectors, vectors, self.probes, thresholds,
                          candidate_name=candidate.name, reference_name=self.name)
         agreement = rank_agreement(self.retrieval, self._retrieval_vectors(candidate))
-        return GateReport(parity, agreement, min_rank_agreement, truncated, vectors=vectors)
+        return GateReport(parity, agreement, min_rank_agreement, truncated, vectors=vectors,
+                          batching=getattr(candidate, "batching", None))
 
 
 def judge_vectors(reference: np.ndarray, candidate: np.ndarray, gate, *, token_lengths: Sequence[int] | None = None,
