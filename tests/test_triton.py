@@ -143,6 +143,28 @@ def test_dynamic_batching_really_batches(server):
     assert inferences == 24 and executions < inferences
 
 
+def test_requests_batched_together_keep_their_own_vectors(server, reference):
+    """The encoder unpads what the dynamic batcher hands it, sorts it by length and cuts passes
+    under its token budget: concurrent requests mixing near-max documents and short texts each
+    get their own vector (fp32 gate, cosine >= 0.99999), whatever shares their execution."""
+    texts = [long_text(1024) if i % 3 == 0 else f"동시 요청 {i} " * (1 + i) for i in range(12)]
+    answers, errors = [None] * len(texts), []
+
+    def one_request(i):
+        try:
+            answers[i] = raw_infer(server, [texts[i].encode()])[0]
+        except Exception as exc:  # collected, asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_request, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert cosine_rows(np.stack(answers), reference.encode(texts, "document")).min() >= 0.99999
+
+
 @pytest.mark.parametrize(
     "texts, kinds, dtype, message",
     [

@@ -7,6 +7,7 @@ import json
 import sys
 import uuid
 
+from ...core.batching import SERVING_BUDGETS
 from ...core.contract import EmbeddingContract
 from ...embedders.onnx_runtime import ONNX_FILE, OUTPUT_NAME
 from ...model_files.triton_config import (
@@ -80,6 +81,8 @@ def encoder_config(options: TritonOptions, dims: int):
         config = pb.ModelConfig(name=name, backend="python")
         config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=options.instances)
         config.parameters["intra_op_threads"].string_value = str(options.intra_op_threads)
+        # the padded tokens of one onnxruntime pass (encoder_model.py sorts and cuts under it)
+        config.parameters["max_batch_tokens"].string_value = str(SERVING_BUDGETS["cpu"].max_batch_tokens)
     elif options.encoder == "engine":
         config = pb.ModelConfig(name=name, backend="python")
         kind = pb.ModelInstanceGroup.KIND_GPU if options.engine_device == "cuda" else pb.ModelInstanceGroup.KIND_CPU
