@@ -28,7 +28,7 @@ from ..artifacts.directories import PARITY_FILE, weights_digest, write_manifest
 from ..core.errors import MoaiError, VerificationFailed
 from ..core.text_tables import format_table
 from ..embedders.base import Embedder
-from ..gates.length_buckets import bucket_order
+from ..gates.length_buckets import bucket_columns
 from ..gates.parity import BUILT_IN_RETRIEVAL, ReferenceFigures
 from ..gates.probe_files import ProbeOptions
 from ..gates.verification import PROBES_FILE, GateRun, VerificationRecord, chain_of
@@ -206,8 +206,7 @@ def format_gate_table(gates) -> str:
 def format_length_table(named: list[tuple[str, dict]]) -> str:
     """Min cosine per length bucket (tokens, before truncation; probes in the bucket), one row per
     (name, ParityResult.by_length()): long documents are where quantization error grows."""
-    labels = sorted({label for _, buckets in named for label in buckets}, key=bucket_order)
-    counts = {label: next(b[label]["probes"] for _, b in named if label in b) for label in labels}
-    rows = [[name] + [buckets[label]["min_cosine"] if label in buckets else None for label in labels]
+    columns = bucket_columns([buckets for _, buckets in named])
+    rows = [[name] + [buckets[label]["min_cosine"] if label in buckets else None for label, _ in columns]
             for name, buckets in named]
-    return format_table(["min cos by length"] + [f"{label} ({counts[label]})" for label in labels], rows)
+    return format_table(["min cos by length"] + [header for _, header in columns], rows)

@@ -28,3 +28,13 @@ def length_bucket(tokens: int, max_tokens: int) -> str:
 def bucket_order(label: str) -> float:
     """A sort key that puts buckets shortest first and "over max" last."""
     return float("inf") if label == OVER_MAX else float(label.removeprefix("<="))
+
+
+def bucket_columns(tables) -> list[tuple[str, str]]:
+    """(bucket, column header "bucket (probes)") of every bucket in any of `tables` (each a
+    ParityResult.by_length() dict), shortest first: the columns of a per-bucket table."""
+    counts = {}
+    for table in tables:
+        for label, figures in table.items():
+            counts.setdefault(label, figures["probes"])
+    return [(label, f"{label} ({counts[label]})") for label in sorted(counts, key=bucket_order)]

@@ -9,8 +9,8 @@ import numpy as np
 
 from ..embedders.base import Embedder
 from .length_buckets import bucket_order, length_bucket
-from .probe_files import ProbeOptions
-from .probes import Probe
+from .probe_files import ProbeOptions, draw_sample
+from .probes import Probe, probe_set, retrieval_probe, sizing_tokenizer
 
 
 @dataclass(frozen=True)
@@ -259,9 +259,6 @@ class ReferenceFigures:
     when the sample has only one kind."""
 
     def __init__(self, reference: Embedder, probes: ProbeOptions | None = None):
-        from .probe_files import draw_sample
-        from .probes import probe_set, retrieval_probe, sizing_tokenizer
-
         self.name = reference.name
         tokenizer = sizing_tokenizer(reference)
         builtin = probe_set(tokenizer)
