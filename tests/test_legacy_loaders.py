@@ -15,7 +15,7 @@ import pytest
 
 from moai_export.embedders import load_embedder
 from moai_export.gates.parity import cosine_rows
-from moai_export.gates.probes import probe_set
+from moai_export.gates.probes import probe_set, sizing_tokenizer
 from moai_export.model_files.portable_config import TEI_QWEN3_KEYS, with_legacy_keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,13 +73,13 @@ def legacy_vectors(models: list[Path], texts: dict[str, dict[str, list[str]]]) -
 @needs_legacy_env
 def test_transformers_4_51_and_sentence_transformers_load_the_merged_build_like_the_reference(
         merged_dir, example_dir, tmp_path):
-    probes = probe_set(1024)
-    as_given = {kind: [p.text for p in probes if p.kind == kind] for kind in ("query", "document")}
-    # sentence-transformers before 5.4 strips every text before tokenizing (this toolkit and 5.4+
-    # do not): a text with surrounding whitespace is another text there, as the README says.
-    stripped = {kind: [text.strip() for text in texts] for kind, texts in as_given.items()}
-    texts = {"transformers": as_given, "sentence_transformers": stripped}
     with load_embedder(f"peft:{example_dir / 'base'}+{example_dir / 'adapter'}") as reference:
+        probes = probe_set(sizing_tokenizer(reference))
+        as_given = {kind: [p.text for p in probes if p.kind == kind] for kind in ("query", "document")}
+        # sentence-transformers before 5.4 strips every text before tokenizing (this toolkit and 5.4+
+        # do not): a text with surrounding whitespace is another text there, as the README says.
+        stripped = {kind: [text.strip() for text in texts] for kind, texts in as_given.items()}
+        texts = {"transformers": as_given, "sentence_transformers": stripped}
         expected = {loader: {kind: reference.encode(kind_texts, kind) for kind, kind_texts in by_kind.items()}
                     for loader, by_kind in texts.items()}
     # The control: the same build with only what transformers 5 writes (no top-level rope_theta)

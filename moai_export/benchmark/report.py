@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..evaluation.retrieval_metrics import METRICS, PRIMARY
+from ..gates.length_buckets import bucket_columns
 from . import plots
 from .result_json import write_json
 
@@ -161,11 +162,23 @@ def parity_markdown(data: dict) -> str:
                     _verdict(d.get("judged"))]
         table.append(row)
     lines += _table(head, table)
+    lines += _length_buckets([r for r in res.get("targets", []) if r.get("by_length")])
     lines += _worst_texts([(r["candidate"], (r.get("dataset") or {}).get("judged")) for r in res.get("targets", [])])
     fails = [f"- {r['candidate']}: {f}" for r in res.get("targets", []) for f in r.get("failures", [])]
     if fails:
         lines += ["", "## Failing probes", ""] + fails
     return "\n".join(lines) + "\n"
+
+
+def _length_buckets(rows: Sequence[dict]) -> list[str]:
+    """Min cosine per length bucket of the probes (tokens before truncation), one row per target."""
+    if not rows:
+        return []
+    columns = bucket_columns([r["by_length"] for r in rows])
+    table = [[r["candidate"]] + [_f((r["by_length"].get(label) or {}).get("min_cosine"), 6) for label, _ in columns]
+             for r in rows]
+    return ["", "Min cosine per length bucket (tokens with prompt and end token, before truncation; probes):", ""] + \
+        _table(["target"] + [header for _, header in columns], table)
 
 
 def corpus_markdown(data: dict) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from ..core.errors import MoaiError
 from ..evaluation.beir import BeirDataset
 from ..evaluation.finance_triplets import TRIPLETS
-from ..gates.probes import probe_set
+from ..gates.probes import short_probes
 from ..model_files.contract_tokenizer import ContractTokenizer
 
 
@@ -78,7 +78,7 @@ class LengthSpec:
 
 def _source_text() -> str:
     """Built-in Korean finance sentences (the example's triplets and the probe documents)."""
-    probes = [p.text for p in probe_set(512) if p.kind == "document" and len(p.text) < 500]
+    probes = [p.text for p in short_probes() if p.kind == "document"]
     texts = [t for triple in TRIPLETS for t in triple] + probes
     return " ".join(texts)
 
@@ -90,24 +90,15 @@ def generate_texts(lengths: LengthSpec, count: int, tokenizer: ContractTokenizer
     measured with `tokenizer`); BPE merges at the cut can shift a text by a token or two."""
     rng = random.Random(seed)
     sentences = _source_text().split(" ")
-    raw = tokenizer.tokenizer
-    overhead = len(tokenizer.tokenize([""], kind).input_ids[0])  # prompt + special tokens
     targets = lengths.sample(count, rng)
     need = max(targets) + 64
     ids: list[int] = []
     while len(ids) < need * 4:  # a long stream to cut windows from
         rng.shuffle(sentences)
-        ids += raw.encode(" ".join(sentences), add_special_tokens=False).ids
+        ids += tokenizer.tokenizer.encode(" ".join(sentences), add_special_tokens=False).ids
     texts, measured = [], []
     for target in targets:
-        content = max(target - overhead, 1)
-        start = rng.randrange(0, len(ids) - need)
-        for _ in range(4):  # re-cut until the count lands (decode/encode is not an exact inverse)
-            text = raw.decode(ids[start:start + content]).replace("\ufffd", "").strip() or "카드"
-            got = int(tokenizer.tokenize([text], kind).attention_mask.sum())
-            if got == target or content <= 1:
-                break
-            content = max(content + target - got, 1)
+        text, got = tokenizer.text_of_length(ids[rng.randrange(0, len(ids) - need):], target, kind)
         texts.append(text)
         measured.append(got)
     return texts, measured

@@ -5,8 +5,10 @@ option's default is the library's own (declared once, in the options dataclass t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
+from pathlib import Path
 
 import click
 
@@ -55,6 +57,34 @@ def gate_options(function):
     function = click.option("--min-cosine", type=float, default=None,
                             help="Gate override: minimum cosine to the reference per probe.")(function)
     return function
+
+
+PROBES_HELP = (
+    "Gate on a sample of your own texts too: a BEIR directory (corpus.jsonl as documents, queries.jsonl as "
+    "queries) or a JSON-lines file of {\"text\": ..., \"kind\": \"query\"|\"document\"}. --probe-sample texts are "
+    "drawn with --probe-seed, stratified by kind and length so long documents are kept, and gated IN ADDITION to "
+    "the built-in probes; top-10 agreement is then measured on the sample's queries against its documents (n/a "
+    "for a sample of one kind). Reports give min cosine per length bucket (<=32, <=128, <=256, <=512, "
+    "<=max_tokens, over max tokens), and the record names the probe set.")
+
+
+def probe_options(function):
+    """--probes / --probe-sample / --probe-seed, handed to the command as one `probes` argument
+    (gates.probe_files.ProbeOptions): every gating command takes the user's probes the same way."""
+
+    @functools.wraps(function)
+    def command(*args, probes, probe_sample, probe_seed, **kwargs):
+        from ..gates.probe_files import ProbeOptions
+
+        return function(*args, probes=ProbeOptions(probes, probe_sample, probe_seed), **kwargs)
+
+    probe_option = functools.partial(library_option, ".gates.probe_files:ProbeOptions")
+    command = probe_option("--probe-seed", field="seed", type=int,
+                           help="Seed of the --probes sample (the same seed draws the same texts).")(command)
+    command = probe_option("--probe-sample", field="sample", type=click.IntRange(min=1),
+                           help="How many texts of --probes to gate on.")(command)
+    return click.option("--probes", type=click.Path(exists=True, path_type=Path), default=None,
+                        metavar="PATH", help=PROBES_HELP)(command)
 
 
 # Every command that derives an artifact from another takes it, with one meaning.

@@ -21,6 +21,7 @@ from .base import (
     gate_options,
     library_option,
     overrides_from,
+    probe_options,
 )
 
 DTYPE_CHOICE = click.Choice(["fp32", "bf16", "fp16"])
@@ -82,12 +83,13 @@ def example(out: Path, size: str, seed: int, steps: int, force: bool) -> None:
 @click.option("--max-tokens", type=click.IntRange(min=2), default=None,
               help="Override the maximum sequence length (default: from the model's sentence-transformers files).")
 @gate_options
+@probe_options
 @click.option("--allow-base-mismatch", is_flag=True, help="Merge even if the adapter records a different base hub id.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
               help="Also write the JSON report here (written even when verification fails).")
-def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, min_rank_agreement, allow_base_mismatch, force,
-          report_path):
+def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, min_rank_agreement, probes, allow_base_mismatch,
+          force, report_path):
     """Merge ADAPTER into BASE and write a standalone sentence-transformers model to OUT.
 
     The output is published only after it passes verification against the float32 PEFT
@@ -98,7 +100,7 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, min_rank_a
     from ..export.merge import merge as run_merge
 
     options = MergeOptions(dtype=dtype, max_tokens=max_tokens, force=force,
-                           overrides=overrides_from(min_cosine, max_abs, min_rank_agreement),
+                           overrides=overrides_from(min_cosine, max_abs, min_rank_agreement), probes=probes,
                            allow_base_mismatch=allow_base_mismatch, report_path=report_path, log=_log)
     run_merge(base, adapter, out, options)
     click.echo(f"merged model written to {out} (verified; report: {out / 'moai_parity.json'})")
@@ -117,9 +119,10 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, min_rank_a
                    "recorded in SOURCE's chain (the PEFT reference its merge was gated against).")
 @onnx_option("--opset", type=click.IntRange(min=14), help="ONNX opset.")
 @gate_options
+@probe_options
 @allow_unverified_option
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_abs, min_rank_agreement,
+def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_abs, min_rank_agreement, probes,
          allow_unverified, force):
     """Export the merged model SOURCE to ONNX with pooling and normalization in the graph.
 
@@ -130,8 +133,8 @@ def onnx(source, out, precision, int8_method, reference, opset, min_cosine, max_
     from ..export.onnx import OnnxOptions, export_onnx
 
     options = OnnxOptions(precision=precision, int8_method=int8_method, opset=opset,
-                          overrides=overrides_from(min_cosine, max_abs, min_rank_agreement), force=force, log=_log,
-                          allow_unverified=allow_unverified)
+                          overrides=overrides_from(min_cosine, max_abs, min_rank_agreement), probes=probes,
+                          force=force, log=_log, allow_unverified=allow_unverified)
     export_onnx(source, out, reference=_reference(reference), reference_label=reference, options=options)
     click.echo(f"onnx {precision} written to {out} (verified; report: {out / 'moai_parity.json'})")
 
@@ -163,9 +166,10 @@ GPU machine before serving bfloat16 there).
               help="Compare Matryoshka-truncated vectors (first DIMS components, renormalized, 32..dims) on both "
                    "sides, as `dimensions` serves them. Admits nothing.")
 @gate_options
+@probe_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=Path("moai-verify.json"),
               show_default=True, help="Where to write the JSON report.")
-def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, min_rank_agreement, json_path):
+def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, min_rank_agreement, probes, json_path):
     from ..artifacts.directories import check_output_location, write_json
     from ..export.exporter import format_gate_table
     from .verify import verify as run_verify
@@ -173,7 +177,7 @@ def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, mi
     check_output_location(json_path, directory=False)  # now, not after minutes of verification
     report, gates = run_verify(list(artifacts), reference, overrides=overrides_from(min_cosine, max_abs,
                                                                                     min_rank_agreement),
-                               device=device, admit=not no_admit, log=_log, dims=dims)
+                               device=device, admit=not no_admit, log=_log, dims=dims, probes=probes)
     click.echo(format_gate_table(gates))
     for gate in gates:
         for reason in gate.reasons():
@@ -228,12 +232,13 @@ def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, mi
               help="Skip verification: the repository is written but not admitted, and the launcher refuses it "
                    "until `moai-export verify triton:REPO` (or --allow-unverified).")
 @gate_options
+@probe_options
 @allow_unverified_option
 @click.option("--force", is_flag=True, help="Replace these models' version folder if it exists.")
 def triton(artifact, repo, name, encoder, engine_device, engine_dtype, engine_max_batch_tokens, engine_compile,
            engine_env, max_batch_size, max_queue_delay_us, preferred_batch_sizes, instances,
            intra_op_threads, tensorrt, tensorrt_precision, model_version, reference, verify_with, no_verify,
-           min_cosine, max_abs, min_rank_agreement, allow_unverified, force):
+           min_cosine, max_abs, min_rank_agreement, probes, allow_unverified, force):
     """Write a Triton model repository for the ONNX ARTIFACT (a merged model with --encoder
     engine): a tokenizer model (query prompt,
     truncation, end token, padding server-side), an encoder model and an ensemble taking raw
@@ -257,7 +262,7 @@ def triton(artifact, repo, name, encoder, engine_device, engine_dtype, engine_ma
                             instances=instances, intra_op_threads=intra_op_threads, tensorrt=tensorrt,
                             tensorrt_precision=tensorrt_precision, version=model_version, force=force,
                             verify="none" if no_verify else (verify_with or "local"),
-                            overrides=overrides_from(min_cosine, max_abs, min_rank_agreement),
+                            overrides=overrides_from(min_cosine, max_abs, min_rank_agreement), probes=probes,
                             engine_device=engine_device, engine_dtype=engine_dtype,
                             engine_max_batch_tokens=engine_max_batch_tokens, engine_compile=engine_compile,
                             engine_env=engine_env, allow_unverified=allow_unverified)
@@ -274,10 +279,11 @@ def triton(artifact, repo, name, encoder, engine_device, engine_dtype, engine_ma
               help="Reference for the gate, e.g. BASE+ADAPTER. Default: the root reference recorded in SOURCE's "
                    "chain (the PEFT reference its merge was gated against).")
 @gate_options
+@probe_options
 @allow_unverified_option
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, min_rank_agreement, allow_unverified,
-         force):
+def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, min_rank_agreement, probes,
+         allow_unverified, force):
     """Write a directory that vLLM serves as an embedding model, with the pooler pinned.
 
     SOURCE is a merged (or any sentence-transformers) model directory. OUT gets the weights,
@@ -295,7 +301,7 @@ def vllm(source, out, dtype, served_model_name, reference, min_cosine, max_abs, 
     from ..export.vllm import VllmOptions, export_vllm
 
     options = VllmOptions(dtype=dtype, served_model_name=served_model_name, force=force, log=_log,
-                          overrides=overrides_from(min_cosine, max_abs, min_rank_agreement),
+                          overrides=overrides_from(min_cosine, max_abs, min_rank_agreement), probes=probes,
                           allow_unverified=allow_unverified)
     export_vllm(source, out, reference=_reference(reference), reference_label=reference, options=options)
     click.echo(f"vLLM directory written to {out} (verified; serve: serve/vllm/run.sh {out})")

@@ -6,19 +6,27 @@ loads it on the GPU, a vLLM directory is served by a real vLLM server, a Triton 
 real tritonserver), gated with the table's gate for its kind and precision (overrides apply to
 every artifact the same way), and, for a local artifact that passes, the configuration is added
 to its manifest's `admitted_for`: that is how a GPU configuration is admitted on the GPU machine.
+
+The probe set: the built-in one, plus `--probes` when given; without it, the sample of the user's
+texts an artifact's verification record names is drawn again (same file, size and seed) while
+that file is still there, and the log says which probe set was used either way.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..artifacts.admission import changed_files, read_manifest, record_admission
 from ..artifacts.kinds import load_embedder, parse_spec
 from ..gates.parity import ReferenceFigures
+from ..gates.probe_files import ProbeOptions, read_probe_file
 from ..gates.table import GateOverrides
-from ..gates.verification import GateRun, VerificationRecord
+from ..gates.verification import GateRun, VerificationRecord, recorded_probe_samples
 
 
 def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | None = None,
-           device: str | None = None, admit: bool = True, log=print, dims: int | None = None) -> tuple[dict, list]:
+           device: str | None = None, admit: bool = True, log=print, dims: int | None = None,
+           probes: ProbeOptions | None = None) -> tuple[dict, list]:
     """(JSON-ready report, GateReports) of every artifact against the reference. `dims`: compare
     Matryoshka-truncated vectors (the first `dims` components, renormalized, on both sides); such a
     run admits nothing (admission is for the full vectors an artifact serves)."""
@@ -26,9 +34,11 @@ def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | N
     sized = {"dims": dims} if dims is not None else {}
     admit = admit and dims is None
     kinds = [_check_exists(spec) for spec in artifacts]  # a bad spec fails before the reference loads
+    if probes is None or probes.path is None:
+        probes = _recorded_probes([parse_spec(spec)[1] for spec, kind in zip(artifacts, kinds) if kind.admits], log)
     log(f"reference: {reference}")
     with load_embedder(reference, name="reference", **sized) as ref:
-        figures = ReferenceFigures(ref)
+        figures = ReferenceFigures(ref, probes)
     runs, results = [], []
     for spec, kind in zip(artifacts, kinds):
         log(f"checking {spec}")
@@ -44,9 +54,27 @@ def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | N
         if run.passed and admit and run.config is not None and directory is not None:
             result["admitted"] = _admit(directory, run, reference, log)
         results.append(result)
-    record = VerificationRecord("verify", reference, runs, figures.probes, token_lengths=figures.token_lengths,
+    record = VerificationRecord("verify", reference, runs, figures,
                                 fields={"dims": dims})
     return {**record.to_dict(), "results": results}, [run.report for run in runs]
+
+
+def _recorded_probes(directories: list[str], log) -> ProbeOptions | None:
+    """The probe sample the artifacts' records name, drawn again when its file is still there (the
+    first one recorded, if they differ); None: the built-in probe set alone."""
+    for directory, sample in recorded_probe_samples([Path(d) for d in directories]):
+        path = Path(sample["path"])
+        if not path.exists():
+            log(f"probes: {directory} was admitted with a sample of {path}, which is gone: gating on the "
+                "built-in probe set alone")
+            continue
+        options = ProbeOptions(path, sample["sample"], sample["seed"])
+        changed = read_probe_file(path).files != sample.get("files")
+        log(f"probes: the built-in set and the sample of {path} recorded in {directory} ({options.sample} texts, seed "
+            f"{options.seed})" + ("; NOTE: the file changed since, so the sample may differ" if changed else ""))
+        return options
+    log("probes: the built-in probe set")
+    return None
 
 
 def _admit(directory, run: GateRun, reference: str, log) -> bool:

@@ -80,7 +80,8 @@ def find_beir_dir(path: Path) -> Path:
                     "queries.jsonl and qrels.tsv here or under beir/)")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a corpus.jsonl or queries.jsonl, each with \"_id\" and a string \"text\"."""
     rows = []
     for number, line in utf8_lines(path):
         if not line.strip():
@@ -120,8 +121,8 @@ def load_beir(path: Path) -> BeirDataset:
     qrels_path = next((root / q for q in QRELS_CANDIDATES if (root / q).is_file()), None)
     if qrels_path is None:
         raise MoaiError(f"{root}: no qrels.tsv (or qrels/test.tsv)")
-    corpus = _read_jsonl(root / "corpus.jsonl")
-    queries = _read_jsonl(root / "queries.jsonl")
+    corpus = read_rows(root / "corpus.jsonl")
+    queries = read_rows(root / "queries.jsonl")
     ids = [str(r["_id"]) for r in corpus]
     if len(set(ids)) != len(ids):
         raise MoaiError(f"{root / 'corpus.jsonl'}: duplicate _id values")

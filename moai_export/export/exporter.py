@@ -28,7 +28,9 @@ from ..artifacts.directories import PARITY_FILE, weights_digest, write_manifest
 from ..core.errors import MoaiError, VerificationFailed
 from ..core.text_tables import format_table
 from ..embedders.base import Embedder
-from ..gates.parity import ReferenceFigures
+from ..gates.length_buckets import bucket_columns
+from ..gates.parity import BUILT_IN_RETRIEVAL, ReferenceFigures
+from ..gates.probe_files import ProbeOptions
 from ..gates.verification import PROBES_FILE, GateRun, VerificationRecord, chain_of
 
 
@@ -116,18 +118,21 @@ def chain_reference(provenance: Provenance, reference: Embedder | None, label: s
 
 
 def derived_reference_figures(provenance: Provenance, reference: Embedder | None, label: str | None, *,
-                              fallback: str, log, timings: dict) -> tuple[ReferenceFigures, str]:
+                              fallback: str, log, timings: dict,
+                              probes: ProbeOptions | None = None) -> tuple[ReferenceFigures, str]:
     """The probe figures a derived artifact is gated against (see chain_reference), and its label."""
     reference, label, owned = chain_reference(provenance, reference, label, fallback=fallback, log=log)
-    return reference_figures(reference, label, owned, log=log, timings=timings), label
+    return reference_figures(reference, label, owned, log=log, timings=timings, probes=probes), label
 
 
-def reference_figures(reference: Embedder, label: str, owned: bool, *, log, timings: dict) -> ReferenceFigures:
+def reference_figures(reference: Embedder, label: str, owned: bool, *, log, timings: dict,
+                      probes: ProbeOptions | None = None) -> ReferenceFigures:
     """The reference's probe figures, embedded once; an owned reference is freed right after (the
-    exporter needs the memory next)."""
-    log(f"reference: {label}; embedding the probe set")
+    exporter needs the memory next). `probes`: a sample of the user's texts besides the built-in set."""
+    log(f"reference: {label}; embedding the probe set" + (f" and a sample of {probes.path}" if probes and probes.path
+                                                          else ""))
     started = time.perf_counter()
-    figures = ReferenceFigures(reference)
+    figures = ReferenceFigures(reference, probes)
     if owned:
         reference.close()
     timings["reference_s"] = time.perf_counter() - started
@@ -168,7 +173,7 @@ def admit(directory: Path, runs: list[GateRun], *, stage: str, what: str, source
     artifact this one derives from, named in the record's chain. `unverified` (why: its input
     was): the output is written but admitted for nothing, and loaders refuse it unless told."""
     source_info = {"path": str(source), "weights": weights_digest(source)} if source else None
-    record = VerificationRecord(stage, reference_label, runs, figures.probes, token_lengths=figures.token_lengths,
+    record = VerificationRecord(stage, reference_label, runs, figures,
                                 chain=chain_of(parent or source, reference_label),
                                 fields={**fields, "source": source_info, "unverified": unverified,
                                         "timings": {k: round(v, 3) for k, v in timings.items()}})
@@ -189,6 +194,19 @@ def admit(directory: Path, runs: list[GateRun], *, stage: str, what: str, source
 
 
 def format_gate_table(gates) -> str:
-    rows = [[g.parity.candidate, g.parity.min_cosine, g.parity.mean_cosine, g.parity.max_abs, g.rank_agreement,
-             g.truncated_probes, g.passed] for g in gates]
-    return format_table(["variant", "min cos", "mean cos", "max abs", "top10 agree", "truncated", "result"], rows)
+    """One row per gated candidate, then its min cosine per length bucket."""
+    rows = [[g.parity.candidate, g.parity.min_cosine, g.parity.mean_cosine, g.parity.max_abs,
+             "n/a" if g.rank_agreement is None else g.rank_agreement, g.truncated_probes, g.passed] for g in gates]
+    lines = [format_table(["variant", "min cos", "mean cos", "max abs", "top10 agree", "truncated", "result"], rows),
+             format_length_table([(g.parity.candidate, g.parity.by_length()) for g in gates])]
+    lines += sorted({f"top-10 agreement: {g.retrieval}" for g in gates if g.retrieval != BUILT_IN_RETRIEVAL})
+    return "\n".join(lines)
+
+
+def format_length_table(named: list[tuple[str, dict]]) -> str:
+    """Min cosine per length bucket (tokens, before truncation; probes in the bucket), one row per
+    (name, ParityResult.by_length()): long documents are where quantization error grows."""
+    columns = bucket_columns([buckets for _, buckets in named])
+    rows = [[name] + [buckets[label]["min_cosine"] if label in buckets else None for label, _ in columns]
+            for name, buckets in named]
+    return format_table(["min cos by length"] + [header for _, header in columns], rows)

@@ -38,6 +38,7 @@ from ..embedders.peft_reference import PeftEmbedder, reference_contract
 from ..embedders.sentence_transformers import SentenceTransformerEmbedder
 from ..embedders.torch_model import DTYPES, TorchEmbedder
 from ..gates.parity import ReferenceFigures, adapter_effect, embed_probes
+from ..gates.probe_files import ProbeOptions
 from ..gates.table import GateOverrides
 from ..gates.verification import PROBES_FILE, Check, GateRun, VerificationRecord, chain_of
 from ..model_files.contract_tokenizer import shipped_tokenizer_failures, write_tokenizer_files
@@ -46,6 +47,7 @@ from ..model_files.portable_config import write_portable_config
 from ..model_files.safetensors_files import check_model_weights
 from ..model_files.sentence_transformers_format import write_sentence_transformers_files
 from ..model_files.sources import looks_like_hub_id, resolve_model_dir
+from .exporter import format_length_table
 
 MERGE_REFERENCE = "peft reference (base + adapter, float32)"
 
@@ -55,6 +57,7 @@ class MergeOptions:
     dtype: str = "fp32"
     max_tokens: int | None = None
     overrides: GateOverrides = field(default_factory=GateOverrides)
+    probes: ProbeOptions = field(default_factory=ProbeOptions)  # --probes: a sample of the user's texts too
     force: bool = False
     allow_base_mismatch: bool = False
     check_sentence_transformers: bool = True
@@ -93,7 +96,7 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
     options.timings["load_s"] = time.perf_counter() - started
     t = time.perf_counter()
     log("embedding the probe set with the reference and the base")
-    figures = ReferenceFigures(reference)
+    figures = ReferenceFigures(reference, options.probes)
     with reference.adapter_disabled():
         base_vectors = embed_probes(reference, figures.probes)
     options.timings["reference_probes_s"] = time.perf_counter() - t
@@ -134,7 +137,7 @@ def merge(base: str, adapter: str, out: Path, options: MergeOptions | None = Non
         options.timings["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
         record = VerificationRecord(
-            "merge", MERGE_REFERENCE, runs, figures.probes, token_lengths=figures.token_lengths,
+            "merge", MERGE_REFERENCE, runs, figures,
             chain=chain_of(None, f"peft:{base_dir.resolve()}+{adapter_dir.resolve()}"),  # loadable by later exports
             checks=merge_checks(unchanged, len(before), effect, file_failures),
             fields=report_fields(contract=contract, dtype=options.dtype, truncated=figures.truncated,
@@ -241,7 +244,8 @@ def report_fields(*, contract, dtype, truncated, base, adapter, output_dir, timi
 
 
 def format_report(report: dict) -> str:
-    rows = [[g["candidate"], g["min_cosine"], g["mean_cosine"], g["max_abs"], g["rank_agreement_top10"], g["passed"]]
+    rows = [[g["candidate"], g["min_cosine"], g["mean_cosine"], g["max_abs"],
+             "n/a" if g["rank_agreement_top10"] is None else g["rank_agreement_top10"], g["passed"]]
             for g in report["gates"]]
     checks = report["checks"]
     effect = checks["adapter_effect"]
@@ -255,6 +259,8 @@ def format_report(report: dict) -> str:
         f"gate: cosine >= {gate['min_cosine']}" + (f", max abs <= {gate['max_abs']:.0e}" if gate["max_abs"] else "")
         + f", top-10 agreement >= {gate['min_rank_agreement']}; the base model must fall below the cosine gate",
         format_table(["variant", "min cos", "mean cos", "max abs", "top10 agree", "result"], rows),
+        format_length_table([(g["candidate"], g["by_length"]) for g in report["gates"]]),
+        f"top-10 agreement: {report['gates'][0]['rank_agreement_on']}",
         f"adapted weights changed by the merge: "
         f"{merge_check['adapted_weights'] - len(merge_check['unchanged'])}/{merge_check['adapted_weights']}",
     ]

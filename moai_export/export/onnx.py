@@ -33,6 +33,7 @@ from ..core.errors import MoaiError
 from ..embedders.base import Embedder
 from ..embedders.onnx_runtime import INPUT_NAMES, ONNX_DATA, ONNX_FILE, OUTPUT_NAME, OnnxEmbedder
 from ..embedders.torch_model import ContractEncoder, load_backbone
+from ..gates.probe_files import ProbeOptions
 from ..gates.table import GateOverrides
 from ..gates.verification import GateRun
 from ..model_files.contract_tokenizer import ContractTokenizer, write_tokenizer_files
@@ -53,6 +54,7 @@ class OnnxOptions:
     int8_method: str = "dynamic"
     opset: int = DEFAULT_OPSET
     overrides: GateOverrides = field(default_factory=GateOverrides)
+    probes: ProbeOptions = field(default_factory=ProbeOptions)  # --probes: a sample of the user's texts too
     force: bool = False
     allow_unverified: bool = False  # derive from an input no gate admitted; the output is marked unverified
     log: callable = print
@@ -77,7 +79,7 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
 
     provenance = check_input(source, allow_unverified=options.allow_unverified)
     figures, reference_label = derived_reference_figures(provenance, reference, reference_label, fallback=f"torch:{source}",
-                                                         log=log, timings=options.timings)
+                                                         log=log, timings=options.timings, probes=options.probes)
 
     with atomic_output_dir(out, force=options.force) as tmp:
         t = time.perf_counter()

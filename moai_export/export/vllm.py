@@ -21,6 +21,7 @@ from ..artifacts.directories import atomic_output_dir, check_target, size_of, wr
 from ..core.contract import EmbeddingContract
 from ..core.errors import MoaiError
 from ..embedders.base import Embedder
+from ..gates.probe_files import ProbeOptions
 from ..gates.table import GateOverrides
 from ..gates.verification import GateRun
 from ..launchers.vllm_server import SERVE_FILE
@@ -61,6 +62,7 @@ class VllmOptions:
     dtype: str = "fp32"
     served_model_name: str = "moai-embedding"
     overrides: GateOverrides = field(default_factory=GateOverrides)
+    probes: ProbeOptions = field(default_factory=ProbeOptions)  # --probes: a sample of the user's texts too
     force: bool = False
     allow_unverified: bool = False  # derive from an input no gate admitted; the output is marked unverified
     log: callable = print
@@ -107,7 +109,7 @@ def export_vllm(source: Path, out: Path, *, reference: Embedder | None = None, r
 
     log = options.log
     figures, reference_label = derived_reference_figures(provenance, reference, reference_label, fallback=f"torch:{source}",
-                                                         log=log, timings=options.timings)
+                                                         log=log, timings=options.timings, probes=options.probes)
 
     with atomic_output_dir(out, force=options.force) as tmp:
         t = time.perf_counter()

@@ -8,7 +8,9 @@ from typing import Sequence
 import numpy as np
 
 from ..embedders.base import Embedder
-from .probes import Probe
+from .length_buckets import bucket_order, length_bucket
+from .probe_files import ProbeOptions, draw_sample
+from .probes import Probe, probe_set, retrieval_probe, sizing_tokenizer
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class ProbeFigure:
     kind: str
     cosine: float
     max_abs: float
+    bucket: str | None = None  # its length bucket (gates.length_buckets); None: not measured
 
 
 @dataclass
@@ -48,6 +51,16 @@ class ParityResult:
     @property
     def max_abs(self) -> float:
         return max(p.max_abs for p in self.probes)
+
+    def by_length(self) -> dict[str, dict]:
+        """{length bucket: probes, min cosine, max abs}, shortest bucket first."""
+        buckets: dict[str, list[ProbeFigure]] = {}
+        for p in self.probes:
+            if p.bucket is not None:
+                buckets.setdefault(p.bucket, []).append(p)
+        return {label: {"probes": len(figures), "min_cosine": min(f.cosine for f in figures),
+                        "max_abs": max(f.max_abs for f in figures)}
+                for label, figures in sorted(buckets.items(), key=lambda item: bucket_order(item[0]))}
 
     def failing(self) -> list[ProbeFigure]:
         t = self.thresholds
@@ -83,6 +96,7 @@ class ParityResult:
             "min_cosine": self.min_cosine,
             "mean_cosine": self.mean_cosine,
             "max_abs": self.max_abs,
+            "by_length": self.by_length(),
             "passed": self.passed,
             "failures": self.reasons(),
         }
@@ -107,6 +121,7 @@ def compare(
     *,
     candidate_name: str,
     reference_name: str,
+    buckets: Sequence[str] | None = None,
 ) -> ParityResult:
     if reference.shape != candidate.shape:
         raise ValueError(f"shape mismatch: reference {reference.shape}, candidate {candidate.shape}")
@@ -114,8 +129,8 @@ def compare(
     abs_diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).max(axis=1)
     finite = np.isfinite(candidate).all(axis=1)
     figures = [
-        ProbeFigure(p.id, p.kind, float(np.nan_to_num(c, nan=-1.0)), float(np.nan_to_num(d, nan=np.inf)))
-        for p, c, d in zip(probes, cosines, abs_diff)
+        ProbeFigure(p.id, p.kind, float(np.nan_to_num(c, nan=-1.0)), float(np.nan_to_num(d, nan=np.inf)), bucket)
+        for p, c, d, bucket in zip(probes, cosines, abs_diff, buckets or [None] * len(probes))
     ]
     return ParityResult(
         candidate=candidate_name,
@@ -192,26 +207,34 @@ def rank_agreement(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np
     return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ref, cand)]))
 
 
+BUILT_IN_RETRIEVAL = "the built-in retrieval probe"
+
+
 @dataclass
 class GateReport:
     """Everything a parity gate decided about one candidate."""
 
     parity: ParityResult
-    rank_agreement: float
+    rank_agreement: float | None  # None: not applicable (a probe sample without queries or documents)
     min_rank_agreement: float
     truncated_probes: int | None  # None: the variant cannot tell (a server)
     # what the vectors cannot show: a shipped file that consumers would read differently
     file_failures: list[str] = field(default_factory=list)
     vectors: np.ndarray | None = field(default=None, repr=False)  # the candidate's probe vectors (not reported)
     batching: dict | None = None  # how the candidate cut its forward passes (None: a server's own batcher)
+    retrieval: str = BUILT_IN_RETRIEVAL  # what top-10 agreement was measured on, or why not
+
+    @property
+    def rank_agreement_failed(self) -> bool:
+        return self.rank_agreement is not None and not self.rank_agreement >= self.min_rank_agreement
 
     @property
     def passed(self) -> bool:
-        return self.parity.passed and self.rank_agreement >= self.min_rank_agreement and not self.file_failures
+        return self.parity.passed and not self.rank_agreement_failed and not self.file_failures
 
     def reasons(self) -> list[str]:
         out = list(self.file_failures) + self.parity.reasons()
-        if self.rank_agreement < self.min_rank_agreement:
+        if self.rank_agreement_failed:
             out.append(f"top-10 rank agreement {self.rank_agreement:.3f} < {self.min_rank_agreement}")
         return out
 
@@ -222,47 +245,63 @@ class GateReport:
             "failures": self.reasons(),
             "rank_agreement_top10": self.rank_agreement,
             "min_rank_agreement": self.min_rank_agreement,
+            "rank_agreement_on": self.retrieval,
             "truncated_probes": self.truncated_probes,
             "file_failures": self.file_failures,
             "batching": self.batching,
         }
 
 
-def _token_lengths(embedder: Embedder, probes: Sequence[Probe]) -> list[int] | None:
-    """Each probe's length in tokens as the reference's contract tokenizer cuts it (prompt and end
-    token included); None for a reference that tokenizes elsewhere (a server)."""
-    tokenizer = getattr(embedder, "tokenizer", None)
-    if not hasattr(tokenizer, "encode"):
-        return None
-    lengths = [0] * len(probes)
-    for kind in ("query", "document"):
-        index = [i for i, p in enumerate(probes) if p.kind == kind]
-        if index:
-            for i, n in zip(index, tokenizer.encode([probes[i].text for i in index], kind).lengths):
-                lengths[i] = int(n)
-    return lengths
-
-
 class ReferenceFigures:
-    """The reference's vectors for the probe set and the retrieval probe, computed once and
-    compared with any number of candidates."""
+    """The reference's vectors for the probe set (the built-in set, plus a sample of the user's
+    texts with `ProbeOptions.path`) and the top-10 agreement's queries and corpus, computed once
+    and compared with any number of candidates.
 
-    def __init__(self, reference: Embedder):
-        from .probes import probe_set, retrieval_probe
+    Top-10 agreement: on the built-in retrieval probe; with a probe sample, on the sample's own
+    queries against the sample's documents as the corpus, and not applicable (None, reported so)
+    when the sample has only one kind."""
 
+    def __init__(self, reference: Embedder, probes: ProbeOptions | None = None):
         self.name = reference.name
-        self.probes = probe_set(reference.contract.max_tokens)
-        self.queries, self.documents = retrieval_probe()
+        tokenizer = sizing_tokenizer(reference)
+        builtin = probe_set(tokenizer)
+        self.sample = draw_sample(probes, tokenizer) if probes is not None and probes.path else None
+        self.probes = builtin + (self.sample.probes if self.sample else [])
+        max_tokens = reference.contract.max_tokens
+        # each probe's length in the contract's tokens (prompt and end token included) before
+        # truncation, its bucket, and its length as the model gets it (cut to max_tokens)
+        lengths = [tokenizer.count_tokens(p.text, p.kind) for p in self.probes]
+        self.buckets = [length_bucket(n, max_tokens) for n in lengths]
+        self.token_lengths = [min(n, max_tokens) for n in lengths]
         before = reference.num_truncated
         self.vectors = embed_probes(reference, self.probes)
         # probes cut to max tokens: the same texts and contract for every candidate, so a server
         # that cannot report its own count is shown the reference's
         self.truncated = None if before is None else reference.num_truncated - before
-        self.retrieval = self._retrieval_vectors(reference)
-        self.token_lengths = _token_lengths(reference, self.probes)
+        if self.sample is None:
+            self.queries, self.documents = retrieval_probe()
+            self.retrieval_on = BUILT_IN_RETRIEVAL
+            self.retrieval = self._retrieval_vectors(reference, self.vectors)
+            return
+        rows = {kind: [len(builtin) + i for i, p in enumerate(self.sample.probes) if p.kind == kind]
+                for kind in ("query", "document")}
+        self.sample_rows = (rows["query"], rows["document"])
+        if rows["query"] and rows["document"]:
+            self.retrieval_on = (f"the probe sample: {len(rows['query'])} queries against its "
+                                 f"{len(rows['document'])} documents")
+            self.retrieval = self._retrieval_vectors(reference, self.vectors)
+        else:
+            missing = "queries" if not rows["query"] else "documents"
+            self.retrieval_on = f"not applicable: the probe sample has no {missing}"
+            self.retrieval = None
 
-    def _retrieval_vectors(self, embedder: Embedder) -> tuple[np.ndarray, np.ndarray]:
-        return embedder.encode(self.queries, "query"), embedder.encode(self.documents, "document")
+    def _retrieval_vectors(self, embedder: Embedder, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query vectors, document vectors) of the top-10 check: the built-in retrieval probe's,
+        embedded now, or the sample's rows of the probe vectors."""
+        if self.sample is None:
+            return embedder.encode(self.queries, "query"), embedder.encode(self.documents, "document")
+        queries, documents = self.sample_rows
+        return vectors[queries], vectors[documents]
 
     def gate_with(self, candidate: Embedder, gate) -> GateReport:
         """Gate `candidate` with a `gates.Gate` (thresholds and rank agreement)."""
@@ -273,10 +312,11 @@ class ReferenceFigures:
         vectors = embed_probes(candidate, self.probes)
         truncated = self.truncated if truncated_before is None else candidate.num_truncated - truncated_before
         parity = compare(self.vectors, vectors, self.probes, thresholds,
-                         candidate_name=candidate.name, reference_name=self.name)
-        agreement = rank_agreement(self.retrieval, self._retrieval_vectors(candidate))
+                         candidate_name=candidate.name, reference_name=self.name, buckets=self.buckets)
+        agreement = None if self.retrieval is None else rank_agreement(
+            self.retrieval, self._retrieval_vectors(candidate, vectors))
         return GateReport(parity, agreement, min_rank_agreement, truncated, vectors=vectors,
-                          batching=getattr(candidate, "batching", None))
+                          retrieval=self.retrieval_on, batching=getattr(candidate, "batching", None))
 
 
 def judge_vectors(reference: np.ndarray, candidate: np.ndarray, gate, *, token_lengths: Sequence[int] | None = None,

@@ -8,8 +8,11 @@ A record has one shape whatever wrote it (`merge`, `onnx`, `vllm`, `triton`, `ve
                                    sha256 of the parent's manifest) and the root reference, carried
                                    forward from the parent, so a chain of exports keeps naming the
                                    reference its first artifact was gated against
-    probe_set                      the texts the gate embedded: name, count, sha256, per kind, and
-                                   their token-length percentiles
+    probe_set                      the texts the gate embedded: source (built-in, or built-in plus a
+                                   sample of the user's file), count, sha256, per kind, their
+                                   token-length percentiles and length buckets, and the sample
+                                   (path, sha256 of its files, sample size, seed) that `verify`
+                                   re-draws
     reference_vectors              where the reference's probe vectors are recorded (None: not yet)
     gates                          one entry per serving configuration gated: the configuration, the
                                    gate-table cell that judged it, and the figures
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -34,7 +38,8 @@ import numpy as np
 
 from ..artifacts.admission import MANIFEST_FILE, ServingConfig, admission_entry, read_manifest
 from ..artifacts.directories import PARITY_FILE, tool_versions, write_json
-from .parity import GateReport
+from .length_buckets import bucket_order
+from .parity import GateReport, ReferenceFigures
 from .probes import Probe
 from .table import Gate
 
@@ -86,9 +91,10 @@ class Check:
 
 
 def probe_set_record(probes: Sequence[Probe], token_lengths: Sequence[int] | None = None,
-                     name: str = "built-in") -> dict:
+                     buckets: Sequence[str] | None = None, sample: dict | None = None) -> dict:
     """What identifies the probe set an artifact was admitted on, and how long its texts are in
-    tokens (a gate on short texts says little about long documents)."""
+    tokens (a gate on short texts says little about long documents). `sample`: the user's probe
+    sample drawn in addition to the built-in set (gates.probe_files.ProbeSample.describe)."""
     digest = hashlib.sha256(json.dumps([[p.id, p.kind, p.text] for p in probes], ensure_ascii=False).encode())
     kinds = {kind: sum(p.kind == kind for p in probes) for kind in ("query", "document")}
     lengths = None
@@ -96,8 +102,10 @@ def probe_set_record(probes: Sequence[Probe], token_lengths: Sequence[int] | Non
         ordered = np.sort(np.asarray(token_lengths))
         lengths = {"min": int(ordered[0]), **{f"p{q}": int(np.percentile(ordered, q, method="nearest"))
                                              for q in (50, 90)}, "max": int(ordered[-1])}
-    return {"name": name, "count": len(probes), "sha256": digest.hexdigest(), "kinds": kinds,
-            "token_lengths": lengths}
+    return {"source": "built-in" + (f" + {sample['path']}" if sample else ""), "count": len(probes),
+            "sha256": digest.hexdigest(), "kinds": kinds, "token_lengths": lengths,
+            "length_buckets": dict(sorted(Counter(buckets).items(), key=lambda item: bucket_order(item[0])))
+            if buckets else None, "sample": sample}
 
 
 def chain_of(parent: Path | None, reference: str) -> dict:
@@ -118,11 +126,10 @@ class VerificationRecord:
     stage: str
     reference: str
     runs: list[GateRun]
-    probes: Sequence[Probe]
+    figures: ReferenceFigures  # the probe set gated on, as the reference embedded it
     chain: dict | None = None
     checks: Sequence[Check] = ()
     fields: dict | None = None  # the stage's own: dtype, inputs, contract, timings ...
-    token_lengths: Sequence[int] | None = None  # each probe's length in tokens, when the reference can tell
     # Probe vectors of the reference, recorded beside the artifact so a deployment can be checked
     # without the base model and the adapter: the file's name, once a gate records them.
     reference_vectors: str | None = None
@@ -145,7 +152,7 @@ class VerificationRecord:
             "failures": self.failures,
             "reference": self.reference,
             "chain": self.chain or chain_of(None, self.reference),
-            "probe_set": {**probe_set_record(self.probes, self.token_lengths), "file": PROBES_FILE},
+            "probe_set": {**self.probe_set(), "file": PROBES_FILE},
             "reference_vectors": self.reference_vectors,
             "gates": gates,
             "gate": gates[0] if len(gates) == 1 else None,  # the common case, for people reading it
@@ -153,9 +160,15 @@ class VerificationRecord:
             **(self.fields or {}),
         }
 
+    def probe_set(self) -> dict:
+        figures = self.figures
+        return probe_set_record(figures.probes, figures.token_lengths, figures.buckets,
+                                figures.sample.describe() if figures.sample else None)
+
     def probe_figures(self) -> dict:
-        lengths = self.token_lengths or [None] * len(self.probes)
-        return {"probes": [{"id": p.id, "kind": p.kind, "tokens": n} for p, n in zip(self.probes, lengths)],
+        figures = self.figures
+        return {"probes": [{"id": p.id, "kind": p.kind, "tokens": n, "bucket": bucket}
+                           for p, n, bucket in zip(figures.probes, figures.token_lengths, figures.buckets)],
                 "gates": [{"config": run.describe(),
                            "cosine": [f.cosine for f in run.report.parity.probes],
                            "max_abs": [f.max_abs for f in run.report.parity.probes]} for run in self.runs]}
@@ -169,3 +182,18 @@ class VerificationRecord:
 
     def admissions(self) -> list[dict]:
         return [run.admission(self.reference) for run in self.runs if run.config is not None and run.passed]
+
+
+def recorded_probe_samples(directories: Sequence[Path]) -> list[tuple[Path, dict]]:
+    """(record's directory, probe sample) of every verification record in `directories` (or one
+    level below: a Triton repository's ensembles) whose probe set included a user's sample."""
+    found = []
+    for directory in directories:
+        for path in [Path(directory) / PARITY_FILE, *sorted(Path(directory).glob(f"*/{PARITY_FILE}"))]:
+            try:
+                sample = (json.loads(path.read_text(encoding="utf-8")).get("probe_set") or {}).get("sample")
+            except (OSError, ValueError):
+                continue  # no record there (or not one this toolkit can read): nothing recorded
+            if sample:
+                found.append((path.parent, sample))
+    return found

@@ -116,6 +116,28 @@ class ContractTokenizer:
 
     def count_tokens(self, text: str, kind: str) -> int:
         """Tokens of one text after the prompt and the end token, before truncation."""
+        return len(self._untruncated().encode(self.contract.prompt_for(kind) + text).ids)
+
+    def content_ids(self, text: str) -> list[int]:
+        """The ids of `text` alone: no prompt, no special tokens, not truncated."""
+        return self._untruncated().encode(text, add_special_tokens=False).ids
+
+    def text_of_length(self, ids: Sequence[int], target: int, kind: str) -> tuple[str, int]:
+        """(text, its length) cut from the start of the token stream `ids` so that its model input
+        (prompt of `kind`, text, end token; truncated as the model gets it) is `target` tokens long. BPE merges at the cut can
+        shift the count: the cut is re-made until it lands, up to four times, so a text may be a
+        token or two off."""
+        overhead = self.encode([""], kind).lengths[0]  # prompt + special tokens
+        content = max(target - overhead, 1)
+        for _ in range(4):  # re-cut until the count lands (decode/encode is not an exact inverse)
+            text = self.tokenizer.decode(list(ids[:content])).replace("\ufffd", "").strip() or "카드"
+            got = self.encode([text], kind).lengths[0]
+            if got == target or content <= 1:
+                break
+            content = max(content + target - got, 1)
+        return text, got
+
+    def _untruncated(self):
         if self._counter is None:
             # A copy without truncation, so counting never races with encoding threads.
             import tokenizers
@@ -123,7 +145,7 @@ class ContractTokenizer:
             self._counter = tokenizers.Tokenizer.from_str(self.tokenizer.to_str())
             self._counter.no_truncation()
             self._counter.no_padding()
-        return len(self._counter.encode(self.contract.prompt_for(kind) + text).ids)
+        return self._counter
 
 
 TOKENIZER_AUX_FILES = ("special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "vocab.txt")

@@ -11,6 +11,7 @@ from pathlib import Path
 from ...artifacts.admission import ServingConfig
 from ...core.addresses import parse_url
 from ...core.errors import MoaiError
+from ...gates.probe_files import ProbeOptions
 from ...gates.table import GateOverrides
 
 ENCODERS = ("python", "onnxruntime", "engine")
@@ -44,6 +45,7 @@ class TritonOptions:
     engine_env: str | None = None  # the Python environment with torch for the encoder's stub (default: this one's)
     allow_unverified: bool = False  # derive from an input no gate admitted; the repository is marked unverified
     overrides: GateOverrides = field(default_factory=GateOverrides)
+    probes: ProbeOptions = field(default_factory=ProbeOptions)  # --probes: a sample of the user's texts too
 
     def model_names(self) -> dict[str, str]:
         return {"ensemble": self.name, "tokenizer": f"{self.name}_tokenizer", "encoder": f"{self.name}_encoder"}

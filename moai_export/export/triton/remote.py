@@ -54,7 +54,7 @@ def verify_remote(repo: Path, model: str, url: str, figures, gate, config: Servi
     ensemble_dir = repo / model
     artifact = ((read_manifest(ensemble_dir) or {}).get("inputs") or {}).get("artifact")
     run = GateRun(report, gate, config)
-    record = VerificationRecord("triton", reference_label, [run], figures.probes, token_lengths=figures.token_lengths,
+    record = VerificationRecord("triton", reference_label, [run], figures,
                                 chain=chain_of(Path(artifact) if artifact else None, reference_label),
                                 fields={"precision": config.dtype, "server": url, "unverified": unverified})
     record.write(ensemble_dir)

@@ -57,7 +57,8 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
         # an unverified input is gated against itself as it serves: its graph, or the merged model in torch
         fallback = f"torch:{artifact}" if options.encoder == "engine" else f"onnx:{artifact}"
         figures, reference_label = derived_reference_figures(provenance, reference, reference_label,
-                                                             fallback=fallback, log=log, timings={})
+                                                             fallback=fallback, log=log, timings={},
+                                                             probes=options.probes)
 
     with atomic_output_dir(repo, force=True) as staging:
         if repo.is_dir():
