@@ -42,7 +42,7 @@ def _jsonl(path: Path, rows) -> Path:
 
 
 def _long_documents(tokenizer, count=6, lengths="600-900") -> list[str]:
-    return generate_texts(LengthSpec.parse(lengths), count, tokenizer, seed=1)[0]
+    return generate_texts(LengthSpec.parse(lengths), count, tokenizer, kind="document", seed=1)[0]
 
 
 # --- the built-in probe set --------------------------------------------------------------------

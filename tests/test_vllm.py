@@ -321,3 +321,36 @@ def test_vllm_down_gives_503_at_the_gateway(vllm_gateways, server):
     while call(url, "GET", "/health")[0] != 503:
         assert time.monotonic() < deadline, "the gateway still reports ready with vLLM down"
         time.sleep(0.3)
+
+
+def test_clients_people_use_choose_the_kind_through_the_vllm_gateway(vllm_gateways, reference):
+    """The same front door in front of vLLM: the stock openai client without a kind gets the 400
+    naming both ways; the alias and the LangChain / LlamaIndex adapters get the reference's vectors
+    (vLLM's gate)."""
+    import openai
+    from test_gateway import KEYS, openai_client
+
+    from moai_export.gates.table import gate_for
+    from moai_export.integrations.langchain import MoaiGatewayEmbeddings
+    from moai_export.integrations.llama_index import MoaiGatewayEmbedding
+
+    url, _ = vllm_gateways
+    name, gate = "moai-embedding", gate_for("vllm", "fp32")
+    client = openai_client(url)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model=name, input=TEXTS[:1])
+    message = refused.value.body["message"]
+    assert refused.value.body["code"] == "missing_input_type" and f"'{name}:query'" in message
+    assert 'extra_body={"input_type": "query"}' in message
+
+    def like_reference(vectors, texts, kind):
+        assert cosine_rows(np.asarray(vectors, dtype=np.float32), reference.encode(texts, kind)).min() >= gate.min_cosine
+
+    answer = client.embeddings.create(model=f"{name}:query", input=TEXTS)  # the openai client's default base64
+    like_reference([d.embedding for d in answer.data], TEXTS, "query")
+    langchain = MoaiGatewayEmbeddings(base_url=f"{url}/v1", model=name, api_key=KEYS[0])
+    like_reference([langchain.embed_query(TEXTS[0])], TEXTS[:1], "query")
+    like_reference(langchain.embed_documents(TEXTS), TEXTS, "document")
+    llama = MoaiGatewayEmbedding(base_url=f"{url}/v1", model_name=name, api_key=KEYS[0])
+    like_reference([llama.get_query_embedding(TEXTS[1])], TEXTS[1:2], "query")
+    like_reference(llama.get_text_embedding_batch(TEXTS), TEXTS, "document")
