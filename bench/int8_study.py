@@ -106,7 +106,8 @@ def main() -> None:
 
     t = time.perf_counter()
     feeds = [feed(tokenizer, text) for text in calibration]
-    sensitivity = matmul_sensitivity(fp32_graph, feeds[:4])
+    wanted = args.methods.split(",") if args.methods else None
+    sensitivity = matmul_sensitivity(fp32_graph, feeds[:4]) if not wanted or "dynamic-keep" in wanted else []
     sensitivity_s = time.perf_counter() - t
     keep = max(1, len(sensitivity) // 10) if args.keep == "auto" else int(args.keep)
     most_sensitive = [row["node"] for row in sensitivity[:keep]]
@@ -119,8 +120,7 @@ def main() -> None:
         "weight-only": lambda dst: int8.quantize_weight_only(fp32_graph, dst, large=large),
         "static": lambda dst: int8.quantize_static_matmuls(fp32_graph, dst, feeds, large=large),
     }
-    if args.methods:
-        wanted = args.methods.split(",")
+    if wanted:
         candidates = {name: build for name, build in candidates.items() if name in wanted or
                       (name.startswith("dynamic-keep") and "dynamic-keep" in wanted)}
     directories = {"fp32": fp32_dir}
@@ -321,7 +321,8 @@ def matmul_sensitivity(graph: Path, feeds: list[dict]) -> list[dict]:
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    model = onnx.load(str(graph), load_external_data=True)
+    # the graph without its weights: a copy beside the original reads the same external data file
+    model = onnx.load(str(graph), load_external_data=False)
     nodes = int8.weight_matmuls(model)
     weights = {t.name: t for t in model.graph.initializer}
     inputs = sorted({node.input[0] for node in nodes})
@@ -329,16 +330,19 @@ def matmul_sensitivity(graph: Path, feeds: list[dict]) -> list[dict]:
     for name in inputs:
         if name not in known:
             model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    with int8.quiet_quantizer():
-        session = ort.InferenceSession(model.SerializeToString() if model.ByteSize() < EXTERNAL_DATA_ABOVE else
-                                       _saved(model, graph.parent / "sensitivity.onnx"))
+    exposed = graph.parent / "sensitivity.onnx"
+    onnx.save_model(model, str(exposed))
+    try:
+        session = ort.InferenceSession(str(exposed))
+    finally:
+        exposed.unlink()
     worst = {node.name: 0.0 for node in nodes}
     rng = np.random.default_rng(0)
     for one in feeds:
         outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, one)))
         for node in nodes:
             x = outputs[node.input[0]].reshape(-1, outputs[node.input[0]].shape[-1])
-            w = numpy_helper.to_array(weights[node.input[1]])  # not cached: 0.6B parameters twice over
+            w = numpy_helper.to_array(weights[node.input[1]], base_dir=str(graph.parent))  # not cached: 0.6B twice
             wq = _fake_quant_per_column(w)
             xq = _fake_quant_uint8(x)  # the scale comes from the whole tensor, as at run time
             rows = rng.choice(len(x), size=min(len(x), 128), replace=False)
@@ -350,14 +354,6 @@ def matmul_sensitivity(graph: Path, feeds: list[dict]) -> list[dict]:
     gc.collect()
     return sorted(({"node": name, "relative_error": round(e, 6)} for name, e in worst.items()),
                   key=lambda row: -row["relative_error"])
-
-
-def _saved(model, path: Path) -> str:
-    import onnx
-
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
-    return str(path)
 
 
 def _fake_quant_uint8(x: np.ndarray) -> np.ndarray:
@@ -440,12 +436,13 @@ def markdown(result: dict) -> str:
                      f"{row['docs_per_s_best']:.2f} | {row['ratio_to_fp32']:.2f}x | {row['size_mib']} | "
                      f"{'yes' if row['holds_int8_gate'] else '**no**'} |")
     if result["build_errors"]:
-        lines += ["", "Could not be built: " + "; ".join(f"{k}: {v}" for k, v in result["build_errors"].items())]
+        lines += ["", "Failed: " + "; ".join(f"{k}: {v}" for k, v in result["build_errors"].items())]
     s = result["sensitivity"]
-    lines += ["", f"Sensitivity estimate ({s['method']}; {s['seconds']} s): mean / max relative error per projection: "
-              + ", ".join(f"{role} {v['mean']:.4f} / {v['max']:.4f}" for role, v in s["by_role"].items()) + ".",
-              f"Kept in fp32 by dynamic-keep: {', '.join(s['kept_fp32'])}.", "",
-              f"Calibration: {result['calibration']['texts']} texts, {result['calibration']['source']}.", "",
+    if s["ranking"]:
+        lines += ["", f"Sensitivity estimate ({s['method']}; {s['seconds']} s): mean / max relative error per projection: "
+                  + ", ".join(f"{role} {v['mean']:.4f} / {v['max']:.4f}" for role, v in s["by_role"].items()) + ".",
+                  f"Kept in fp32 by dynamic-keep: {', '.join(s['kept_fp32'])}."]
+    lines += ["", f"Calibration: {result['calibration']['texts']} texts, {result['calibration']['source']}.", "",
               f"Command: `python {result['command']}`"]
     return "\n".join(lines) + "\n"
 
