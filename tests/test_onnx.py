@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -14,6 +16,7 @@ from moai_export.embedders.onnx_runtime import OnnxEmbedder
 from moai_export.embedders.peft_reference import PeftEmbedder
 from moai_export.embedders.torch_model import TorchEmbedder
 from moai_export.export import onnx as onnx_export
+from moai_export.export.int8 import DEFAULT_INT8_METHOD, INT8_METHODS
 from moai_export.export.onnx import OnnxOptions, export_onnx
 from moai_export.gates.parity import cosine_rows
 from moai_export.gates.table import GateOverrides, gate_for
@@ -143,13 +146,32 @@ def test_wrong_pooling_in_graph_fails_and_writes_nothing(merged_dir, reference, 
 
 
 def test_int8_with_a_strict_gate_fails(merged_dir, reference, tmp_path):
-    """The int8 graph is measurably different: the fp32 gate must catch it."""
+    """The int8 graph is measurably different: the fp32 gate must catch it, name the worst
+    probes first, and (the default being the most accurate int8) point away from int8."""
     fp32 = gate_for("onnx", "fp32")
     options = quiet(precision="int8", overrides=GateOverrides(fp32.min_cosine, fp32.max_abs, fp32.min_rank_agreement))
     with pytest.raises(VerificationFailed) as failure:
         export_onnx(merged_dir, tmp_path / "int8", reference=reference, options=options)
-    assert failure.value.report["gate"]["failures"]
+    report = failure.value.report
+    assert report["gate"]["failures"] and "--precision fp16" in str(failure.value)
+    cosines = [float(m) for m in re.findall(r"cosine (\d\.\d+) <", " ".join(report["gate"]["failures"]))]
+    assert len(cosines) > 1 and cosines == sorted(cosines)
     assert not (tmp_path / "int8").exists()
+
+
+@pytest.mark.parametrize("int8_method", list(INT8_METHODS))
+def test_every_int8_method_exports_and_passes_on_the_example(merged_dir, reference, tmp_path, int8_method):
+    report = export_onnx(merged_dir, tmp_path / int8_method, reference=reference,
+                         options=quiet(precision="int8", int8_method=int8_method))
+    assert report["passed"] and report["gate"]["min_cosine"] >= gate_for("onnx", "int8").min_cosine
+    manifest = json.loads((tmp_path / int8_method / "moai_manifest.json").read_text())
+    assert manifest["options"]["int8_method"] == int8_method
+    ops = {node.op_type for node in onnx.load(str(tmp_path / int8_method / "model.onnx")).graph.node}
+    assert ("MatMulNBits" in ops) == (int8_method == "weight-only") and ("MatMulInteger" in ops) == (int8_method == "dynamic")
+
+
+def test_int8_default_is_the_method_that_holds_on_long_documents():
+    assert OnnxOptions().int8_method == DEFAULT_INT8_METHOD == "weight-only"
 
 
 @pytest.mark.parametrize("precision, int8_method", [("fp32", "dynamic"), ("fp16", "dynamic"), ("int8", "weight-only")])
@@ -172,8 +194,9 @@ def test_dynamic_int8_on_real_bert_is_refused_with_a_hint(minilm, tmp_path):
     """MiniLM's outlier activations cost dynamic int8 ~2.5% cosine: the gate must refuse it,
     name the failing probes and point at the method that passes."""
     with pytest.raises(VerificationFailed) as failure:
-        export_onnx(minilm, tmp_path / "int8", options=quiet(precision="int8", allow_unverified=True))
-    assert "weight-only" in str(failure.value) and "cosine" in str(failure.value)
+        export_onnx(minilm, tmp_path / "int8", options=quiet(precision="int8", int8_method="dynamic",
+                                                               allow_unverified=True))
+    assert "--int8-method weight-only" in str(failure.value) and "cosine" in str(failure.value)
     assert not (tmp_path / "int8").exists()
 
 

@@ -13,6 +13,7 @@ from .. import __version__
 from ..artifacts.kinds import describe_recognised, kind_names
 from ..core.errors import MoaiError
 from ..core.input_rules import KINDS
+from ..export.int8 import INT8_METHODS
 from .base import (
     EXIT_INTERRUPTED,
     EXIT_VERIFICATION_FAILED,
@@ -110,10 +111,9 @@ def merge(base, adapter, out, dtype, max_tokens, min_cosine, max_abs, min_rank_a
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create.")
 @onnx_option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
-             help="fp32; fp16 (traced from a half-precision model); int8 (dynamic per-channel quantization).")
-@onnx_option("--int8-method", type=click.Choice(["dynamic", "weight-only"]),
-             help="int8 only: dynamic (int8 weights and activations, fastest on CPU) or weight-only "
-                  "(int8 weight blocks; more accurate on models with outlier activations).")
+             help="fp32; fp16 (traced from a half-precision model); int8 (quantized as --int8-method says).")
+@onnx_option("--int8-method", type=click.Choice(list(INT8_METHODS)),
+             help="int8 only: " + "; ".join(f"{name}: {text}" for name, text in INT8_METHODS.items()) + ".")
 @click.option("--reference", default=None,
               help="Reference for the gate, e.g. BASE+ADAPTER (the PEFT reference). Default: the root reference "
                    "recorded in SOURCE's chain (the PEFT reference its merge was gated against).")

@@ -7,21 +7,15 @@ the graph pools exactly like them. Precisions:
   fp32  traced from the float32 model;
   fp16  traced from a float16 torch model (its RMSNorm keeps the float32 upcast; converting an
         fp32 graph afterwards produced invalid models in a probe);
-  int8  from the fp32 graph, by one of two methods:
-        dynamic      onnxruntime dynamic quantization, per-channel int8 MatMul weights and
-                     int8 activations: the fastest on CPU (default);
-        weight-only  int8 weights in blocks of 32 (MatMulNBits): slower, but keeps models with
-                     real outlier activations above the gate where dynamic does not (MiniLM:
-                     min cosine 0.975 dynamic vs 0.998 weight-only).
+  int8  from the fp32 graph, by one of INT8_METHODS (export/int8.py does the quantizing;
+        bench/int8_study.py measured them on documents up to max_tokens long).
 """
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +34,9 @@ from ..model_files.contract_tokenizer import ContractTokenizer, write_tokenizer_
 from ..model_files.model_contract import read_contract
 from ..model_files.portable_config import CONFIG_FILE, write_portable_config
 from .exporter import admit, check_input, derived_reference_figures, load_candidate, shipped_file_failures
+from .int8 import DEFAULT_INT8_METHOD, INT8_METHODS, quantize_int8
 
 PRECISIONS = ("fp32", "fp16", "int8")
-INT8_METHODS = ("dynamic", "weight-only")
 DEFAULT_OPSET = 18
 # Protobuf cannot hold a model over 2 GB; keep a margin for the graph itself.
 EXTERNAL_DATA_ABOVE = 1_800_000_000
@@ -51,7 +45,7 @@ EXTERNAL_DATA_ABOVE = 1_800_000_000
 @dataclass
 class OnnxOptions:
     precision: str = "fp32"
-    int8_method: str = "dynamic"
+    int8_method: str = DEFAULT_INT8_METHOD
     opset: int = DEFAULT_OPSET
     overrides: GateOverrides = field(default_factory=GateOverrides)
     probes: ProbeOptions = field(default_factory=ProbeOptions)  # --probes: a sample of the user's texts too
@@ -100,8 +94,9 @@ def export_onnx(source: Path, out: Path, *, reference: Embedder | None = None,
         report.file_failures += shipped_file_failures(tmp, contract, figures)
         options.timings["verify_s"] = time.perf_counter() - t
         hint = ""
-        if options.precision == "int8" and options.int8_method == "dynamic":
-            hint = " (try --int8-method weight-only: more accurate on models with outlier activations)"
+        if options.precision == "int8":
+            hint = (f" (try --int8-method {DEFAULT_INT8_METHOD}: the most accurate int8)"
+                    if options.int8_method != DEFAULT_INT8_METHOD else " (no int8 method holds it: try --precision fp16)")
         report = admit(
             tmp, [GateRun(report, gate, serving_config_for(options.precision))], stage="onnx",
             what=f"onnx {options.precision}", source=source, reference_label=reference_label, figures=figures,
@@ -123,7 +118,7 @@ def serving_config_for(precision: str):
 
 
 def write_graph(source: Path, contract: EmbeddingContract, out: Path, precision: str, opset: int,
-                int8_method: str = "dynamic") -> None:
+                int8_method: str = DEFAULT_INT8_METHOD) -> None:
     """Write model.onnx (+ model.onnx_data when large) for `precision` into `out`."""
     with tempfile.TemporaryDirectory(prefix="moai-onnx-", dir=out) as scratch:
         scratch = Path(scratch)
@@ -131,7 +126,9 @@ def write_graph(source: Path, contract: EmbeddingContract, out: Path, precision:
             fp32 = scratch / "fp32" / ONNX_FILE
             _trace(source, contract, fp32, torch.float32, opset)
             quantized = scratch / "int8" / ONNX_FILE
-            _quantize_int8(fp32, quantized, int8_method)
+            quantized.parent.mkdir(parents=True)
+            large = sum(p.stat().st_size for p in fp32.parent.iterdir()) > EXTERNAL_DATA_ABOVE
+            quantize_int8(fp32, quantized, int8_method, large=large)
             _consolidate(quantized, out / ONNX_FILE, contract.dims)
         else:
             traced = scratch / "traced" / ONNX_FILE
@@ -175,42 +172,3 @@ def _consolidate(src: Path, dst: Path, dims: int) -> None:
                         location=ONNX_DATA, size_threshold=1024)
     else:
         onnx.save_model(model, str(dst))
-
-
-def _quantize_int8(fp32: Path, dst: Path, method: str) -> None:
-    import onnx
-
-    dst.parent.mkdir(parents=True)
-    large = sum(p.stat().st_size for p in fp32.parent.iterdir()) > EXTERNAL_DATA_ABOVE
-    with _quiet_quantizer():
-        if method == "dynamic":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(
-                str(fp32), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                use_external_data_format=large,
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-        else:
-            from onnxruntime.quantization import matmul_nbits_quantizer as nbits
-
-            config = nbits.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8)
-            quantizer = nbits.MatMulNBitsQuantizer(onnx.load(str(fp32)), algo_config=config)
-            quantizer.process()
-            quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
-
-
-@contextmanager
-def _quiet_quantizer():
-    """The quantizers log hints and one INFO line per node; keep the terminal readable."""
-    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)

@@ -77,7 +77,8 @@ class ParityResult:
     def reasons(self) -> list[str]:
         t = self.thresholds
         out = [f"{pid}: embedding has NaN/inf (an overflow? export in fp32 or bf16)" for pid in self.nonfinite]
-        for p in self.failing():
+        # worst first: messages show the first few, and those should be the probes that matter
+        for p in sorted(self.failing(), key=lambda p: p.cosine if p.cosine == p.cosine else -1.0):
             if p.id in self.nonfinite:
                 continue
             parts = []
