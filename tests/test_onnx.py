@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,6 +20,7 @@ from moai_export.export import onnx as onnx_export
 from moai_export.export.int8 import DEFAULT_INT8_METHOD, INT8_METHODS
 from moai_export.export.onnx import OnnxOptions, export_onnx
 from moai_export.gates.parity import cosine_rows
+from moai_export.gates.probe_files import ProbeOptions
 from moai_export.gates.table import GateOverrides, gate_for
 
 TEXTS = ["BC카드 연회비는 어떻게 되나요?", "a", "해외 결제 수수료 " * 30, "Credit limit review every six months."]
@@ -339,3 +341,27 @@ def test_onnx_refuses_existing_output(merged_dir, tmp_path):
     (tmp_path / "o" / "x").write_text("x")
     result = CliRunner().invoke(main, ["onnx", str(merged_dir), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "--force" in result.output
+
+
+AUTORAG = Path(__file__).resolve().parents[2] / "shared/data/datasets/autorag-ko/beir/corpus.jsonl"
+BROCHURE = "이커머스 솔루션 소개자료.pdf - 46"  # a 644-token product brochure, the worst passage for dynamic int8
+
+
+@pytest.mark.skipif(not AUTORAG.is_file(), reason="needs ../shared/data/datasets/autorag-ko (the CI has it)")
+def test_int8_that_passes_the_short_probes_is_refused_on_a_real_long_document(merged_dir, reference, tmp_path):
+    """dynamic int8 (the old default) holds the built-in probes on the example but gives cosine ~0.90
+    on a real 644-token passage: gated with --probes on it at the default int8 gate, the export is
+    refused with that passage named; weight-only (the default) is admitted on the same probes."""
+    rows = [json.loads(line) for line in AUTORAG.read_text(encoding="utf-8").splitlines() if BROCHURE in line]
+    probes = tmp_path / "long.jsonl"
+    probes.write_text(json.dumps({"text": rows[0]["text"], "kind": "document"}, ensure_ascii=False) + "\n")
+    short = export_onnx(merged_dir, tmp_path / "short", reference=reference,
+                        options=quiet(precision="int8", int8_method="dynamic"))
+    assert short["passed"]  # the built-in probes alone do not see it
+    with pytest.raises(VerificationFailed, match="long.jsonl"):
+        export_onnx(merged_dir, tmp_path / "dynamic", reference=reference,
+                    options=quiet(precision="int8", int8_method="dynamic", probes=ProbeOptions(path=probes)))
+    assert not (tmp_path / "dynamic").exists()
+    admitted = export_onnx(merged_dir, tmp_path / "weight-only", reference=reference,
+                           options=quiet(precision="int8", probes=ProbeOptions(path=probes)))
+    assert admitted["passed"]
