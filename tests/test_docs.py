@@ -393,7 +393,7 @@ def test_no_doc_or_help_claims_another_exit_code():
 def source_files() -> list[Path]:
     """The project's code and scripts (results and environments excluded)."""
     found = [ROOT / "Makefile", ROOT / "pyproject.toml"]
-    for folder in ("moai_export", "bench", "serve", "train", "tests", "triton_models", ".ci"):
+    for folder in ("moai_export", "bench", "serve", "train", "tests", "triton_models", ".ci", "deploy"):
         found += [p for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".py", ".sh", ".txt", "")
                   and "results" not in p.relative_to(ROOT).parts and "__pycache__" not in p.parts]
     return [p for p in found if p.is_file()]
@@ -417,7 +417,7 @@ def test_no_issue_numbers_in_docs_or_code():
     assert not found, "\n".join(found)
 
 
-SOURCE_PATH = re.compile(r"(?<![\w./-])((?:moai_export|bench|serve|train|tests|triton_models|\.ci)/[\w./*-]*[\w/*])")
+SOURCE_PATH = re.compile(r"(?<![\w./-])((?:moai_export|bench|serve|train|tests|triton_models|\.ci|deploy)/[\w./*-]*[\w/*])")
 
 
 def test_every_source_path_the_docs_name_exists():

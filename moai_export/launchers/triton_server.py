@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="Seconds to wait for readiness before giving up.")
     parser.add_argument("--allow-unverified", action="store_true",
                         help="Serve a repository no parity gate admitted (says so loudly).")
+    parser.add_argument("--check-only", action="store_true",
+                        help="Run the admission check and exit (0: admitted); a container's entrypoint "
+                             "runs it before its own tritonserver.")
     args, extra = parser.parse_known_args(argv)
     try:
         from ..artifacts.admission import admission_mode, repository_ensembles
@@ -160,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # NotAdmitted: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.check_only:
+        return 0
     watched = repository_ensembles(args.repo)
     if watched and not any(arg.startswith("--model-control-mode") for arg in extra):
         # the launcher loads the models itself, so that it may reload a broken one (healing)
