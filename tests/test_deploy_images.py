@@ -187,6 +187,11 @@ def test_the_gateway_extra_serves_without_torch(tmp_path):
     assert no_torch.returncode == 1 and "No module named 'torch'" in no_torch.stderr
     help_text = subprocess.run([str(gateway), "gateway", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert help_text.returncode == 0 and "--triton" in help_text.stdout, help_text.stderr
+    # a command of the toolkit says which extra it needs, in one line
+    toolkit = subprocess.run([str(gateway), "example", "--out", str(tmp_path / "example")], capture_output=True,
+                             text=True, cwd=tmp_path)
+    assert toolkit.returncode == 1 and "pip install 'moai-export[toolkit]'" in toolkit.stderr, toolkit.stderr
+    assert "Traceback" not in toolkit.stderr
 
     (port,) = free_ports(1)
     server = subprocess.Popen([str(gateway), "gateway", "--triton", "grpc://127.0.0.1:1", "--model", "moai_embedding",

