@@ -280,3 +280,32 @@ def test_every_value_is_documented_with_its_default():
     missing = [key for key in leaves(yaml.safe_load((CHART / "values.yaml").read_text()))
                if not any(key == row or key.startswith(row + ".") for row in documented)]
     assert not missing, f"deploy/helm/README.md's values table lacks {missing}"
+
+
+@pytest.mark.parametrize("source", ["pvc", "initCopy"])
+def test_triton_and_the_test_pod_read_the_same_repository(helm, source):
+    docs = rendered(helm, "gpu", f"modelRepository.source={source}")
+    triton = deployment(docs, "triton")["spec"]["template"]["spec"]
+    [test_pod] = [spec for _, spec in pod_specs(docs) if spec.get("restartPolicy") == "Never"]
+    for spec in (triton, test_pod):
+        [volume] = [v for v in spec["volumes"] if v["name"] == "repository"]
+        mounts = [m for c in spec["containers"] for m in c["volumeMounts"] if m["name"] == "repository"]
+        assert [m["mountPath"] for m in mounts] == ["/models"]
+        if source == "pvc":
+            assert volume["persistentVolumeClaim"]["readOnly"] is True and mounts[0]["readOnly"] is True
+            assert "initContainers" not in spec
+        else:  # the init container fills the emptyDir the server (or the test) then reads
+            assert "emptyDir" in volume
+            [init] = spec["initContainers"]
+            assert [m["mountPath"] for m in init["volumeMounts"]] == ["/models"]
+    [container] = triton["containers"]
+    assert {"name": "MOAI_MODEL_REPOSITORY", "value": "/models"} in container["env"]
+
+
+def test_triton_refuses_an_unadmitted_repository_unless_told(helm):
+    def env(*sets: str) -> list[str]:
+        [container] = deployment(rendered(helm, "gpu", *sets), "triton")["spec"]["template"]["spec"]["containers"]
+        return [e["name"] for e in container["env"]]
+
+    assert "MOAI_ALLOW_UNVERIFIED" not in env()
+    assert "MOAI_ALLOW_UNVERIFIED" in env("triton.allowUnverified=true")

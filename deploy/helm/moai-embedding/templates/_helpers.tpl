@@ -65,15 +65,8 @@ requests the drain would have finished. */}}
 {{- else if eq $repo.source "initCopy" }}
   emptyDir:
     sizeLimit: {{ $repo.initCopy.sizeLimit }}
-{{- else if eq $repo.source "remote" }}
-{{- if not .Values.helmTest.expectedClaim }}
-{{- fail "modelRepository.source remote: the repository volume is helmTest.expectedClaim (set it, or helmTest.enabled=false)" }}
-{{- end }}
-  persistentVolumeClaim:
-    claimName: {{ .Values.helmTest.expectedClaim }}
-    readOnly: true
 {{- else }}
-{{- fail (printf "modelRepository.source must be pvc, initCopy or remote, not %q" $repo.source) }}
+{{- fail (printf "modelRepository.source must be pvc or initCopy, not %q" $repo.source) }}
 {{- end }}
 {{- end }}
 
@@ -96,8 +89,11 @@ initContainers:
     image: {{ .Values.modelRepository.initCopy.image }}
     command: {{ toJson .Values.modelRepository.initCopy.command }}
     env:
-      - name: MODEL_REPOSITORY
+      - name: MOAI_MODEL_REPOSITORY
         value: {{ .Values.modelRepository.mountPath }}
+      {{- with .Values.modelRepository.initCopy.env }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
     securityContext:
       {{- include "moai.containerSecurity" true | nindent 6 }}
     volumeMounts:
