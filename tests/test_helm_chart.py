@@ -127,6 +127,14 @@ def test_every_rendered_manifest_is_valid_kubernetes(helm, values, version):
     assert checked >= 8, [d["kind"] for d in docs]
 
 
+@pytest.mark.parametrize("sets", [("apiKeys.enabled=false",), ("modelRepository.source=initCopy",),
+                                  ("apiKeys.create=true", "apiKeys.keys={k1,k2}")])
+def test_the_optional_shapes_are_valid_kubernetes_too(helm, sets):
+    for doc in rendered(helm, "gpu", *sets):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[0], strict=True)
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
+
+
 def test_the_service_monitor_matches_the_crd_schema_kept_in_the_repository(helm):
     schema = json.loads(SERVICE_MONITOR_SCHEMA.read_text())
     assert not of_kind(rendered(helm, "default"), "ServiceMonitor"), "the ServiceMonitor is off by default"
