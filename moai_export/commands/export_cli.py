@@ -178,8 +178,7 @@ answers to the probes DIR recorded at export, within the endpoint's gate (no mod
               show_default=True, help="Where to write the JSON report.")
 def verify(artifacts, reference, expected, device, no_admit, dims, min_cosine, max_abs, min_rank_agreement, probes,
            json_path):
-    from ..artifacts.directories import check_output_location, write_json
-    from ..export.exporter import format_gate_table
+    from ..artifacts.directories import check_output_location
     from .verify import verify as run_verify
 
     if (reference is None) == (expected is None):
@@ -192,29 +191,30 @@ def verify(artifacts, reference, expected, device, no_admit, dims, min_cosine, m
     report, gates = run_verify(list(artifacts), reference, overrides=overrides_from(min_cosine, max_abs,
                                                                                     min_rank_agreement),
                                device=device, admit=not no_admit, log=_log, dims=dims, probes=probes)
-    click.echo(format_gate_table(gates))
-    for gate in gates:
-        for reason in gate.reasons():
-            click.echo(f"  FAIL {gate.parity.candidate}: {reason}")
-    write_json(json_path, report)
-    click.echo(f"report: {json_path}")
-    if not report["passed"]:
-        sys.exit(EXIT_VERIFICATION_FAILED)
+    _report_gates(gates, report, json_path)
 
 
 def _verify_expected(endpoints, expected, overrides, json_path):
-    from ..artifacts.directories import write_json
-    from ..export.exporter import format_gate_table
     from .verify import verify_expected
 
     if len(endpoints) != 1:
         raise click.UsageError("--expected checks one endpoint at a time")
     report, gate = verify_expected(endpoints[0], expected, overrides=overrides, log=_log)
-    click.echo(format_gate_table([gate]))
-    click.echo("worst probes: " + "; ".join(f"{p['id']} ({p['kind']}) cosine {p['cosine']:.6f}"
-                                            for p in report["worst"]))
-    for reason in gate.reasons():
-        click.echo(f"  FAIL {gate.parity.candidate}: {reason}")
+    _report_gates([gate], report, json_path, "worst probes: " + "; ".join(
+        f"{p['id']} ({p['kind']}) cosine {p['cosine']:.6f}" for p in report["worst"]))
+
+
+def _report_gates(gates, report: dict, json_path: Path, *notes: str) -> None:
+    """The gate table, `notes`, every failure, the JSON report; exit 3 when a gate failed."""
+    from ..artifacts.directories import write_json
+    from ..export.exporter import format_gate_table
+
+    click.echo(format_gate_table(gates))
+    for note in notes:
+        click.echo(note)
+    for gate in gates:
+        for reason in gate.reasons():
+            click.echo(f"  FAIL {gate.parity.candidate}: {reason}")
     write_json(json_path, report)
     click.echo(f"report: {json_path}")
     if not report["passed"]:
