@@ -96,13 +96,16 @@ def test_bad_grpc_targets_say_what_is_wrong(text, problem):
         parse_grpc_target(text, "--triton")
 
 
-def test_one_server_callers_refuse_a_list_of_servers():
+def test_one_server_callers_refuse_a_list_of_servers_the_gateway_takes_them():
     from moai_export.gateway.config import GatewayConfig, parse_triton_url
 
     assert parse_grpc_target("ipv4:10.0.0.1:8001").single("--triton") == Endpoint("10.0.0.1", 8001)
+    with pytest.raises(MoaiError, match="'ipv4:10.0.0.1:8001,10.0.0.2:8001': names 2 servers; one server"):
+        parse_grpc_target("ipv4:10.0.0.1:8001,10.0.0.2:8001").single("--verify-with")
     assert parse_triton_url("grpc://[::1]:8001/") == "[::1]:8001"
     assert parse_triton_url("dns:///triton.ns.svc:8001") == "triton.ns.svc:8001"
-    with pytest.raises(MoaiError, match="'ipv4:10.0.0.1:8001,10.0.0.2:8001': names 2 servers; one server"):
-        parse_triton_url("ipv4:10.0.0.1:8001,10.0.0.2:8001")
+    # replicas behind one gateway: the channel balances across them (gateway/triton_upstream.py)
+    assert parse_triton_url("ipv4:10.0.0.1:8001,10.0.0.2:8001") == "ipv4:10.0.0.1:8001,10.0.0.2:8001"
+    assert GatewayConfig("dns:///triton-headless.ns.svc.cluster.local:8001", "m").validate().triton
     with pytest.raises(MoaiError, match="--triton 'triton': no port"):
         GatewayConfig("triton", "m").validate()

@@ -151,13 +151,20 @@ Gates come from one table by kind and precision (moai_export/gates/table.py); ea
 replaces only its own number. A configuration that passes is admitted: launchers and
 Embedders refuse configurations no gate admitted (e.g. run this with --device cuda on the
 GPU machine before serving bfloat16 there).
+
+A deployment checks itself with --expected DIR instead of --reference: the running endpoint's
+answers to the probes DIR recorded at export, within the endpoint's gate (no model needed).
 """
 
 
 @main.command(help=VERIFY_HELP)
 @click.argument("artifacts", nargs=-1, required=True)
-@click.option("--reference", required=True,
+@click.option("--reference", default=None,
               help=f"BASE+ADAPTER (the PEFT reference), or any spec ({kind_names()}).")
+@click.option("--expected", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Instead of --reference: check a running endpoint (openai-http://, triton-grpc://, "
+                   "triton-http://) against the reference vectors this exported artifact (or Triton repository) "
+                   "recorded, without the base model or the adapter; exit 3 naming the worst probes.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Load local artifacts on this device (onnx: its CUDA provider; vllm: the server on the GPU, "
                    "bfloat16). A passing run admits that configuration in the artifact's manifest.")
@@ -169,16 +176,42 @@ GPU machine before serving bfloat16 there).
 @probe_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=Path("moai-verify.json"),
               show_default=True, help="Where to write the JSON report.")
-def verify(artifacts, reference, device, no_admit, dims, min_cosine, max_abs, min_rank_agreement, probes, json_path):
-    from ..artifacts.directories import check_output_location, write_json
-    from ..export.exporter import format_gate_table
+def verify(artifacts, reference, expected, device, no_admit, dims, min_cosine, max_abs, min_rank_agreement, probes,
+           json_path):
+    from ..artifacts.directories import check_output_location
     from .verify import verify as run_verify
 
+    if (reference is None) == (expected is None):
+        raise click.UsageError("give --reference (gate artifacts against a reference) or --expected DIR (check a "
+                               "running endpoint against the vectors DIR recorded), not both or neither")
     check_output_location(json_path, directory=False)  # now, not after minutes of verification
+    if expected is not None:
+        _verify_expected(artifacts, expected, overrides_from(min_cosine, max_abs, min_rank_agreement), json_path)
+        return
     report, gates = run_verify(list(artifacts), reference, overrides=overrides_from(min_cosine, max_abs,
                                                                                     min_rank_agreement),
                                device=device, admit=not no_admit, log=_log, dims=dims, probes=probes)
+    _report_gates(gates, report, json_path)
+
+
+def _verify_expected(endpoints, expected, overrides, json_path):
+    from .verify import verify_expected
+
+    if len(endpoints) != 1:
+        raise click.UsageError("--expected checks one endpoint at a time")
+    report, gate = verify_expected(endpoints[0], expected, overrides=overrides, log=_log)
+    _report_gates([gate], report, json_path, "worst probes: " + "; ".join(
+        f"{p['id']} ({p['kind']}) cosine {p['cosine']:.6f}" for p in report["worst"]))
+
+
+def _report_gates(gates, report: dict, json_path: Path, *notes: str) -> None:
+    """The gate table, `notes`, every failure, the JSON report; exit 3 when a gate failed."""
+    from ..artifacts.directories import write_json
+    from ..export.exporter import format_gate_table
+
     click.echo(format_gate_table(gates))
+    for note in notes:
+        click.echo(note)
     for gate in gates:
         for reason in gate.reasons():
             click.echo(f"  FAIL {gate.parity.candidate}: {reason}")
@@ -417,7 +450,10 @@ def demo(out: Path, size: str, force: bool) -> None:
 
 @main.command()
 @click.option("--triton", "triton_url", default=None, metavar="grpc://HOST:PORT",
-              help="Triton's gRPC endpoint serving the ensemble written by `moai-export triton` (or --vllm).")
+              help="Triton's gRPC endpoint serving the ensemble written by `moai-export triton` (or --vllm); "
+                   "several replicas as one gRPC target: dns:///HOST:PORT (every address the name resolves to) "
+                   "or ipv4:IP:PORT,IP:PORT. Calls are balanced round-robin; a failed call is tried again on "
+                   "another replica.")
 @click.option("--vllm", "vllm_url", default=None, metavar="http://HOST:PORT",
               help="A vLLM server of a `moai-export vllm` directory (serve/vllm/run.sh), instead of --triton.")
 @click.option("--vllm-artifact", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -503,7 +539,7 @@ def gateway(triton_url, vllm_url, vllm_artifact, model, served_model_name, host,
                            body_timeout=body_timeout, max_in_flight=max_in_flight, max_queue=max_queue,
                            upstream_timeout=timeout, drain_timeout=drain_timeout, no_auth=no_auth,
                            default_input_type=default_input_type).validate()
-    upstream = (f"Triton grpc://{config.triton}/{config.model}" if config.backend == "triton"
+    upstream = (f"Triton {config.triton} ({config.model})" if config.backend == "triton"
                 else f"vLLM {config.vllm} ({config.model}, contract from {config.vllm_artifact})")
     _log(f"gateway: http://{host}:{port}/v1/embeddings -> {upstream} "
          f"({'API keys: ' + str(len(config.api_keys)) if config.api_keys else 'no API key: open'}; "

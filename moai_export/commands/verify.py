@@ -10,6 +10,10 @@ to its manifest's `admitted_for`: that is how a GPU configuration is admitted on
 The probe set: the built-in one, plus `--probes` when given; without it, the sample of the user's
 texts an artifact's verification record names is drawn again (same file, size and seed) while
 that file is still there, and the log says which probe set was used either way.
+
+`--expected DIR` checks a deployment instead (a gateway, a Triton server): it embeds the probes
+whose reference vectors the artifact DIR recorded at export and compares the answers with them,
+by the gate of the endpoint's kind and precision, without the base model or the adapter.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from pathlib import Path
 
 from ..artifacts.admission import changed_files, read_manifest, record_admission
 from ..artifacts.kinds import load_embedder, parse_spec
-from ..gates.parity import ReferenceFigures
+from ..gates.parity import GateReport, ReferenceFigures, compare, embed_probes
 from ..gates.probe_files import ProbeOptions, read_probe_file
 from ..gates.table import GateOverrides
-from ..gates.verification import GateRun, VerificationRecord, recorded_probe_samples
+from ..gates.verification import GateRun, VerificationRecord, read_reference_vectors, recorded_probe_samples
+
+WORST_SHOWN = 5  # probes named when a deployment fails --expected
 
 
 def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | None = None,
@@ -57,6 +63,29 @@ def verify(artifacts: list[str], reference: str, *, overrides: GateOverrides | N
     record = VerificationRecord("verify", reference, runs, figures,
                                 fields={"dims": dims})
     return {**record.to_dict(), "results": results}, [run.report for run in runs]
+
+
+def verify_expected(endpoint: str, expected: Path, *, overrides: GateOverrides | None = None,
+                    log=print) -> tuple[dict, GateReport]:
+    """(JSON-ready report, GateReport) of a running endpoint against the reference vectors the
+    artifact `expected` recorded: every probe's answer within the gate of the endpoint's kind and
+    precision. Top-10 agreement is not measured (it needs the reference's retrieval corpus)."""
+    recorded = read_reference_vectors(expected)
+    log(f"expected: the reference vectors of {len(recorded.probes)} probes recorded in {recorded.directory} "
+        f"(reference: {recorded.reference})")
+    kind = _check_exists(endpoint)
+    with load_embedder(endpoint, admission="skip") as candidate:
+        gate = (overrides or GateOverrides()).apply(kind.gate_family(candidate), candidate.precision)
+        vectors = embed_probes(candidate, recorded.probes)
+        name = candidate.name
+    parity = compare(recorded.vectors, vectors, recorded.probes, gate.thresholds, candidate_name=name,
+                     reference_name=f"recorded: {recorded.reference}")
+    report = GateReport(parity, None, gate.min_rank_agreement, None,
+                        retrieval="not measured: --expected compares the recorded probe vectors")
+    worst = sorted(parity.probes, key=lambda probe: probe.cosine)[:WORST_SHOWN]
+    return {"stage": "verify", "spec": endpoint, "expected": str(recorded.directory), "reference": recorded.reference,
+            "kind": kind.name, "precision": candidate.precision, "gate": gate.to_dict(), **report.to_dict(),
+            "worst": [{"id": p.id, "kind": p.kind, "cosine": p.cosine, "max_abs": p.max_abs} for p in worst]}, report
 
 
 def _recorded_probes(directories: list[str], log) -> ProbeOptions | None:

@@ -13,7 +13,11 @@ A record has one shape whatever wrote it (`merge`, `onnx`, `vllm`, `triton`, `ve
                                    token-length percentiles and length buckets, and the sample
                                    (path, sha256 of its files, sample size, seed) that `verify`
                                    re-draws
-    reference_vectors              where the reference's probe vectors are recorded (None: not yet)
+    reference_vectors              the reference's probe vectors, recorded beside the artifact
+                                   (`moai_reference_vectors.npy`, one row per probe, and
+                                   `moai_expected_probes.json`: the probes' ids, kinds and texts in
+                                   row order, with both files' sha256): what `verify URL --expected
+                                   DIR` compares a deployment with, without the base model or adapter
     gates                          one entry per serving configuration gated: the configuration, the
                                    gate-table cell that judged it, and the figures
     checks                         what vectors alone cannot show (adapter effect, merge check,
@@ -36,14 +40,17 @@ from typing import Sequence
 
 import numpy as np
 
-from ..artifacts.admission import MANIFEST_FILE, ServingConfig, admission_entry, read_manifest
+from ..artifacts.admission import MANIFEST_FILE, ServingConfig, admission_entry, read_manifest, sha256_file
 from ..artifacts.directories import PARITY_FILE, tool_versions, write_json
+from ..core.errors import MoaiError
 from .length_buckets import bucket_order
 from .parity import GateReport, ReferenceFigures
 from .probes import Probe
 from .table import Gate
 
 PROBES_FILE = "moai_probes.json"
+REFERENCE_VECTORS_FILE = "moai_reference_vectors.npy"  # float32 [probes, dims], rows in the order below
+EXPECTED_PROBES_FILE = "moai_expected_probes.json"  # the probes of those rows, and what identifies both
 RECORD_VERSION = 1
 
 
@@ -95,7 +102,6 @@ def probe_set_record(probes: Sequence[Probe], token_lengths: Sequence[int] | Non
     """What identifies the probe set an artifact was admitted on, and how long its texts are in
     tokens (a gate on short texts says little about long documents). `sample`: the user's probe
     sample drawn in addition to the built-in set (gates.probe_files.ProbeSample.describe)."""
-    digest = hashlib.sha256(json.dumps([[p.id, p.kind, p.text] for p in probes], ensure_ascii=False).encode())
     kinds = {kind: sum(p.kind == kind for p in probes) for kind in ("query", "document")}
     lengths = None
     if token_lengths:
@@ -103,7 +109,7 @@ def probe_set_record(probes: Sequence[Probe], token_lengths: Sequence[int] | Non
         lengths = {"min": int(ordered[0]), **{f"p{q}": int(np.percentile(ordered, q, method="nearest"))
                                              for q in (50, 90)}, "max": int(ordered[-1])}
     return {"source": "built-in" + (f" + {sample['path']}" if sample else ""), "count": len(probes),
-            "sha256": digest.hexdigest(), "kinds": kinds, "token_lengths": lengths,
+            "sha256": probes_digest(probes), "kinds": kinds, "token_lengths": lengths,
             "length_buckets": dict(sorted(Counter(buckets).items(), key=lambda item: bucket_order(item[0])))
             if buckets else None, "sample": sample}
 
@@ -130,9 +136,9 @@ class VerificationRecord:
     chain: dict | None = None
     checks: Sequence[Check] = ()
     fields: dict | None = None  # the stage's own: dtype, inputs, contract, timings ...
-    # Probe vectors of the reference, recorded beside the artifact so a deployment can be checked
-    # without the base model and the adapter: the file's name, once a gate records them.
-    reference_vectors: str | None = None
+    # Probe vectors of the reference, recorded beside the artifact by write() so a deployment can
+    # be checked without the base model and the adapter (write_reference_vectors).
+    reference_vectors: dict | None = None
 
     @property
     def passed(self) -> bool:
@@ -175,6 +181,8 @@ class VerificationRecord:
 
     def write(self, directory: Path) -> dict:
         """The record and its side file into `directory`; returns the record."""
+        self.reference_vectors = write_reference_vectors(directory, self.figures.probes, self.figures.vectors,
+                                                         self.reference)
         record = self.to_dict()
         write_json(Path(directory) / PARITY_FILE, record)
         write_json(Path(directory) / PROBES_FILE, self.probe_figures())
@@ -182,6 +190,75 @@ class VerificationRecord:
 
     def admissions(self) -> list[dict]:
         return [run.admission(self.reference) for run in self.runs if run.config is not None and run.passed]
+
+
+def probes_digest(probes: Sequence[Probe]) -> str:
+    """What identifies a probe set: its ids, kinds and texts, in order."""
+    return hashlib.sha256(json.dumps([[p.id, p.kind, p.text] for p in probes], ensure_ascii=False).encode()).hexdigest()
+
+
+def write_reference_vectors(directory: Path, probes: Sequence[Probe], vectors: np.ndarray, reference: str) -> dict:
+    """The reference's vectors of `probes` into `directory`; returns the record's entry for them."""
+    directory = Path(directory)
+    # a new file, never written through: the name may be a hard link into a published repository
+    (directory / REFERENCE_VECTORS_FILE).unlink(missing_ok=True)
+    np.save(directory / REFERENCE_VECTORS_FILE, np.asarray(vectors, dtype=np.float32))
+    entry = {"file": REFERENCE_VECTORS_FILE, "sha256": sha256_file(directory / REFERENCE_VECTORS_FILE),
+             "probes_file": EXPECTED_PROBES_FILE, "probes_sha256": probes_digest(probes), "count": len(probes),
+             "reference": reference}
+    write_json(directory / EXPECTED_PROBES_FILE,
+               {**entry, "probes": [{"id": p.id, "kind": p.kind, "text": p.text} for p in probes]})
+    return entry
+
+
+def copy_reference_vectors(source: Path, directory: Path) -> bool:
+    """The reference vectors recorded in `source` (an exported artifact), copied into `directory`
+    (e.g. a Triton ensemble written without a verification of its own); False: none recorded."""
+    import shutil
+
+    if not (Path(source) / EXPECTED_PROBES_FILE).is_file():
+        return False
+    for name in (REFERENCE_VECTORS_FILE, EXPECTED_PROBES_FILE):
+        (Path(directory) / name).unlink(missing_ok=True)  # as write_reference_vectors: never written through
+        shutil.copy2(Path(source) / name, Path(directory) / name)
+    return True
+
+
+@dataclass
+class ExpectedVectors:
+    """Recorded reference vectors: what a deployment of the artifact must answer for `probes`."""
+
+    directory: Path
+    reference: str
+    probes: list[Probe]
+    vectors: np.ndarray
+
+
+def read_reference_vectors(directory: Path) -> ExpectedVectors:
+    """The reference vectors recorded in `directory`, or in the one ensemble of a Triton repository
+    that holds them; both files checked against the sha256 recorded with them."""
+    directory = Path(directory)
+    found = [path.parent for path in [directory / EXPECTED_PROBES_FILE,
+                                      *sorted(directory.glob(f"*/{EXPECTED_PROBES_FILE}"))] if path.is_file()]
+    if not found:
+        raise MoaiError(f"--expected {directory}: no recorded reference vectors ({EXPECTED_PROBES_FILE}); export "
+                        "the artifact (or write the Triton repository) again with this version")
+    if len(found) > 1:
+        raise MoaiError(f"--expected {directory}: several models record reference vectors "
+                        f"({', '.join(p.name for p in found)}): name the ensemble's directory")
+    where = found[0]
+    try:
+        entry = json.loads((where / EXPECTED_PROBES_FILE).read_text(encoding="utf-8"))
+        probes = [Probe(p["id"], p["kind"], p["text"]) for p in entry["probes"]]
+        vectors_path = where / entry["file"]
+        intact = sha256_file(vectors_path) == entry["sha256"] and probes_digest(probes) == entry["probes_sha256"]
+        vectors = np.load(vectors_path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MoaiError(f"--expected {where}: cannot read the recorded reference vectors ({exc})") from None
+    if not intact or vectors.shape[0] != len(probes):
+        raise MoaiError(f"--expected {where}: the recorded reference vectors changed since they were written "
+                        "(sha256 or row count differs): export again")
+    return ExpectedVectors(where, entry["reference"], probes, vectors)
 
 
 def recorded_probe_samples(directories: Sequence[Path]) -> list[tuple[Path, dict]]:

@@ -55,6 +55,7 @@ class Gateway:
         self.keys = KeyChecker(config.api_keys)
         self.probe = ReadinessProbe(self.upstream)
         self.metrics = GatewayMetrics()
+        self.upstream.on_retry = lambda reason: self.metrics.retries.labels(reason).inc()
         self._slots: asyncio.Semaphore | None = None
         self.waiting = 0
 

@@ -15,7 +15,8 @@ API_KEYS_ENV = "MOAI_GATEWAY_API_KEYS"  # comma-separated keys
 
 @dataclass
 class GatewayConfig:
-    # exactly one backend: Triton's gRPC endpoint, as a gRPC channel takes it (HOST:PORT), or a vLLM
+    # exactly one backend: Triton's gRPC target, as a gRPC channel takes it (HOST:PORT, or several
+    # replicas: dns:///HOST:PORT, ipv4:IP:PORT,IP:PORT; see triton_upstream.py), or a vLLM
     # server's base URL (http://HOST:PORT) with the `moai-export vllm` directory it serves
     triton: str | None = None
     model: str | None = None  # the ensemble's name in Triton; vLLM's served model (default: the artifact's)
@@ -126,11 +127,9 @@ class GatewayConfig:
 
 
 def parse_triton_url(url: str) -> str:
-    """grpc://HOST:PORT (or HOST:PORT, dns:///HOST:PORT) -> the target for Triton's gRPC client.
-    One server: failing over across several is not built yet."""
-    target = parse_grpc_target(url, "--triton")
-    target.single("--triton")
-    return str(target)
+    """grpc://HOST:PORT, HOST:PORT or a gRPC target naming several replicas (dns:///HOST:PORT,
+    ipv4:IP:PORT,IP:PORT) -> the target for Triton's gRPC channel, which balances across them."""
+    return str(parse_grpc_target(url, "--triton"))
 
 
 def parse_vllm_url(url: str) -> str:

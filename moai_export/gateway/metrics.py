@@ -21,6 +21,8 @@ class GatewayMetrics:
         self.texts = Counter("moai_gateway_texts", "Texts embedded", registry=self.registry)
         self.truncated = Counter("moai_gateway_truncated_texts", "Texts cut to the model's max tokens",
                                  registry=self.registry)
+        self.retries = Counter("moai_gateway_upstream_retries", "Upstream calls tried again on another replica, "
+                               "by why the failed try failed", ["reason"], registry=self.registry)
         self.in_flight = Gauge("moai_gateway_in_flight", "Embedding requests being served or queued",
                                registry=self.registry)
 

@@ -3,7 +3,15 @@ flight on one channel, a timeout on every call, and Triton down / restarting rep
 instead of a hang. The channel reconnects by itself (short backoff), so the gateway recovers
 when Triton is back without a restart of its own; the served contract is read again at most
 CONFIG_REFRESH_S after, as Triton may come back serving another repository (another precision,
-even other dims)."""
+even other dims).
+
+Replicas: `--triton` may name several servers as one gRPC target (`dns:///triton-headless.NS.svc:8001`,
+whose name resolves to every pod, or `ipv4:IP:PORT,IP:PORT`). The channel balances calls across
+them with gRPC's own `round_robin` policy, which sends each call to the next replica that is
+connected and skips those it cannot reach. A call that fails (a replica killed or restarting,
+a broken model answering errors, an unusable answer) is tried again, up to ATTEMPTS tries within
+the call's timeout: embeddings are idempotent, and each chunk's answer is kept only once, so a
+retry never duplicates or misplaces a vector."""
 
 from __future__ import annotations
 
@@ -26,8 +34,14 @@ CHANNEL_ARGS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # several replicas behind one target: each call to the next connected one, not all to the first
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED")
+# Tries of one call (round_robin gives each try the next replica), paused RETRY_PAUSE_S x the try
+# before the next: long enough for gRPC to notice a replica that went away, short against the timeout.
+ATTEMPTS = 4
+RETRY_PAUSE_S = 0.05
 # How long the ensemble's config read from Triton is trusted: one cheap call per period, and at
 # once after Triton failed a call, so a restart on another repository shows in the model card.
 CONFIG_REFRESH_S = 5.0
@@ -81,10 +95,9 @@ class TritonUpstream(Upstream):
         if self.contract is None and not await self.ready():
             raise unavailable(f"Triton at {self.url} has no ready model {self.model!r}")
         try:
-            config = (await self.client.get_model_config(self.model, as_json=True,
-                                                         client_timeout=self.ready_timeout))["config"]
-        except Exception as exc:
-            raise unavailable(f"Triton at {self.url}: cannot read the config of {self.model!r} ({first_line(exc)})")
+            config = await self._retrying(self._config_once, self.ready_timeout * ATTEMPTS)
+        except FailedTry as failed:
+            raise unavailable(f"Triton at {self.url}: cannot read the config of {self.model!r} ({failed.message})")
         try:
             served = ServedEnsemble.from_config(config, f"model {self.model!r}")
         except MoaiError as exc:
@@ -110,33 +123,79 @@ class TritonUpstream(Upstream):
                                                       for i in range(0, len(texts), size))))
 
     async def _infer(self, texts: list[str], kind: str) -> Embedded:
+        try:
+            return await self._retrying(lambda timeout: self._infer_once(texts, kind, timeout), self.timeout)
+        except FailedTry as failed:
+            raise await self._final_error(failed) from None
+
+    async def _retrying(self, call, budget: float):
+        """`call(timeout)`, tried again (round_robin: on the next replica) while tries and the
+        `budget` in seconds remain; the last FailedTry when none succeeded."""
+        deadline = time.monotonic() + budget
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await call(deadline - time.monotonic())
+            except FailedTry as failed:
+                pause = RETRY_PAUSE_S * attempt
+                if attempt == ATTEMPTS or time.monotonic() + pause >= deadline:
+                    raise
+                self.on_retry(failed.reason)
+                await asyncio.sleep(pause)
+
+    async def _config_once(self, timeout: float) -> dict:
+        try:
+            return (await self.client.get_model_config(self.model, as_json=True, client_timeout=timeout))["config"]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise FailedTry.of(exc) from None
+
+    async def _infer_once(self, texts: list[str], kind: str, timeout: float) -> Embedded:
         import tritonclient.grpc.aio as grpc_aio
 
         outputs = [grpc_aio.InferRequestedOutput(name) for name in ("EMBEDDING", TOKENS, UNTRUNCATED_TOKENS)]
         try:
             result = await self.client.infer(self.model, ensemble_inputs(grpc_aio, texts, kind), outputs=outputs,
-                                             client_timeout=self.timeout)
+                                             client_timeout=timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            status = str(getattr(exc, "status", lambda: "")() or "")
-            # A server shutting down or restarting answers with all sorts of errors (model not
-            # found, stub unhealthy): whatever it says, while it is not ready the client may retry.
-            if any(word in status for word in RETRYABLE) or not await self.ready():
-                self._read_at = float("-inf")  # Triton is restarting: read the config again when it is back
-                raise unavailable(f"Triton at {self.url} is unavailable ({first_line(exc)})") from None
-            raise ApiError(502, f"Triton at {self.url}: {first_line(exc)}", code="upstream_error") from None
+            raise FailedTry.of(exc) from None
         vectors = result.as_numpy("EMBEDDING")
         tokens, untruncated = result.as_numpy(TOKENS), result.as_numpy(UNTRUNCATED_TOKENS)
         if vectors is None or vectors.shape[0] != len(texts):
-            raise ApiError(502, f"Triton returned {None if vectors is None else vectors.shape[0]} vectors for "
-                                f"{len(texts)} texts", code="upstream_error")
+            raise FailedTry("bad_answer", f"Triton returned {None if vectors is None else vectors.shape[0]} vectors "
+                                          f"for {len(texts)} texts")
         if any(counts is None or counts.size != len(texts) for counts in (tokens, untruncated)):
-            raise ApiError(502, f"Triton returned no token count for each of {len(texts)} texts", code="upstream_error")
+            raise FailedTry("bad_answer", f"Triton returned no token count for each of {len(texts)} texts")
         return Embedded(vectors, int(tokens.sum()), tuple(int(n) for n in untruncated.reshape(-1)),
                         self.contract.max_tokens)
+
+    async def _final_error(self, failed: "FailedTry") -> ApiError:
+        """What the client gets when no try succeeded: 503 (retry later) while Triton is unreachable
+        or not ready (a server shutting down or restarting answers with all sorts of errors: model
+        not found, stub unhealthy), 502 for a ready server that answers wrongly."""
+        if failed.reason == "unavailable" or not await self.ready():
+            self._read_at = float("-inf")  # Triton is restarting: read the config again when it is back
+            return unavailable(f"Triton at {self.url} is unavailable ({failed.message})")
+        return ApiError(502, f"Triton at {self.url}: {failed.message}", code="upstream_error")
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+class FailedTry(Exception):
+    """One try of a Triton call that failed; `reason` (unavailable | model_error | bad_answer)
+    labels the retry in /metrics."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+    @classmethod
+    def of(cls, exc: Exception) -> "FailedTry":
+        """A failed gRPC call: unreachable (by its status code), else the model's own error."""
+        status = str(getattr(exc, "status", lambda: "")() or "")
+        return cls("unavailable" if any(word in status for word in RETRYABLE) else "model_error", first_line(exc))

@@ -53,6 +53,9 @@ class Upstream(ABC):
     def describe(self) -> str:
         return f"{self.label} at {self.address} (model {self.model!r})"
 
+    def on_retry(self, reason: str) -> None:
+        """Called before a failed call is tried again on another replica (the gateway counts them)."""
+
     @abstractmethod
     async def ready(self) -> bool:
         """The server answers and serves the model (each check bounded by the ready timeout)."""

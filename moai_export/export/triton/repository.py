@@ -12,7 +12,7 @@ from ...artifacts.directories import atomic_output_dir, check_output_location, w
 from ...core.errors import MoaiError
 from ...embedders.base import Embedder
 from ...embedders.onnx_runtime import ONNX_FILE
-from ...gates.verification import GateRun, chain_of
+from ...gates.verification import GateRun, chain_of, copy_reference_vectors
 from ...model_files.model_contract import read_contract
 from ..exporter import admit, check_input, derived_reference_figures, load_candidate
 from .files import link_tree, rewrite_manifest_files, write_models
@@ -95,6 +95,8 @@ def write_repository(artifact: Path, repo: Path, options: TritonOptions | None =
                   manifest_inputs=inputs, unverified=provenance.unverified)
             rewrite_manifest_files(staging, names)
         else:
+            # what a deployment must answer, from the artifact's own record (`verify URL --expected`)
+            copy_reference_vectors(artifact, ensemble_dir)
             write_manifest(ensemble_dir, stage="triton", inputs=inputs, options=manifest_options,
                            extra={"chain": chain_of(artifact, provenance.root_reference or reference_label or ""),
                                   **({"unverified": provenance.unverified} if provenance.unverified else {})})
