@@ -298,31 +298,6 @@ def test_gateway_in_front_of_vllm_reports_or_refuses_truncation(vllm_gateways, r
     assert_truncation_is_reported_or_refused(url, strict_url, "moai-embedding", reference)
 
 
-def test_vllm_launcher_points_openai_clients_to_the_gateway(vllm_dir):
-    """Said when it starts (here a start that gives up at once): its own /v1 ignores input_type."""
-    started = _launch(vllm_dir, "--timeout", "0.1")
-    assert started.returncode == 1, started.stderr
-    assert "/v1/embeddings ignores input_type" in started.stderr
-    assert f"moai-export gateway --vllm http://127.0.0.1:1 --vllm-artifact {vllm_dir}" in started.stderr
-
-
-def test_vllm_down_gives_503_at_the_gateway(vllm_gateways, server):
-    """Last in this module: stops the module's vLLM server."""
-    from test_gateway import assert_openai_error, call
-
-    url, _ = vllm_gateways
-    server.stop()
-    started = time.monotonic()
-    status, headers, body = call(url, "POST", "/v1/embeddings", {"model": "moai-embedding", "input": ["while down"],
-                                                                "input_type": "query"})
-    assert_openai_error(status, headers, body, 503)
-    assert headers.get("retry-after") == "1" and time.monotonic() - started < 10
-    deadline = time.monotonic() + 10
-    while call(url, "GET", "/health")[0] != 503:
-        assert time.monotonic() < deadline, "the gateway still reports ready with vLLM down"
-        time.sleep(0.3)
-
-
 def test_clients_people_use_choose_the_kind_through_the_vllm_gateway(vllm_gateways, reference):
     """The same front door in front of vLLM: the stock openai client without a kind gets the 400
     naming both ways; the alias and the LangChain / LlamaIndex adapters get the reference's vectors
@@ -354,3 +329,29 @@ def test_clients_people_use_choose_the_kind_through_the_vllm_gateway(vllm_gatewa
     llama = MoaiGatewayEmbedding(base_url=f"{url}/v1", model_name=name, api_key=KEYS[0])
     like_reference([llama.get_query_embedding(TEXTS[1])], TEXTS[1:2], "query")
     like_reference(llama.get_text_embedding_batch(TEXTS), TEXTS, "document")
+
+
+def test_vllm_launcher_points_openai_clients_to_the_gateway(vllm_dir):
+    """Said when it starts (here a start that gives up at once): its own /v1 ignores input_type."""
+    started = _launch(vllm_dir, "--timeout", "0.1")
+    assert started.returncode == 1, started.stderr
+    assert "/v1/embeddings ignores input_type" in started.stderr
+    assert f"moai-export gateway --vllm http://127.0.0.1:1 --vllm-artifact {vllm_dir}" in started.stderr
+
+
+def test_vllm_down_gives_503_at_the_gateway(vllm_gateways, server):
+    """Last in this module: stops the module's vLLM server."""
+    from test_gateway import assert_openai_error, call
+
+    url, _ = vllm_gateways
+    server.stop()
+    started = time.monotonic()
+    status, headers, body = call(url, "POST", "/v1/embeddings", {"model": "moai-embedding", "input": ["while down"],
+                                                                "input_type": "query"})
+    assert_openai_error(status, headers, body, 503)
+    assert headers.get("retry-after") == "1" and time.monotonic() - started < 10
+    deadline = time.monotonic() + 10
+    while call(url, "GET", "/health")[0] != 503:
+        assert time.monotonic() < deadline, "the gateway still reports ready with vLLM down"
+        time.sleep(0.3)
+
