@@ -34,14 +34,15 @@ from moai_export.benchmark.gateway_bench import (
     TRITON_DIRECT,
     Senders,
     ServingStack,
-    build_onnx_artifact,
+    client_counts,
     expected_vectors,
     gateway_request,
     log,
-    texts_pool,
+    plot_soak,
+    run_on_stack,
 )
-from moai_export.evaluation.machine import default_results_dir, machine_slug  # noqa: E402
-from moai_export.export.triton import TritonOptions, write_repository  # noqa: E402
+from moai_export.evaluation.machine import default_results_dir  # noqa: E402
+from moai_export.export.triton import TritonOptions  # noqa: E402
 
 MODEL = TritonOptions.name  # the ensemble write_repository names by default
 
@@ -175,27 +176,8 @@ def write_report(results: dict, out: Path) -> None:
     for name, fault in results["faults"].items():
         lines.append(f"- **{name}**: `{json.dumps(fault)}`")
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (lat, mem) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-        starts = [w["start_s"] for w in soak["windows"]]
-        lat.plot(starts, [w["p50_ms"] for w in soak["windows"]], label="p50")
-        lat.plot(starts, [w["p99_ms"] for w in soak["windows"]], label="p99")
-        lat.set_ylabel("latency ms")
-        lat.legend()
-        mem.plot([s["t"] for s in soak["rss"]], [s["gateway_mb"] for s in soak["rss"]], label="gateway RSS")
-        mem.plot([s["t"] for s in soak["rss"]], [s["triton_mb"] for s in soak["rss"]], label="Triton RSS")
-        mem.set_ylabel("MB")
-        mem.set_xlabel("seconds")
-        mem.legend()
-        fig.suptitle(f"gateway soak at {soak['rate_rps']} req/s")
-        fig.savefig(out / "soak.png", dpi=100)
-    except Exception as exc:  # noqa: BLE001 - the numbers are written already
-        log(f"no plot: {exc}")
+    plot_soak(out / "soak.png", f"gateway soak at {soak['rate_rps']} req/s", soak["windows"], soak["rss"],
+              {"gateway RSS": lambda s: s["gateway_mb"], "Triton RSS": lambda s: s["triton_mb"]})
 
 
 def main() -> int:
@@ -203,7 +185,7 @@ def main() -> int:
     parser.add_argument("--artifact", type=Path, default=None, help="fp32 ONNX artifact (default: build the small example)")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "soak")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--clients", default="8,16", help="closed-loop clients for saturation")
+    parser.add_argument("--clients", type=client_counts, default="8,16", help="closed-loop clients for saturation")
     parser.add_argument("--saturation-seconds", type=float, default=20)
     parser.add_argument("--soak-seconds", type=int, default=600)
     parser.add_argument("--window", type=int, default=30, help="seconds per p50/p99 window")
@@ -212,19 +194,7 @@ def main() -> int:
     parser.add_argument("--burst-seconds", type=float, default=20)
     parser.add_argument("--max-queue", type=int, default=256, help="gateway --max-queue (429 beyond)")
     args = parser.parse_args()
-    args.clients = [int(c) for c in args.clients.split(",")]
-    args.work.mkdir(parents=True, exist_ok=True)
-    artifact = args.artifact or build_onnx_artifact(args.work, log)
-    repo = args.work / "models"
-    write_repository(artifact, repo, TritonOptions(max_batch_size=16, verify="none", force=True), log=log)
-    stack = ServingStack(repo, args.work, MODEL, args.max_queue)
-    stack.start()
-    try:
-        results = asyncio.run(run(args, stack, texts_pool(200)))
-    finally:
-        stack.stop()
-    results.update(machine=machine_slug(), artifact=str(artifact), args={k: v for k, v in vars(args).items()
-                                                                          if k not in ("work", "out", "artifact")})
+    results = run_on_stack(args, run, size="small")
     out = args.out or default_results_dir("gateway-soak")
     write_report(results, out)
     log(f"results: {out}")
