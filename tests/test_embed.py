@@ -98,6 +98,23 @@ def test_an_unadmitted_artifact_is_refused(onnx_fp32_dir, merged_dir, corpus, tm
     assert not (tmp_path / "vectors").exists()
 
 
+def test_a_worker_refuses_an_unadmitted_configuration_where_it_runs(local_ray, onnx_fp32_dir, merged_dir, corpus,
+                                                                   tmp_path, monkeypatch):
+    """The driver's check passed (here: skipped), but the configuration a worker loads was never
+    admitted: the worker refuses, loudly, and no shard is written."""
+    from moai_export.embed_job import job
+
+    copy = tmp_path / "onnx"
+    shutil.copytree(onnx_fp32_dir, copy)
+    manifest = json.loads((copy / "moai_manifest.json").read_text())
+    manifest["admitted_for"] = []
+    (copy / "moai_manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(job, "_gate", lambda *args: ({}, None, {}))
+    with pytest.raises(MoaiError, match="a worker refused.*not verified for onnxruntime"):
+        run_embed(f"onnx:{copy}", [str(corpus)], tmp_path / "vectors", _options(merged_dir))
+    assert not list((tmp_path / "vectors").glob("part-*"))
+
+
 def test_a_failing_probe_gate_refuses_before_writing(onnx_fp32_dir, example_dir, corpus, tmp_path):
     # the base model without the adapter as the reference: the artifact cannot match it
     options = _options(example_dir / "base")

@@ -17,6 +17,7 @@ the artifact (the probes are compared with the reference spec given, embedded no
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,11 +192,20 @@ def _embed_pending(ray, dataset, spec: str, out: Path, shards: int, pending: lis
         batch_format="pyarrow")
     try:
         return written.take_all()
-    except Exception as exc:  # a worker's MoaiError (a refused admission, a bad column) arrives wrapped
-        cause = exc
-        while cause is not None and not isinstance(cause, MoaiError):
-            cause = cause.__cause__ or getattr(cause, "cause", None)
-        raise cause or exc from None
+    except Exception as exc:
+        raise _worker_error(exc) from None
+
+
+def _worker_error(exc: Exception) -> Exception:
+    """A worker's MoaiError (a refused admission, a missing column) as the user's one-line error: Ray
+    wraps it (a task error keeps it as its cause; an actor that died in __init__ keeps only its text)."""
+    cause = exc
+    while cause is not None and not isinstance(cause, MoaiError):
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    if cause is not None:
+        return cause
+    found = re.search(r"(?:NotAdmitted|MoaiError): (.+)", str(exc))
+    return MoaiError(f"a worker refused: {found.group(1).strip()}") if found else exc
 
 
 def _record(out: Path, plan: dict, written: list[dict], timings: dict, started: float) -> dict:
