@@ -122,3 +122,51 @@ def test_a_failing_probe_gate_refuses_before_writing(onnx_fp32_dir, example_dir,
     with pytest.raises(VerificationFailed, match="fails its gate"):
         run_embed(f"onnx:{onnx_fp32_dir}", [str(corpus)], tmp_path / "vectors", options)
     assert not (tmp_path / "vectors").exists()
+
+
+DRIVER = """
+import sys
+from moai_export.embed_job.job import EmbedOptions, run_embed
+spec, corpus, out, reference = sys.argv[1:]
+run_embed(spec, [corpus], out, EmbedOptions(reference=reference, workers=2, cpus_per_worker=1, shard_rows=5,
+                                             batch_rows=4))
+"""
+
+
+def test_a_driver_killed_mid_run_leaves_only_complete_shards_and_a_rerun_completes(
+        onnx_fp32_dir, merged_dir, corpus, tmp_path):
+    """SIGKILL of the driver (its own local Ray) once the plan is written, while shards are pending:
+    what is left is only whole shards; a rerun completes with every id exactly once, equal to a
+    single-process encode."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    out = tmp_path / "vectors"
+    command = [sys.executable, "-c", DRIVER, f"onnx:{onnx_fp32_dir}", str(corpus), str(out), f"torch:{merged_dir}"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.monotonic() + 300
+    while not (out / OUTPUT_MANIFEST).is_file() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    started = [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert not json.loads((out / OUTPUT_MANIFEST).read_text())["complete"]  # it landed mid-run
+    for pid in started:  # the killed driver's Ray processes (raylet, workers), by the ids it started
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
+    for shard in out.glob("part-*.parquet"):
+        assert pq.ParquetFile(shard).metadata.num_rows > 0  # only whole shards carry the name
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ids, vectors = _read(out)
+    assert sorted(ids) == sorted(f"doc-{i}" for i in range(40))
+    with load_embedder(f"onnx:{onnx_fp32_dir}") as single:
+        expected = single.encode(TEXTS, "document")
+    assert cosine_rows(vectors, expected[[int(i.split("-")[1]) for i in ids]]).min() >= 0.99999
