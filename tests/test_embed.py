@@ -78,6 +78,27 @@ def test_two_workers_write_every_id_once_equal_to_a_single_process_and_a_rerun_r
         run_embed(f"torch:{merged_dir}", [str(corpus)], out, _options(merged_dir))
 
 
+def test_the_command_writes_matryoshka_float16_vectors(local_ray, onnx_fp32_dir, merged_dir, corpus, tmp_path):
+    from click.testing import CliRunner
+
+    from moai_export.commands.export_cli import main
+
+    out = tmp_path / "vectors"
+    result = CliRunner().invoke(main, ["embed", f"onnx:{onnx_fp32_dir}", str(corpus), "--out", str(out),
+                                       "--reference", f"torch:{merged_dir}", "--workers", "2", "--dims", "32",
+                                       "--float16", "--shard-rows", "20"])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(sorted(out.glob("part-*.parquet")))
+    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: halffloat>[32]"
+    assert table.column("tokens").to_numpy().min() > 1
+    ids, vectors = _read(out)
+    with load_embedder(f"onnx:{onnx_fp32_dir}", dims=32) as single:
+        expected = single.encode(TEXTS, "document")
+    assert np.allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1.0, atol=1e-2)
+    assert cosine_rows(vectors, expected[[int(i.split("-")[1]) for i in ids]]).min() >= 0.999
+    assert json.loads((out / "embed_report.json").read_text())["rows_embedded"] == 40
+
+
 def test_duplicate_ids_are_named_and_nothing_is_written(local_ray, onnx_fp32_dir, merged_dir, corpus, tmp_path):
     with corpus.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps({"_id": "doc-7", "text": "again"}) + "\n")
