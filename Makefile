@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 	# The CPU build of torch first (a local wheel here): an unpinned torch requested by any
 	# dependency would otherwise pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[toolkit,test,integrations]'
+	$(BIN)/pip install --quiet -e '.[toolkit,embed,test,integrations]'
 	touch $@
 
 # The Triton runtime (tritonserver from the nvidia-pytriton wheel) in its own environment:

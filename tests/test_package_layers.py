@@ -122,7 +122,7 @@ LAYERS = (
     ("launchers",),  # the servers' launchers (standard library only)
     ("embedders", "engine"),  # the variants
     ("gates",),  # parity gates and verification records
-    ("train", "example", "export"),  # the stages that write artifacts
+    ("train", "example", "export", "embed_job"),  # the stages that write artifacts (and corpus vectors)
     ("gateway", "benchmark"),  # serving in front of Triton; measuring every variant
     ("commands", "integrations"),  # moai-export, moai-bench, the demo, verify; LangChain / LlamaIndex adapters
 )

@@ -29,6 +29,7 @@ EXTRA_OF_MODULE = {
                      "accelerate", "pyarrow"), "toolkit"),
     **dict.fromkeys(("starlette", "uvicorn", "uvloop", "httptools", "prometheus_client", "aiohttp", "tritonclient",
                      "grpc"), "gateway"),
+    "ray": "embed",
 }
 
 

@@ -36,6 +36,8 @@ vllm_option = partial(library_option, ".export.vllm:VllmOptions")
 train_option = partial(library_option, ".train.options:TrainOptions")
 demo_option = partial(library_option, ".commands.demo:run_demo")
 gateway_option = partial(library_option, ".gateway.config:GatewayConfig")
+embed_option = partial(library_option, ".embed_job.job:EmbedOptions")
+corpus_option = partial(library_option, ".embed_job.corpus:CorpusOptions")
 
 
 @click.group(cls=MoaiGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -557,6 +559,51 @@ def gateway(triton_url, vllm_url, vllm_artifact, model, served_model_name, host,
         raise
     if stopped_by:
         click.get_current_context().exit(128 + stopped_by)
+
+
+@main.command()
+@click.argument("artifact")
+@click.argument("corpus", nargs=-1, required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Directory of the Parquet shards, their manifest and report (a rerun resumes it).")
+@click.option("--reference", required=True,
+              help="Reference of the probe-set gate run before anything is written, e.g. BASE+ADAPTER.")
+@corpus_option("--id-column", help="The id column (BEIR corpus.jsonl: _id).")
+@corpus_option("--text-column", help="The text column.")
+@corpus_option("--format", type=click.Choice(["auto", "jsonl", "parquet"]), help="auto: by file suffix.")
+@click.option("--dims", type=click.IntRange(min=1), default=None,
+              help="Matryoshka: keep the first DIMS components, renormalized.")
+@click.option("--float16", is_flag=True, help="Store the vectors as float16 (default float32).")
+@embed_option("--workers", type=click.IntRange(min=1), help="Embedding actors, one Embedder each.")
+@embed_option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True))
+@embed_option("--gpus-per-worker", type=click.FloatRange(min=0))
+@click.option("--ray-address", default=None, metavar="auto|ray://HOST:PORT",
+              help="Join a running Ray cluster (default: a local Ray started for the job).")
+@embed_option("--shard-rows", type=click.IntRange(min=1), help="Rows per output shard (fixed by the first run).")
+@embed_option("--batch-rows", type=click.IntRange(min=1), help="Rows handed to a worker at once.")
+@gate_options
+def embed(artifact, corpus, out, reference, id_column, text_column, format, dims, float16, workers, cpus_per_worker,
+          gpus_per_worker, ray_address, shard_rows, batch_rows, min_cosine, max_abs, min_rank_agreement):
+    """Embed a CORPUS (a BEIR directory or corpus.jsonl, JSON lines or Parquet files, globs) with
+    ARTIFACT (onnx:DIR, torch:DIR, engine:DIR) on Ray Data into Parquet shards of id, embedding,
+    tokens.
+
+    The artifact's configuration must be admitted where each worker runs, and it is gated on the
+    probe set against --reference first: on failure nothing is written (exit 3). Shards are named
+    from a hash of the ids and written atomically: a rerun into OUT skips complete shards, so every
+    id ends up exactly once; a rerun by another artifact is refused.
+    """
+    from ..embed_job.corpus import CorpusOptions
+    from ..embed_job.job import EmbedOptions, run_embed
+
+    options = EmbedOptions(reference=reference, corpus=CorpusOptions(id_column, text_column, format), dims=dims,
+                           float16=float16, workers=workers, cpus_per_worker=cpus_per_worker,
+                           gpus_per_worker=gpus_per_worker, ray_address=ray_address, shard_rows=shard_rows,
+                           batch_rows=batch_rows, overrides=overrides_from(min_cosine, max_abs, min_rank_agreement),
+                           log=_log)
+    report = run_embed(artifact, list(corpus), out, options)
+    click.echo(f"{report['rows_total']} vectors in {out} ({report['shards_written']} shards written, "
+               f"{report['shards_skipped']} already complete; report: {out / 'embed_report.json'})")
 
 
 @main.command()

@@ -1,0 +1,79 @@
+"""The corpus a job embeds: which files (local paths or globs, sorted so every run sees the same
+list), in which format, under which id and text columns, read as a Ray Data dataset."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import MoaiError
+
+FORMATS = ("auto", "jsonl", "parquet")
+
+
+@dataclass(frozen=True)
+class CorpusOptions:
+    id_column: str = "_id"  # BEIR's corpus.jsonl names its ids `_id`
+    text_column: str = "text"
+    format: str = "auto"  # auto: by file suffix (.parquet, else JSON lines)
+
+
+def input_files(paths: list[str]) -> list[str]:
+    """Every file `paths` names (a file, a directory's corpus.jsonl or its *.jsonl/*.parquet, a
+    glob), sorted and without repeats: the order the job's plan is made in."""
+    found: set[str] = set()
+    for path in paths:
+        if Path(path).is_dir():
+            directory = Path(path)
+            beir = directory / "corpus.jsonl"
+            matches = [beir] if beir.is_file() else sorted([*directory.glob("*.jsonl"), *directory.glob("*.parquet")])
+        else:
+            matches = [Path(p) for p in glob.glob(path)] or ([Path(path)] if Path(path).is_file() else [])
+        if not matches:
+            raise MoaiError(f"{path}: no corpus file (expected a BEIR directory, .jsonl or .parquet files, or a glob)")
+        found.update(str(p.resolve()) for p in matches)
+    return sorted(found)
+
+
+def format_of(files: list[str], options: CorpusOptions) -> str:
+    if options.format != "auto":
+        return options.format
+    kinds = {"parquet" if f.endswith(".parquet") else "jsonl" for f in files}
+    if len(kinds) > 1:
+        raise MoaiError("the corpus mixes Parquet and JSON lines files; embed them in separate jobs")
+    return kinds.pop()
+
+
+def fingerprint(files: list[str]) -> list[dict]:
+    """What a rerun must find unchanged for its complete shards to stay valid."""
+    return [{"path": f, "bytes": Path(f).stat().st_size, "mtime_ns": Path(f).stat().st_mtime_ns} for f in files]
+
+
+def read_corpus(files: list[str], options: CorpusOptions):
+    """The corpus as a Ray Data dataset of `id` (string) and `text` columns."""
+    import ray.data
+
+    columns = [options.id_column, options.text_column]
+    if format_of(files, options) == "parquet":
+        dataset = ray.data.read_parquet(files, columns=columns)
+    else:
+        dataset = ray.data.read_json(files, lines=True)
+    return dataset.map_batches(_IdAndText(options.id_column, options.text_column), batch_format="pyarrow")
+
+
+class _IdAndText:
+    """Keeps the id and text columns under fixed names, ids as strings (BEIR ids may be numbers)."""
+
+    def __init__(self, id_column: str, text_column: str):
+        self.id_column, self.text_column = id_column, text_column
+
+    def __call__(self, table):
+        import pyarrow as pa
+
+        missing = [c for c in (self.id_column, self.text_column) if c not in table.column_names]
+        if missing:
+            raise MoaiError(f"the corpus has no column {', '.join(map(repr, missing))} "
+                            f"(columns: {', '.join(table.column_names)}); name them with --id-column / --text-column")
+        ids = table.column(self.id_column).cast(pa.string())
+        return pa.table({"id": ids, "text": table.column(self.text_column).cast(pa.string())})
