@@ -47,6 +47,7 @@ from moai_export.benchmark.gateway_bench import (  # noqa: E402
     triton_successes,
 )
 from moai_export.benchmark.result_json import write_json  # noqa: E402
+from moai_export.commands.base import EXIT_VERIFICATION_FAILED  # noqa: E402
 from moai_export.evaluation.machine import default_results_dir  # noqa: E402
 from moai_export.export.triton import TritonOptions  # noqa: E402
 
@@ -224,7 +225,7 @@ def main() -> int:
     soak = results["soak"]
     if soak["failed"] or soak["wrong_vectors"]:
         log(f"FAIL: {soak['failed']} failed, {soak['wrong_vectors']} wrong vectors")
-        return 1
+        return EXIT_VERIFICATION_FAILED  # as a failed gate: the deployment did not hold
     return 0
 
 
