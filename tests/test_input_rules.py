@@ -45,13 +45,13 @@ def test_the_gateway_answers_in_openai_shape_naming_input_i():
     from moai_export.gateway.errors import ApiError
 
     gateway = Gateway(GatewayConfig("127.0.0.1:1", "m", max_texts=2, max_chars=5))
-    assert gateway.parse({"model": "m", "input": "x"})[0] == ["x"]
+    assert gateway.parse({"model": "m", "input": "x", "input_type": "query"})[0] == ["x"]
     for texts, code, words in ((["ok", ""], "empty_input", "input[1] is empty"),
                                (["ok", [1, 2]], "invalid_input", "input[1] is list, not str (only strings"),
                                (["ok", "toolong"], "input_too_long", "input[1] has 7 characters"),
                                (["a", "b", "c"], "too_many_inputs", "has 3 texts; the limit is 2")):
         with pytest.raises(ApiError) as caught:
-            gateway.parse({"model": "m", "input": texts})
+            gateway.parse({"model": "m", "input": texts, "input_type": "query"})
         error = json.loads(caught.value.response().body)["error"]
         assert caught.value.status == 400 and error["param"] == "input" and error["code"] == code
         assert words in error["message"], error
