@@ -8,17 +8,17 @@ deployment and fails (exit 3) on a server of the base model's repository."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
+import test_gateway
 from click.testing import CliRunner
 from test_gateway import KEYS, MODEL, call, start_gateway
 
+from moai_export.benchmark.gateway_bench import gateway_retries, triton_successes
 from moai_export.commands.base import EXIT_VERIFICATION_FAILED
 from moai_export.commands.export_cli import main
 from moai_export.gates.parity import cosine_rows
@@ -33,17 +33,7 @@ REPLICAS = 3
 LOAD_THREADS = 4
 TEXTS = [("query", "BC카드 연회비는 어떻게 되나요?"), ("document", "해외 결제 수수료는 결제 금액의 1%입니다. " * 12),
          ("query", "리볼빙 이자율"), ("document", "카드 분실 신고는 24시간 가능합니다. " * 20)]
-SUCCESS = re.compile(r'^nv_inference_request_success\{model="%s",version="1"\}\s+([0-9.eE+-]+)' % MODEL, re.MULTILINE)
-RETRIES = re.compile(r'^moai_gateway_upstream_retries_total\{reason="[a-z_]+"\}\s+([0-9.eE+-]+)', re.MULTILINE)
-
-
-@pytest.fixture(scope="module")
-def repo(onnx_fp32_dir, tmp_path_factory):
-    from moai_export.export.triton import TritonOptions, write_repository
-
-    repo = tmp_path_factory.mktemp("failover") / "models"
-    write_repository(onnx_fp32_dir, repo, TritonOptions(max_batch_size=8, verify="none"), log=lambda m: None)
-    return repo
+repo = test_gateway.repo  # the fp32 repository every replica serves (module scope here too)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +62,7 @@ def gateway(replicas, tmp_path_factory):
 
 def served_count(server: TritonServer) -> float:
     """Successful inferences of the ensemble, by the replica's own Triton metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
-        found = SUCCESS.search(response.read().decode())
-    return float(found.group(1)) if found else 0.0
+    return triton_successes(server, MODEL)
 
 
 def embed(url: str, kind: str, text: str) -> tuple[int, np.ndarray | None]:
@@ -143,8 +131,7 @@ def test_a_killed_replica_loses_no_request_and_gets_traffic_again_after_its_rest
     assert load.requests > 50
     assert load.failed == [] and load.wrong == [], (load.failed[:5], load.wrong[:5])
     assert after_restart > restarted, f"the restarted replica served nothing ({restarted} -> {after_restart})"
-    with urllib.request.urlopen(f"{gateway}/metrics", timeout=10) as response:
-        retries = sum(float(n) for n in RETRIES.findall(response.read().decode()))
+    retries = gateway_retries(gateway)
     assert retries > 0, "the requests in flight on the killed replica were retried"
 
 
