@@ -216,7 +216,8 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=120, help="seconds between replica kills")
     parser.add_argument("--window", type=int, default=30, help="seconds per p50/p99 window")
     parser.add_argument("--sample-every", type=float, default=10, help="seconds between RSS / inference-count samples")
-    parser.add_argument("--max-queue", type=int, default=256, help="gateway --max-queue (429 beyond)")
+    parser.add_argument("--max-queue", type=int, default=None,
+                        help="gateway --max-queue (429 beyond); default: the gateway's own (as users run it)")
     args = parser.parse_args()
     results = run_on_stack(args, run, size="tiny", replicas=REPLICAS)
     out = args.out or default_results_dir("cluster-soak")

@@ -192,7 +192,8 @@ def main() -> int:
     parser.add_argument("--load", type=float, default=0.8, help="soak rate as a fraction of saturation")
     parser.add_argument("--fault-seconds", type=float, default=60)
     parser.add_argument("--burst-seconds", type=float, default=20)
-    parser.add_argument("--max-queue", type=int, default=256, help="gateway --max-queue (429 beyond)")
+    parser.add_argument("--max-queue", type=int, default=None,
+                        help="gateway --max-queue (429 beyond); default: the gateway's own (as users run it)")
     args = parser.parse_args()
     results = run_on_stack(args, run, size="small")
     out = args.out or default_results_dir("gateway-soak")

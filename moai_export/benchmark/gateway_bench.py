@@ -70,7 +70,7 @@ class ServingStack:
     `replicas` > 1, that many tritonservers on the one repository, which the gateway balances
     over as one gRPC target (`ipv4:A,B,...`). `triton` is the first replica."""
 
-    def __init__(self, repo: Path, work: Path, model: str, max_queue: int, replicas: int = 1):
+    def __init__(self, repo: Path, work: Path, model: str, max_queue: int | None, replicas: int = 1):
         self.repo, self.work = repo, work
         ports = free_ports(3 * replicas + 1)
         self.tritons = [TritonServer(repo, *ports[3 * i:3 * i + 3],
@@ -79,7 +79,8 @@ class ServingStack:
         self.triton = self.tritons[0]
         target = self.triton.grpc_url if replicas == 1 else "ipv4:" + ",".join(t.grpc_url for t in self.tritons)
         self.gateway = GatewayServer(target, model, port=ports[-1], log_path=work / "gateway.log",
-                                     extra_args=["--max-queue", str(max_queue), "--timeout", "15"])
+                                     extra_args=(["--max-queue", str(max_queue)] if max_queue is not None else [])
+                                     + ["--timeout", "15"])
         self.gateway_url = self.gateway.base_url
 
     def start(self) -> None:
