@@ -566,8 +566,9 @@ def gateway(triton_url, vllm_url, vllm_artifact, model, served_model_name, host,
 @click.argument("corpus", nargs=-1, required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Directory of the Parquet shards, their manifest and report (a rerun resumes it).")
-@click.option("--reference", required=True,
-              help="Reference of the probe-set gate run before anything is written, e.g. BASE+ADAPTER.")
+@click.option("--reference", default=None,
+              help="Gate against this reference spec (e.g. BASE+ADAPTER), embedded now, instead of the probe "
+                   "vectors recorded beside the artifact at export.")
 @corpus_option("--id-column", help="The id column (BEIR corpus.jsonl: _id).")
 @corpus_option("--text-column", help="The text column.")
 @corpus_option("--format", type=click.Choice(["auto", "jsonl", "parquet"]), help="auto: by file suffix.")
@@ -580,17 +581,22 @@ def gateway(triton_url, vllm_url, vllm_artifact, model, served_model_name, host,
 @click.option("--ray-address", default=None, metavar="auto|ray://HOST:PORT",
               help="Join a running Ray cluster (default: a local Ray started for the job).")
 @embed_option("--shard-rows", type=click.IntRange(min=1), help="Rows per output shard (fixed by the first run).")
-@embed_option("--batch-rows", type=click.IntRange(min=1), help="Rows handed to a worker at once.")
+@click.option("--incremental", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              metavar="PREVIOUS_OUT", help="An earlier output of this artifact: rows whose id and text are "
+                                           "unchanged reuse its vectors; only new or changed texts are embedded.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="A progress bar of rows, docs/s and ETA (moves as each shard is written).")
 @gate_options
 def embed(artifact, corpus, out, reference, id_column, text_column, format, dims, float16, workers, cpus_per_worker,
-          gpus_per_worker, ray_address, shard_rows, batch_rows, min_cosine, max_abs, min_rank_agreement):
+          gpus_per_worker, ray_address, shard_rows, incremental, progress, min_cosine, max_abs, min_rank_agreement):
     """Embed a CORPUS (a BEIR directory or corpus.jsonl, JSON lines or Parquet files, globs) with
     ARTIFACT (onnx:DIR, torch:DIR, engine:DIR) on Ray Data into Parquet shards of id, embedding,
-    tokens.
+    tokens, text_hash.
 
-    The artifact's configuration must be admitted where each worker runs, and it is gated on the
-    probe set against --reference first: on failure nothing is written (exit 3). Shards are named
-    from a hash of the ids and written atomically: a rerun into OUT skips complete shards, so every
+    The artifact's configuration must be admitted where each worker runs, and every worker is gated
+    on the probe set against the reference vectors recorded at export (or --reference) before it
+    writes: on failure nothing is written (exit 3). Shards are named from a hash of the ids and
+    written atomically as each is done: a rerun into OUT embeds only the missing shards, so every
     id ends up exactly once; a rerun by another artifact is refused.
     """
     from ..embed_job.corpus import CorpusOptions
@@ -599,11 +605,12 @@ def embed(artifact, corpus, out, reference, id_column, text_column, format, dims
     options = EmbedOptions(reference=reference, corpus=CorpusOptions(id_column, text_column, format), dims=dims,
                            float16=float16, workers=workers, cpus_per_worker=cpus_per_worker,
                            gpus_per_worker=gpus_per_worker, ray_address=ray_address, shard_rows=shard_rows,
-                           batch_rows=batch_rows, overrides=overrides_from(min_cosine, max_abs, min_rank_agreement),
-                           log=_log)
+                           incremental=incremental, progress=progress,
+                           overrides=overrides_from(min_cosine, max_abs, min_rank_agreement), log=_log)
     report = run_embed(artifact, list(corpus), out, options)
+    reused = f", {report['rows_reused']} reused from {incremental}" if incremental else ""
     click.echo(f"{report['rows_total']} vectors in {out} ({report['shards_written']} shards written, "
-               f"{report['shards_skipped']} already complete; report: {out / 'embed_report.json'})")
+               f"{report['shards_skipped']} already complete{reused}; report: {out / 'embed_report.json'})")
 
 
 @main.command()

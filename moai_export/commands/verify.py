@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..artifacts.admission import changed_files, read_manifest, record_admission
 from ..artifacts.kinds import load_embedder, parse_spec
-from ..gates.parity import GateReport, ReferenceFigures, compare, embed_probes
+from ..gates.parity import GateReport, ReferenceFigures
 from ..gates.probe_files import ProbeOptions, read_probe_file
 from ..gates.table import GateOverrides
 from ..gates.verification import GateRun, VerificationRecord, read_reference_vectors, recorded_probe_samples
@@ -76,12 +76,8 @@ def verify_expected(endpoint: str, expected: Path, *, overrides: GateOverrides |
     kind = _check_exists(endpoint)
     with load_embedder(endpoint, admission="skip") as candidate:
         gate = (overrides or GateOverrides()).apply(kind.gate_family(candidate), candidate.precision)
-        vectors = embed_probes(candidate, recorded.probes)
-        name = candidate.name
-    parity = compare(recorded.vectors, vectors, recorded.probes, gate.thresholds, candidate_name=name,
-                     reference_name=f"recorded: {recorded.reference}")
-    report = GateReport(parity, None, gate.min_rank_agreement, None,
-                        retrieval="not measured: --expected compares the recorded probe vectors")
+        report = recorded.gate(candidate, gate)
+    parity = report.parity
     worst = sorted(parity.probes, key=lambda probe: probe.cosine)[:WORST_SHOWN]
     return {"stage": "verify", "spec": endpoint, "expected": str(recorded.directory), "reference": recorded.reference,
             "kind": kind.name, "precision": candidate.precision, "gate": gate.to_dict(), **report.to_dict(),

@@ -1,9 +1,9 @@
-"""What runs on Ray's workers: the embedding actor (one Embedder per worker, loaded once, its
-admission checked where it runs) and the shard writer."""
+"""What runs on Ray's workers: the embedding actor. It loads the Embedder once, checks it where it
+runs (its admission, then the probe set against the expected vectors), and turns staged shards
+into written shards, one whole shard per call."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -11,53 +11,84 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import shard_name, vectors_table, write_shard
+from ..artifacts.directories import write_json
+from ..core.errors import VerificationFailed
+from .shards import embedding_matrix, shard_name, vectors_table, write_shard
+from .staging import read_staged
+
+WORKERS_DIR = ".workers"  # one record per actor start: a restarted worker shows as one more
 
 
-class EmbedBatches:
-    """A Ray Data actor: loads the Embedder of `spec` once (load_embedder refuses a configuration
-    no gate admitted: device, dtype or provider as this worker runs it) and embeds each batch as
-    documents, cut into forward passes by the Embedder's own token-budget policy."""
+class EmbedShards:
+    """A Ray Data actor. load_embedder refuses a configuration no gate admitted (device, dtype or
+    provider as this worker runs it); the probe gate then catches what admission cannot (a
+    worker whose files or libraries differ from the machine that admitted them). Each call gets
+    shard numbers, embeds their staged texts as documents (cut into forward passes by the
+    Embedder's own token budget), reuses the vectors of unchanged texts from `previous` (an
+    earlier output of the same artifact: --incremental), and writes each shard atomically."""
 
-    def __init__(self, spec: str, dims: int | None):
-        from ..artifacts.kinds import load_embedder
+    def __init__(self, spec: str, dims: int | None, expected, overrides, out: str, shards: int, float16: bool,
+                 previous: str | None):
+        from ..artifacts.kinds import load_embedder, parse_spec
         from ..gates.probes import sizing_tokenizer
 
-        self.embedder = load_embedder(spec, name=spec, admission="require", **({"dims": dims} if dims else {}))
-        self.tokenizer = sizing_tokenizer(self.embedder)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.out, self.shards, self.float16 = Path(out), shards, float16
+        self.previous = Path(previous) if previous else None
+        self.embedder = load_embedder(spec, name=spec, admission="require", **({"dims": dims} if dims else {}))
+        kind, _, _ = parse_spec(spec)
+        gate = overrides.apply(kind.gate_family(self.embedder), self.embedder.precision)
+        report = expected.gate(self.embedder, gate)
+        if not report.passed:
+            raise VerificationFailed(f"{self.worker}: {spec} fails its probe gate here against {expected.reference}: "
+                                     + "; ".join(report.reasons()[:3]))
+        self.tokenizer = sizing_tokenizer(self.embedder)
+        write_json(self.out / WORKERS_DIR / f"{self.worker.replace(':', '-')}.json",
+                   {"worker": self.worker, "started": time.time(), "config": self.embedder.serving.describe()
+                    if getattr(self.embedder, "serving", None) else None, "min_cosine": report.parity.min_cosine})
 
-    def __call__(self, table):
-        import pyarrow as pa
+    def __call__(self, batch: dict) -> dict:
+        figures: dict[str, list] = {"shard": [], "rows": [], "embedded": [], "reused": [], "tokens": [],
+                                    "seconds": [], "worker": []}
+        for shard in (int(k) for k in batch["shard"]):
+            started = time.perf_counter()
+            rows, reused, tokens = self._shard(shard)
+            for key, value in (("shard", shard), ("rows", rows), ("embedded", rows - reused), ("reused", reused),
+                               ("tokens", tokens), ("seconds", time.perf_counter() - started),
+                               ("worker", self.worker)):
+                figures[key].append(value)
+        return {key: np.asarray(values) for key, values in figures.items()}
 
-        texts = table.column("text").to_pylist()
-        started = time.perf_counter()
-        vectors = self.embedder.encode(texts, "document")
-        seconds = time.perf_counter() - started
-        tokens = self.tokenizer.encode(texts, "document").lengths  # as the model got them: cut to max_tokens
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-        return table.drop_columns(["text"]).append_column(
-            "embedding", pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-        ).append_column("tokens", pa.array(tokens, pa.int32())).append_column(
-            "worker", pa.array([self.worker] * len(texts))
-        ).append_column("seconds", pa.array([seconds / max(len(texts), 1)] * len(texts)))
+    def _shard(self, shard: int) -> tuple[int, int, int]:
+        """(rows, rows reused from the previous output, tokens embedded now) of one written shard."""
+        staged = read_staged(self.out, shard, self.shards)
+        ids, texts = staged.column("id").to_pylist(), staged.column("text").to_pylist()
+        hashes = staged.column("text_hash").to_pylist()
+        vectors = np.zeros((len(ids), self.embedder.dims), dtype=np.float32)
+        tokens = np.zeros(len(ids), dtype=np.int64)
+        todo = self._reuse(shard, ids, hashes, vectors, tokens)
+        if todo:
+            chosen = [texts[i] for i in todo]
+            vectors[todo] = self.embedder.encode(chosen, "document")
+            tokens[todo] = self.tokenizer.encode(chosen, "document").lengths  # as the model got them
+        write_shard(vectors_table(ids, vectors, tokens, hashes, float16=self.float16),
+                    self.out / shard_name(shard, self.shards))
+        return len(ids), len(ids) - len(todo), int(tokens[todo].sum()) if todo else 0
 
+    def _reuse(self, shard: int, ids: list, hashes: list, vectors: np.ndarray, tokens: np.ndarray) -> list[int]:
+        """Copy the previous output's vectors of rows whose id and text are unchanged (the same
+        shard count, so a row's previous shard is this one); returns the rows left to embed."""
+        if self.previous is None:
+            return list(range(len(ids)))
+        import pyarrow.parquet as pq
 
-def write_shard_group(table, *, out: str, shards: int, float16: bool):
-    """Writes one shard's rows (a group of `shard`) atomically; returns one row of figures: rows,
-    tokens, and per worker rows, tokens and embedding seconds (the report's per-worker rates)."""
-    import pyarrow as pa
-
-    shard = int(table.column("shard")[0].as_py())
-    vectors = np.asarray(table.column("embedding").combine_chunks().flatten()).reshape(table.num_rows, -1)
-    tokens = table.column("tokens").to_numpy()
-    write_shard(vectors_table(table.column("id").to_pylist(), vectors, tokens, float16=float16),
-                Path(out) / shard_name(shard, shards))
-    workers: dict[str, list[float]] = {}
-    for worker, n, seconds in zip(table.column("worker").to_pylist(), tokens, table.column("seconds").to_pylist()):
-        figures = workers.setdefault(worker, [0, 0, 0.0])
-        figures[0] += 1
-        figures[1] += int(n)
-        figures[2] += seconds
-    return pa.table({"shard": [shard], "rows": [table.num_rows], "tokens": [int(tokens.sum())],
-                     "workers": [json.dumps(workers)]})
+        before = pq.read_table(self.previous / shard_name(shard, self.shards))
+        known = {(i, h): row for row, (i, h) in enumerate(zip(before.column("id").to_pylist(),
+                                                              before.column("text_hash").to_pylist()))}
+        matches = [(row, known.get((i, h))) for row, (i, h) in enumerate(zip(ids, hashes))]
+        hits = [(row, old) for row, old in matches if old is not None]
+        if hits:
+            rows, old = map(list, zip(*hits))
+            vectors[rows] = embedding_matrix(before)[old].astype(np.float32)
+            tokens[rows] = before.column("tokens").to_numpy()[old]
+        return [row for row, old in matches if old is None]

@@ -44,7 +44,7 @@ from ..artifacts.admission import MANIFEST_FILE, ServingConfig, admission_entry,
 from ..artifacts.directories import PARITY_FILE, tool_versions, write_json
 from ..core.errors import MoaiError
 from .length_buckets import bucket_order
-from .parity import GateReport, ReferenceFigures
+from .parity import GateReport, ReferenceFigures, compare, embed_probes
 from .probes import Probe
 from .table import Gate
 
@@ -228,10 +228,22 @@ def copy_reference_vectors(source: Path, directory: Path) -> bool:
 class ExpectedVectors:
     """Recorded reference vectors: what a deployment of the artifact must answer for `probes`."""
 
-    directory: Path
+    directory: Path | None  # None: embedded now by a reference spec, not read from an artifact
     reference: str
     probes: list[Probe]
     vectors: np.ndarray
+
+    def gate(self, candidate, gate: Gate) -> GateReport:
+        """`candidate`'s answers to the probes against these vectors, within `gate` (cut to the
+        candidate's dims and renormalized when it serves Matryoshka vectors). Top-10 agreement is
+        not measured: it needs the reference's retrieval corpus."""
+        vectors = embed_probes(candidate, self.probes)
+        expected = self.vectors[:, :vectors.shape[1]]
+        expected = expected / np.linalg.norm(expected, axis=1, keepdims=True)
+        parity = compare(expected, vectors, self.probes, gate.thresholds, candidate_name=candidate.name,
+                         reference_name=f"recorded: {self.reference}")
+        return GateReport(parity, None, gate.min_rank_agreement, None,
+                          retrieval="not measured: compared with the recorded probe vectors")
 
 
 def read_reference_vectors(directory: Path) -> ExpectedVectors:
