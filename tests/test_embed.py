@@ -56,8 +56,8 @@ def corpus(tmp_path):
 
 def _options(reference=None, **extra):
     """Gated on the probe vectors recorded beside the artifact, unless a reference spec is given."""
-    return EmbedOptions(reference=reference, workers=2, cpus_per_worker=1, shard_rows=10, progress=False,
-                        log=lambda m: None, **extra)
+    return EmbedOptions(**{"reference": reference, "workers": 2, "cpus_per_worker": 1, "shard_rows": 10,
+                           "progress": False, "log": lambda m: None, **extra})
 
 
 def _read(out):

@@ -294,7 +294,9 @@ def _record(out: Path, plan: dict, written: list[dict], timings: dict, started: 
         raise MoaiError(f"{out}: the shards hold {stored} rows, the corpus {plan['rows']}; rerun to complete")
     shutil.rmtree(out / STAGING_DIR, ignore_errors=True)  # every shard is written: the texts are not needed
     timings["total_s"] = round(time.perf_counter() - started, 3)
-    write_json(out / OUTPUT_MANIFEST, {**plan, "complete": True, "shard_files": shards, "timings": timings})
+    # staged: False (its texts are gone), so a rerun after a shard was lost stages the corpus again
+    write_json(out / OUTPUT_MANIFEST, {**plan, "staged": False, "complete": True, "shard_files": shards,
+                                       "timings": timings})
     per_worker: dict[str, list[float]] = {}
     for w in written:
         figures = per_worker.setdefault(w["worker"], [0, 0, 0.0])

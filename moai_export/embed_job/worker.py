@@ -43,6 +43,7 @@ class EmbedShards:
             raise VerificationFailed(f"{self.worker}: {spec} fails its probe gate here against {expected.reference}: "
                                      + "; ".join(report.reasons()[:3]))
         self.tokenizer = sizing_tokenizer(self.embedder)
+        (self.out / WORKERS_DIR).mkdir(parents=True, exist_ok=True)
         write_json(self.out / WORKERS_DIR / f"{self.worker.replace(':', '-')}.json",
                    {"worker": self.worker, "started": time.time(), "config": self.embedder.serving.describe()
                     if getattr(self.embedder, "serving", None) else None, "min_cosine": report.parity.min_cosine})
