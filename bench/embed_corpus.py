@@ -74,7 +74,7 @@ def single_process(spec: str, dataset: Path, work: Path) -> tuple[dict, float]:
     subprocess.run([str(BIN / "moai-bench"), "corpus", "--dataset", str(dataset), "--target", f"single={spec}",
                     "--queries", "20", "--out", str(out), "--quiet"], check=True)
     wall = time.perf_counter() - started
-    return json.loads((out / "results.json").read_text(encoding="utf-8"))["targets"][0], wall
+    return json.loads((out / "results.json").read_text(encoding="utf-8"))["results"]["targets"][0], wall
 
 
 def embed_run(spec: str, dataset: Path, work: Path, workers: int) -> tuple[dict, float, Path]:
@@ -145,7 +145,7 @@ def main() -> int:
     parser.add_argument("--spec", default=None, help="an admitted local spec (default: build the small example's fp32 ONNX)")
     parser.add_argument("--dataset", type=Path, default=ROOT.parent / "shared/data/datasets/autorag-ko")
     parser.add_argument("--synthetic", type=int, default=20000, help="generated passages (0: none)")
-    parser.add_argument("--synthetic-lengths", default="64-512", help="their token lengths, A-B")
+    parser.add_argument("--synthetic-lengths", default="32-256", help="their token lengths, A-B")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "embed-corpus")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

@@ -215,7 +215,8 @@ def test_the_engine_on_cpu_with_two_workers(local_ray, merged_dir, corpus, tmp_p
 
     artifact = tmp_path / "merged"
     shutil.copytree(merged_dir, artifact)
-    admitted = CliRunner().invoke(main, ["verify", f"engine:{artifact}", "--reference", f"torch:{merged_dir}"])
+    admitted = CliRunner().invoke(main, ["verify", f"engine:{artifact}", "--reference", f"torch:{merged_dir}",
+                                         "--json", str(tmp_path / "verify.json")])
     assert admitted.exit_code == 0, admitted.output
     out = tmp_path / "vectors"
     report = run_embed(f"engine:{artifact}", [str(corpus)], out, _options())
