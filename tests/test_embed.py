@@ -7,6 +7,7 @@ configuration, a failing probe gate in the driver or in a worker) write nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -302,3 +303,33 @@ def test_a_driver_killed_mid_run_leaves_only_complete_shards_and_a_rerun_complet
     ids, vectors = _read(out)
     assert sorted(ids) == sorted(f"doc-{i}" for i in range(600))
     assert cosine_rows(vectors, _single_process(spec, LONG_TEXTS, ids)).min() >= 0.99999
+
+
+def test_a_node_that_sees_another_artifact_or_cannot_write_is_named(local_ray, onnx_fp32_dir, corpus, tmp_path):
+    """The check a cluster job makes on every Ray node before staging (here the one local node):
+    the same artifact bytes, the corpus files, a writable output."""
+    import ray
+
+    from moai_export.embed_job.nodes import check_nodes
+
+    manifest = onnx_fp32_dir / "moai_manifest.json"
+    right = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert check_nodes(ray, manifest, right, [str(corpus)], tmp_path) == 1
+    with pytest.raises(MoaiError, match="another artifact at"):
+        check_nodes(ray, manifest, "0" * 64, [str(corpus)], tmp_path)
+    with pytest.raises(MoaiError, match="1 corpus file.*missing.*cannot write into"):
+        check_nodes(ray, manifest, right, [str(tmp_path / "gone.jsonl")], tmp_path / "no-such-dir")
+
+
+def test_a_corpus_given_as_a_uri_is_read_through_pyarrow(local_ray, onnx_fp32_dir, corpus, tmp_path):
+    """s3:// and gs:// go through the same code as file:// (pyarrow's filesystem of the scheme)."""
+    from moai_export.embed_job.corpus import input_files
+
+    uri = f"file://{corpus.parent}"
+    assert input_files([uri]) == [f"file://{corpus}"]
+    assert input_files([f"file://{corpus.parent}/*.jsonl"]) == [f"file://{corpus}"]
+    with pytest.raises(MoaiError, match="no corpus file"):
+        input_files([f"file://{corpus.parent}/*.parquet"])
+    out = tmp_path / "vectors"
+    report = run_embed(f"onnx:{onnx_fp32_dir}", [uri], out, _options())
+    assert report["rows_total"] == 40 and sorted(_read(out)[0]) == sorted(f"doc-{i}" for i in range(40))

@@ -589,7 +589,8 @@ def gateway(triton_url, vllm_url, vllm_artifact, model, served_model_name, host,
 @gate_options
 def embed(artifact, corpus, out, reference, id_column, text_column, format, dims, float16, workers, cpus_per_worker,
           gpus_per_worker, ray_address, shard_rows, incremental, progress, min_cosine, max_abs, min_rank_agreement):
-    """Embed a CORPUS (a BEIR directory or corpus.jsonl, JSON lines or Parquet files, globs) with
+    """Embed a CORPUS (a BEIR directory or corpus.jsonl, JSON lines or Parquet files, globs, local
+    or s3:// / gs:// URIs) with
     ARTIFACT (onnx:DIR, torch:DIR, engine:DIR) on Ray Data into Parquet shards of id, embedding,
     tokens, text_hash.
 

@@ -19,21 +19,55 @@ class CorpusOptions:
     format: str = "auto"  # auto: by file suffix (.parquet, else JSON lines)
 
 
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
 def input_files(paths: list[str]) -> list[str]:
     """Every file `paths` names (a file, a directory's corpus.jsonl or its *.jsonl/*.parquet, a
-    glob), sorted and without repeats: the order the job's plan is made in."""
+    glob; local, or a URI pyarrow reads: s3://, gs://, file://), sorted and without repeats: the
+    order the job's plan is made in."""
     found: set[str] = set()
     for path in paths:
-        if Path(path).is_dir():
-            directory = Path(path)
-            beir = directory / "corpus.jsonl"
-            matches = [beir] if beir.is_file() else sorted([*directory.glob("*.jsonl"), *directory.glob("*.parquet")])
-        else:
-            matches = [Path(p) for p in glob.glob(path)] or ([Path(path)] if Path(path).is_file() else [])
+        matches = _remote_matches(path) if is_uri(path) else _local_matches(path)
         if not matches:
             raise MoaiError(f"{path}: no corpus file (expected a BEIR directory, .jsonl or .parquet files, or a glob)")
-        found.update(str(p.resolve()) for p in matches)
+        found.update(matches)
     return sorted(found)
+
+
+def _local_matches(path: str) -> list[str]:
+    if Path(path).is_dir():
+        directory = Path(path)
+        beir = directory / "corpus.jsonl"
+        matches = [beir] if beir.is_file() else sorted([*directory.glob("*.jsonl"), *directory.glob("*.parquet")])
+    else:
+        matches = [Path(p) for p in glob.glob(path)] or ([Path(path)] if Path(path).is_file() else [])
+    return [str(p.resolve()) for p in matches]
+
+
+def _remote_matches(uri: str) -> list[str]:
+    """The same rules through pyarrow's filesystem of the URI's scheme (a glob in the last part)."""
+    import fnmatch
+
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    scheme = uri.split("://", 1)[0]
+    info = filesystem.get_file_info(path)
+    if info.type == fs.FileType.File:
+        return [uri]
+    directory, pattern = (path, None) if info.type == fs.FileType.Directory else path.rsplit("/", 1)
+    try:
+        entries = filesystem.get_file_info(fs.FileSelector(directory))
+    except (FileNotFoundError, OSError):
+        return []
+    names = {e.path.rsplit("/", 1)[-1]: e.path for e in entries if e.type == fs.FileType.File}
+    if pattern is None:
+        chosen = ["corpus.jsonl"] if "corpus.jsonl" in names else [n for n in names if n.endswith((".jsonl", ".parquet"))]
+    else:
+        chosen = fnmatch.filter(names, pattern)
+    return [f"{scheme}://{names[n]}" for n in sorted(chosen)]
 
 
 def format_of(files: list[str], options: CorpusOptions) -> str:
@@ -47,7 +81,14 @@ def format_of(files: list[str], options: CorpusOptions) -> str:
 
 def fingerprint(files: list[str]) -> list[dict]:
     """What a rerun must find unchanged for its complete shards to stay valid."""
-    return [{"path": f, "bytes": Path(f).stat().st_size, "mtime_ns": Path(f).stat().st_mtime_ns} for f in files]
+    from pyarrow import fs
+
+    found = []
+    for f in files:
+        filesystem, path = fs.FileSystem.from_uri(f) if is_uri(f) else (fs.LocalFileSystem(), f)
+        info = filesystem.get_file_info(path)
+        found.append({"path": f, "bytes": info.size, "mtime_ns": info.mtime_ns})
+    return found
 
 
 def read_corpus(files: list[str], options: CorpusOptions):

@@ -7,7 +7,9 @@
     2. the plan: the input files and the shard count, fixed by the first run and kept in the
        output's manifest; a rerun by another artifact, with other dims/dtype, or over changed input
        files is refused (vectors of two models never mix in one output);
-    3. staging (staging.py): Ray Data reads the corpus once and writes each shard's ids and texts;
+    3. every Ray node is asked whether it reads the same artifact and the corpus and writes into
+       the output (nodes.py): a cluster without a shared path is refused up front; then staging
+       (staging.py): Ray Data reads the corpus once and writes each shard's ids and texts;
        duplicate ids are found there and named;
     4. embedding: the pending shards go to a pool of actors (worker.py), one Embedder each, each
        checking its admission and the probe gate where it runs; a shard is written whole as soon
@@ -33,6 +35,7 @@ from ..gates.parity import ReferenceFigures
 from ..gates.table import GateOverrides
 from ..gates.verification import ExpectedVectors, read_reference_vectors
 from .corpus import CorpusOptions, fingerprint, input_files, read_corpus
+from .nodes import check_nodes
 from .shards import complete_shards, shard_name
 from .staging import STAGING_DIR, stage
 from .worker import WORKERS_DIR, EmbedShards
@@ -91,6 +94,9 @@ def run_embed(spec: str, paths: list[str], out: Path, options: EmbedOptions) -> 
 
     ray, own_ray = _ray(options)
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        nodes = check_nodes(ray, artifact_manifest, identity["manifest_sha256"], files, out)
+        log(f"{nodes} Ray node(s) read the artifact and the corpus and write into {out}")
         if plan is None or not plan.get("staged"):
             shards = (previous_output["shards"] if previous_output else None) or (plan or {}).get("shards")
             plan = {**identity, "artifact": location, "contract": json.loads(
