@@ -24,8 +24,8 @@ def is_uri(path: str) -> bool:
 
 
 def input_files(paths: list[str]) -> list[str]:
-    """Every file `paths` names (a file, a directory's corpus.jsonl or its *.jsonl/*.parquet, a
-    glob; local, or a URI pyarrow reads: s3://, gs://, file://), sorted and without repeats: the
+    """Every file `paths` names (a file, a BEIR directory's corpus.jsonl, here or under beir/, else
+    a directory's *.jsonl/*.parquet, a glob; local, or a URI pyarrow reads: s3://, gs://, file://), sorted and without repeats: the
     order the job's plan is made in."""
     found: set[str] = set()
     for path in paths:
@@ -39,8 +39,8 @@ def input_files(paths: list[str]) -> list[str]:
 def _local_matches(path: str) -> list[str]:
     if Path(path).is_dir():
         directory = Path(path)
-        beir = directory / "corpus.jsonl"
-        matches = [beir] if beir.is_file() else sorted([*directory.glob("*.jsonl"), *directory.glob("*.parquet")])
+        beir = [p for p in (directory / "corpus.jsonl", directory / "beir" / "corpus.jsonl") if p.is_file()]
+        matches = beir[:1] or sorted([*directory.glob("*.jsonl"), *directory.glob("*.parquet")])
     else:
         matches = [Path(p) for p in glob.glob(path)] or ([Path(path)] if Path(path).is_file() else [])
     return [str(p.resolve()) for p in matches]
@@ -63,6 +63,10 @@ def _remote_matches(uri: str) -> list[str]:
     except (FileNotFoundError, OSError):
         return []
     names = {e.path.rsplit("/", 1)[-1]: e.path for e in entries if e.type == fs.FileType.File}
+    if pattern is None and "corpus.jsonl" not in names:
+        beir = filesystem.get_file_info(f"{directory.rstrip('/')}/beir/corpus.jsonl")
+        if beir.type == fs.FileType.File:
+            return [f"{scheme}://{beir.path}"]
     if pattern is None:
         chosen = ["corpus.jsonl"] if "corpus.jsonl" in names else [n for n in names if n.endswith((".jsonl", ".parquet"))]
     else:

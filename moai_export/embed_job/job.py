@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import time
@@ -93,6 +94,8 @@ def run_embed(spec: str, paths: list[str], out: Path, options: EmbedOptions) -> 
     timings = {"verify_s": round(time.perf_counter() - started, 3)}
 
     ray, own_ray = _ray(options)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar, in rows: the job's own
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plans and per-operator lines are not the user's
     try:
         out.mkdir(parents=True, exist_ok=True)
         nodes = check_nodes(ray, artifact_manifest, identity["manifest_sha256"], files, out)
@@ -118,6 +121,11 @@ def run_embed(spec: str, paths: list[str], out: Path, options: EmbedOptions) -> 
         embed_started = time.perf_counter()
         written = _embed_pending(ray, spec, expected, out, plan, pending, options) if pending else []
         timings["embed_s"] = round(time.perf_counter() - embed_started, 3)
+    except Exception as exc:
+        mapped = _worker_error(exc)  # a MoaiError raised inside Ray (a missing column, a refusal): one line
+        if mapped is exc:
+            raise
+        raise mapped from None
     finally:
         if own_ray:
             ray.shutdown()
@@ -250,7 +258,6 @@ def _embed_pending(ray, spec: str, expected, out: Path, plan: dict, pending: lis
 
     shards = plan["shards"]
     shutil.rmtree(out / WORKERS_DIR, ignore_errors=True)  # this run's actor starts only
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar, in rows: the job's own
     items = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
     embedded = items.map_batches(
         EmbedShards, fn_constructor_args=(spec, options.dims, _as_expected(expected, options.reference),
@@ -260,13 +267,10 @@ def _embed_pending(ray, spec: str, expected, out: Path, plan: dict, pending: lis
         num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None)
     written = []
     rows_pending = plan["rows"] - sum(_rows(out / shard_name(k, shards)) for k in set(range(shards)) - set(pending))
-    try:
-        with tqdm(total=rows_pending, unit="docs", desc="embed", disable=not options.progress, smoothing=0.1) as bar:
-            for row in embedded.iter_rows():
-                written.append({key: (value.item() if hasattr(value, "item") else value) for key, value in row.items()})
-                bar.update(int(row["rows"]))
-    except Exception as exc:
-        raise _worker_error(exc) from None
+    with tqdm(total=rows_pending, unit="docs", desc="embed", disable=not options.progress, smoothing=0.1) as bar:
+        for row in embedded.iter_rows():
+            written.append({key: (value.item() if hasattr(value, "item") else value) for key, value in row.items()})
+            bar.update(int(row["rows"]))
     return written
 
 
@@ -284,8 +288,11 @@ def _worker_error(exc: Exception) -> Exception:
         cause = cause.__cause__ or getattr(cause, "cause", None)
     if cause is not None:
         return cause
-    found = re.search(r"(?:NotAdmitted|VerificationFailed|MoaiError): (.+)", str(exc))
-    return MoaiError(f"a worker refused: {found.group(1).strip()}") if found else exc
+    found = re.search(r"(NotAdmitted|VerificationFailed|MoaiError): (.+)", str(exc))
+    if not found:
+        return exc
+    refused = found.group(1) != "MoaiError"  # an admission or a probe gate, in the worker
+    return MoaiError(("a worker refused: " if refused else "") + found.group(2).strip())
 
 
 def _record(out: Path, plan: dict, written: list[dict], timings: dict, started: float) -> dict:

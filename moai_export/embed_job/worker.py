@@ -34,6 +34,7 @@ class EmbedShards:
 
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.out, self.shards, self.float16 = Path(out), shards, float16
+        self._record_start({})  # first: an actor killed while loading counts as started
         self.previous = Path(previous) if previous else None
         self.embedder = load_embedder(spec, name=spec, admission="require", **({"dims": dims} if dims else {}))
         kind, _, _ = parse_spec(spec)
@@ -43,10 +44,14 @@ class EmbedShards:
             raise VerificationFailed(f"{self.worker}: {spec} fails its probe gate here against {expected.reference}: "
                                      + "; ".join(report.reasons()[:3]))
         self.tokenizer = sizing_tokenizer(self.embedder)
+        serving = getattr(self.embedder, "serving", None)
+        self._record_start({"config": serving.describe() if serving else None,
+                            "min_cosine": report.parity.min_cosine})
+
+    def _record_start(self, figures: dict) -> None:
         (self.out / WORKERS_DIR).mkdir(parents=True, exist_ok=True)
         write_json(self.out / WORKERS_DIR / f"{self.worker.replace(':', '-')}.json",
-                   {"worker": self.worker, "started": time.time(), "config": self.embedder.serving.describe()
-                    if getattr(self.embedder, "serving", None) else None, "min_cosine": report.parity.min_cosine})
+                   {"worker": self.worker, "started": time.time(), **figures})
 
     def __call__(self, batch: dict) -> dict:
         figures: dict[str, list] = {"shard": [], "rows": [], "embedded": [], "reused": [], "tokens": [],
