@@ -88,7 +88,7 @@ def write_summary(out: Path) -> None:
     for workload in ("document", "query"):
         results = json.loads((out / workload / "results.json").read_text(encoding="utf-8"))
         rows = results["results"]  # one row per cell x target (the best round of each)
-        lines += ["", f"## {workload}s", "", "| configuration | sentences/s | vs default | p50 ms | p99 ms |",
+        lines += ["", f"## {'queries' if workload == 'query' else 'documents'} (autorag-ko)", "", "| configuration | sentences/s | vs default | p50 ms | p99 ms |",
                   "|---|---|---|---|---|"]
         by_label = {r["target"]: r for r in rows}
         base = by_label.get("default", {}).get("sentences_per_s")
