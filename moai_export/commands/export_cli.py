@@ -584,7 +584,7 @@ def gateway(triton_url, vllm_url, vllm_artifact, model, served_model_name, host,
 @click.option("--incremental", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               metavar="PREVIOUS_OUT", help="An earlier output of this artifact: rows whose id and text are "
                                            "unchanged reuse its vectors; only new or changed texts are embedded.")
-@click.option("--progress/--no-progress", default=True, show_default=True,
+@embed_option("--progress/--no-progress",
               help="A progress bar of rows, docs/s and ETA (moves as each shard is written).")
 @gate_options
 def embed(artifact, corpus, out, reference, id_column, text_column, format, dims, float16, workers, cpus_per_worker,
