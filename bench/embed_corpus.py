@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -79,6 +80,7 @@ def single_process(spec: str, dataset: Path, work: Path) -> tuple[dict, float]:
 
 def embed_run(spec: str, dataset: Path, work: Path, workers: int) -> tuple[dict, float, Path]:
     out = work / f"embed-{workers}w"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh output: a complete one would be resumed, embedding nothing
     started = time.perf_counter()
     subprocess.run([str(BIN / "moai-export"), "embed", spec, str(dataset), "--out", str(out), "--workers",
                     str(workers), "--cpus-per-worker", "1", "--no-progress"], check=True)

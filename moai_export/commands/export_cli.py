@@ -580,7 +580,8 @@ def gateway(triton_url, vllm_url, vllm_artifact, model, served_model_name, host,
 @embed_option("--gpus-per-worker", type=click.FloatRange(min=0))
 @click.option("--ray-address", default=None, metavar="auto|ray://HOST:PORT",
               help="Join a running Ray cluster (default: a local Ray started for the job).")
-@embed_option("--shard-rows", type=click.IntRange(min=1), help="Rows per output shard (fixed by the first run).")
+@embed_option("--shard-rows", type=click.IntRange(min=1),
+              help="Rows per output shard, at least 4 shards a worker (the count is fixed by the first run).")
 @click.option("--incremental", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               metavar="PREVIOUS_OUT", help="An earlier output of this artifact: rows whose id and text are "
                                            "unchanged reuse its vectors; only new or changed texts are embedded.")

@@ -45,6 +45,7 @@ OUTPUT_MANIFEST = "embed_manifest.json"
 OUTPUT_REPORT = "embed_report.json"
 # In-process kinds: a Ray worker loads the artifact itself (server kinds would start a server each)
 IN_PROCESS_KINDS = ("onnx", "torch", "engine", "st")
+SHARDS_PER_WORKER = 4  # the fewest shards a plan has per worker (the last shard does not leave the others idle)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class EmbedOptions:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     ray_address: str | None = None  # None: a local Ray started for the job; auto or ray://HOST:PORT joins one
-    shard_rows: int = 2000  # rows per output shard (the plan's shard count: rows / shard_rows, rounded up)
+    shard_rows: int = 2000  # rows per output shard (shards: rows / shard_rows rounded up, at least 4 a worker)
     incremental: Path | None = None  # an earlier output of this artifact: reuse the vectors of unchanged texts
     progress: bool = True  # a progress bar of rows, docs/s and ETA (per shard written)
     overrides: GateOverrides = field(default_factory=GateOverrides)
@@ -245,8 +246,8 @@ def _stage(ray, files: list[str], out: Path, shards: int | None, options: EmbedO
     """Stage the corpus into its shards; (rows, shards). Without a shard count from an earlier plan
     (or --incremental's output), the rows are counted first to size the shards."""
     dataset = read_corpus(files, options.corpus)
-    if shards is None:
-        shards = max(1, -(-dataset.count() // options.shard_rows))
+    if shards is None:  # at least SHARDS_PER_WORKER a worker, so a small corpus still spreads
+        shards = max(SHARDS_PER_WORKER * options.workers, -(-dataset.count() // options.shard_rows))
     log(f"staging the corpus into {shards} shards")
     return stage(dataset, out, shards), shards
 
