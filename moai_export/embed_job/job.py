@@ -263,7 +263,8 @@ def _embed_pending(ray, spec: str, expected, out: Path, plan: dict, pending: lis
     embedded = items.map_batches(
         EmbedShards, fn_constructor_args=(spec, options.dims, _as_expected(expected, options.reference),
                                           options.overrides, str(out), shards, options.float16,
-                                          str(options.incremental) if options.incremental else None),
+                                          str(options.incremental) if options.incremental else None,
+                                          options.cpus_per_worker),
         compute=ray.data.ActorPoolStrategy(size=options.workers), batch_size=1, batch_format="numpy",
         num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None)
     written = []

@@ -28,21 +28,23 @@ class EmbedShards:
     earlier output of the same artifact: --incremental), and writes each shard atomically."""
 
     def __init__(self, spec: str, dims: int | None, expected, overrides, out: str, shards: int, float16: bool,
-                 previous: str | None):
+                 previous: str | None, cpus: float):
         from ..artifacts.kinds import load_embedder, parse_spec
-        from ..gates.probes import sizing_tokenizer
 
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.out, self.shards, self.float16 = Path(out), shards, float16
         self._record_start({})  # first: an actor killed while loading counts as started
         self.previous = Path(previous) if previous else None
-        self.embedder = load_embedder(spec, name=spec, admission="require", **({"dims": dims} if dims else {}))
-        kind, _, _ = parse_spec(spec)
+        kind, _, spec_options = parse_spec(spec)
+        options = {**({"dims": dims} if dims else {}), **_threads_for(kind.name, spec_options, cpus)}
+        self.embedder = load_embedder(spec, name=spec, admission="require", **options)
         gate = overrides.apply(kind.gate_family(self.embedder), self.embedder.precision)
         report = expected.gate(self.embedder, gate)
         if not report.passed:
             raise VerificationFailed(f"{self.worker}: {spec} fails its probe gate here against {expected.reference}: "
                                      + "; ".join(report.reasons()[:3]))
+        from ..gates.probes import sizing_tokenizer
+
         self.tokenizer = sizing_tokenizer(self.embedder)
         serving = getattr(self.embedder, "serving", None)
         self._record_start({"config": serving.describe() if serving else None,
@@ -98,3 +100,17 @@ class EmbedShards:
             vectors[rows] = embedding_matrix(before)[old].astype(np.float32)
             tokens[rows] = before.column("tokens").to_numpy()[old]
         return [row for row, old in matches if old is None]
+
+
+def _threads_for(kind: str, spec_options: dict, cpus: float) -> dict:
+    """Keep a worker on the CPUs Ray gave it: onnxruntime sizes its thread pool (spinning threads)
+    by the machine's cores, so two workers on one machine would each take every core; torch reads
+    its own count. The spec's own ?intra_op_threads wins."""
+    threads = max(1, int(cpus))
+    if kind == "onnx":
+        return {} if spec_options.get("intra_op_threads") else {"intra_op_threads": threads}
+    if kind in ("torch", "engine", "st"):
+        import torch
+
+        torch.set_num_threads(threads)
+    return {}
