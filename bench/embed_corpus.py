@@ -127,7 +127,10 @@ def write_report(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     lines = ["# `moai-export embed` on Ray Data vs one process", "",
-             f"machine: {results['machine']}; spec: {results['spec']}; load average at start: {results['load_average']}",
+             f"machine: {results['machine']['summary']}; spec: `{results['spec']}`; load average at start: "
+             f"{', '.join(f'{x:.2f}' for x in results['load_average'])}", "",
+             "One process: `moai-bench corpus`, one `encode` call, onnxruntime on both vCPUs. embed: a local Ray, "
+             "workers of 1 CPU each (1 intra-op thread), shards of at least 4 per worker.",
              "", "docs/s: over the embedding alone, as each reports it; wall: the whole command (start-up, Ray, "
              "staging, probe gate, writing).", ""]
     for corpus in results["corpora"]:
