@@ -249,7 +249,8 @@ def _report_gates(gates, report: dict, json_path: Path, *notes: str) -> None:
 @triton_option("--max-queue-delay-us", type=click.IntRange(min=0),
                help="Dynamic batching: how long a request may wait for others to join its batch.")
 @triton_option("--preferred-batch-sizes",
-               help="Dynamic batching: comma-separated preferred sizes (those above --max-batch-size are dropped).")
+               help="Dynamic batching: comma-separated preferred sizes (those above --max-batch-size are dropped; "
+                    "default none: the batcher merges what is queued and the encoder cuts it by its token budget).")
 @triton_option("--instances", type=click.IntRange(min=1), help="Encoder instances.")
 @triton_option("--intra-op-threads", type=click.IntRange(min=0),
                help="python encoder: onnxruntime threads per instance (0: onnxruntime's default).")

@@ -29,7 +29,10 @@ class TritonOptions:
     encoder: str = "python"
     max_batch_size: int = 64
     max_queue_delay_us: int = 2000
-    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
+    # none: the batcher merges whatever is queued (up to max_batch_size) and the encoder sorts and
+    # cuts it by its token budget; preferred 8/16/32 served long passages 0.72x as fast on CPU
+    # (bench/triton_batching.py), and Triton's own guidance is to leave them unset
+    preferred_batch_sizes: tuple[int, ...] = ()
     instances: int = 1  # encoder instances (tokenizer gets one per two encoders, at least one)
     intra_op_threads: int = 0  # python encoder: onnxruntime threads per instance (0: its default)
     tensorrt: bool = False  # onnxruntime encoder: TensorRT execution accelerator
