@@ -155,6 +155,15 @@ def test_duplicate_ids_are_named_and_nothing_is_written(local_ray, onnx_fp32_dir
     assert not list(out.glob("part-*")) and not (out / ".staging").exists()
 
 
+def test_an_empty_corpus_is_an_error_not_empty_shards(local_ray, onnx_fp32_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    out = tmp_path / "vectors"
+    with pytest.raises(MoaiError, match="the corpus has no rows"):
+        run_embed(f"onnx:{onnx_fp32_dir}", [str(empty)], out, _options())
+    assert not list(out.glob("part-*")) and not (out / OUTPUT_MANIFEST).exists()
+
+
 def _unadmitted_copy(onnx_fp32_dir, tmp_path):
     copy = tmp_path / "onnx"
     shutil.copytree(onnx_fp32_dir, copy)

@@ -249,7 +249,13 @@ def _stage(ray, files: list[str], out: Path, shards: int | None, options: EmbedO
     if shards is None:  # at least SHARDS_PER_WORKER a worker, so a small corpus still spreads
         shards = max(SHARDS_PER_WORKER * options.workers, -(-dataset.count() // options.shard_rows))
     log(f"staging the corpus into {shards} shards")
-    return stage(dataset, out, shards), shards
+    rows = stage(dataset, out, shards)
+    if not rows:  # most likely the wrong file: say so rather than write empty shards
+        shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
+        (out / OUTPUT_MANIFEST).unlink(missing_ok=True)
+        raise MoaiError(f"the corpus has no rows ({', '.join(files[:3])}{' ...' if len(files) > 3 else ''}): "
+                        "nothing to embed")
+    return rows, shards
 
 
 def _embed_pending(ray, spec: str, expected, out: Path, plan: dict, pending: list[int], options: EmbedOptions):
