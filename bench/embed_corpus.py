@@ -29,8 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -93,10 +91,11 @@ def check_against(spec: str, texts: dict[str, str], out: Path) -> float:
     import pyarrow.parquet as pq
 
     from moai_export.artifacts.kinds import load_embedder
+    from moai_export.embed_job.shards import embedding_matrix
 
     table = pq.read_table(sorted(out.glob("part-*.parquet")))
     ids = table.column("id").to_pylist()
-    vectors = np.asarray(table.column("embedding").combine_chunks().flatten()).reshape(len(ids), -1)
+    vectors = embedding_matrix(table)
     with load_embedder(spec, admission="skip") as embedder:
         expected = embedder.encode([texts[i] for i in ids], "document")
     return float(cosine_rows(vectors, expected).min())

@@ -26,6 +26,7 @@ pytest.importorskip("ray")
 from moai_export.artifacts.kinds import load_embedder  # noqa: E402
 from moai_export.core.errors import MoaiError, VerificationFailed  # noqa: E402
 from moai_export.embed_job.job import OUTPUT_MANIFEST, EmbedOptions, run_embed  # noqa: E402
+from moai_export.embed_job.shards import embedding_matrix  # noqa: E402
 from moai_export.gates.parity import cosine_rows  # noqa: E402
 
 TEXTS = [f"문서 {i}: BC카드 연회비와 할부 수수료 안내 " + "추가 설명 " * (i % 7) for i in range(40)]
@@ -63,8 +64,7 @@ def _options(reference=None, **extra):
 
 def _read(out):
     table = pq.read_table(sorted(out.glob("part-*.parquet")))
-    return table.column("id").to_pylist(), np.asarray(table.column("embedding").combine_chunks().flatten()).reshape(
-        table.num_rows, -1)
+    return table.column("id").to_pylist(), embedding_matrix(table)
 
 
 def _single_process(spec, texts, ids, **sized):
